@@ -1,0 +1,48 @@
+"""Keys and defaults shared across the package, defined in one place."""
+
+from __future__ import annotations
+
+#: Default table name inside a SpatialData object.
+TABLE_KEY = "table"
+#: ``obs`` column naming the shapes element each spot belongs to (spatialdata ``region_key``).
+REGION_KEY = "region"
+#: ``obs`` column with the integer index of the spot inside its shapes element (spatialdata ``instance_key``).
+INSTANCE_KEY = "instance_id"
+#: ``obs`` column with the spot id as written by the platform (``"<x>x<y>"`` for legacy ST).
+SPOT_ID_KEY = "spot_id"
+#: ``obs`` column with the section / sample id.
+SAMPLE_KEY = "sample"
+#: ``obs`` columns with array (grid) coordinates.
+ARRAY_ROW_KEY = "array_row"
+ARRAY_COL_KEY = "array_col"
+#: ``obsm`` key with the spot centre in the pixels of the full-resolution image (x=column, y=row).
+SPATIAL_KEY = "spatial"
+
+#: Where the package records its settings and results, ``table.uns[UNS_KEY]``.
+UNS_KEY = "comtip"
+#: ``table.uns[UNS_KEY][SPOT_DIAMETER_KEY]``: ``{sample: spot diameter in µm}`` written by the readers.
+SPOT_DIAMETER_KEY = "spot_diameter_um"
+#: ``table.uns[UNS_KEY][UM_PER_PX_KEY]``: ``{sample: µm per pixel of the full-resolution image}``.
+UM_PER_PX_KEY = "um_per_px"
+
+#: Layer holding 1e4-per-spot + log1p normalised expression.
+NORM_LAYER = "comtip_norm"
+#: ``var`` boolean column marking the selected gene panel.
+PANEL_KEY = "comtip_panel"
+#: Default ``obsm`` key of the image embedding.
+EMBED_KEY = "X_comtip"
+#: Default layer of predicted expression.
+PRED_LAYER = "comtip_pred"
+#: ``obsm`` key of predictions for requested genes that the table lacks (a DataFrame keyed by gene).
+PRED_EXTRA_KEY = "comtip_pred_extra"
+
+#: Suffixes of the element names that the readers write, ``f"{sample}{suffix}"``.
+IMAGE_SUFFIX = "_image"
+SHAPES_SUFFIX = "_spots"
+
+#: Tile defaults. A legacy ST spot is 100 µm across; 150 µm keeps the spot plus a margin.
+DEFAULT_TILE_UM = 150.0
+DEFAULT_TILE_PX = 112
+
+#: Target sum for the per-spot normalisation.
+NORM_TARGET_SUM = 1e4

@@ -1,0 +1,337 @@
+"""The ``comtip`` command line: ``fit``, ``embed``, ``predict``, ``demo`` and ``benchmark`` for shells and clusters.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad command line, 3 bad input data or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DATA = 0, 1, 2, 3
+
+log = logging.getLogger("comtip_sc.cli")
+
+
+def load_data(path: str):
+    """Open ``path``: ``toy`` (synthetic tissue), a SpatialData ``.zarr``, a her2st or an stutility_mob folder."""
+    import spatialdata as sd
+
+    import comtip_sc as cs
+
+    if path == "toy":
+        return cs.datasets.toy_tissue()
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path} does not exist.")
+    if (p / "zmetadata").exists() or (p / "zarr.json").exists() or p.suffix == ".zarr":
+        return sd.read_zarr(p)
+    if (p / "data" / "ST-cnts").is_dir():
+        return cs.datasets.her2st(p)
+    if (p / "inst" / "extdata" / "counts").is_dir():
+        return cs.datasets.mob(p)
+    raise ValueError(
+        f"{path} is neither a SpatialData .zarr nor a her2st / stutility_mob folder; "
+        "convert your data with comtip_sc.io or spatialdata_io first."
+    )
+
+
+def write_result(sdata, out: str, table_key: str) -> str:
+    """Write the table (``.h5ad``) or the whole SpatialData (``.zarr``) to ``out`` atomically."""
+    target = Path(out)
+    if target.suffix not in (".h5ad", ".zarr"):
+        raise ValueError(f"--out must end in .h5ad (table only) or .zarr (whole SpatialData), got {out}.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        if target.suffix == ".h5ad":
+            sdata.tables[table_key].write_h5ad(tmp)
+        else:
+            sdata.write(tmp)
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+    return str(target)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--table-key", default="table", help="Table of the SpatialData to use (default: %(default)s)."
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="Spots per batch (default: %(default)s).")
+    p.add_argument(
+        "--num-workers", type=int, default=0, help="Data-loader workers cutting tiles (default: %(default)s)."
+    )
+    p.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: %(default)s).")
+    p.add_argument("-v", "--verbose", action="store_true", help="Log debugging details.")
+    p.add_argument("-q", "--quiet", action="store_true", help="Log only warnings and errors.")
+
+
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        default="cpu",
+        choices=["cpu", "paper"],
+        help="cpu: ViT-Ti/16 at 112 px; paper: ViT-B/32 at 224 px (default: %(default)s).",
+    )
+    p.add_argument("--backbone", help="Any timm ViT name, overriding the preset's.")
+    p.add_argument("--checkpoint-path", help="Local timm weights for the backbone (e.g. UNI, CONCH exports).")
+    p.add_argument(
+        "--tile-um", type=float, default=150.0, help="Physical tile side in µm (default: %(default)s)."
+    )
+    p.add_argument("--tile-px", type=int, help="Tile side in pixels (default: the preset's).")
+    p.add_argument("--epochs", type=int, default=20, help="Maximum epochs (default: %(default)s).")
+    p.add_argument("--lr", type=float, default=1e-4, help="Learning rate (default: %(default)s).")
+    p.add_argument("--genes", help="Gene panel: a comma-separated list or a file with one gene per line.")
+    p.add_argument(
+        "--n-top-genes",
+        type=int,
+        default=250,
+        help="Panel size when --genes is not given (default: %(default)s).",
+    )
+    p.add_argument("--no-mfm", action="store_true", help="Switch off Masked Feature Modeling.")
+    p.add_argument("--no-paat", action="store_true", help="Switch off Pair-aware Adversarial Training.")
+    p.add_argument(
+        "--devices",
+        default="auto",
+        help="Devices per node: a number, a list like 0,1 or auto (default: %(default)s).",
+    )
+    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s).")
+    p.add_argument(
+        "--num-nodes", type=int, default=1, help="Nodes for multi-node DDP (default: %(default)s)."
+    )
+    p.add_argument(
+        "--precision", help="Lightning precision, e.g. bf16-mixed (default: bf16 on capable GPUs, else 32)."
+    )
+    p.add_argument("--seed", type=int, help="Seed for a reproducible run.")
+    p.add_argument("--tile-cache", help="Folder for a zarr tile cache reused across epochs and runs.")
+    p.add_argument("--resume", help="Lightning checkpoint (.ckpt) to resume training from.")
+    p.add_argument(
+        "--log-dir", default=".", help="Folder for Lightning logs and checkpoints (default: %(default)s)."
+    )
+
+
+def _genes_arg(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    if Path(value).is_file():
+        return [g.strip() for g in Path(value).read_text().splitlines() if g.strip()]
+    return [g.strip() for g in value.split(",") if g.strip()]
+
+
+def _devices_arg(value: str):
+    if value == "auto":
+        return value
+    if "," in value:
+        return [int(v) for v in value.split(",")]
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``comtip`` (every option documented in ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="comtip",
+        description="CoMTIP: joint embedding of H&E tiles and spatial gene expression.",
+        epilog="DATA is a SpatialData .zarr, a her2st or stutility_mob folder, or 'toy'. "
+        "Exit codes: 0 ok, 1 failure, 2 bad command line, 3 bad input.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="Train a model and save it to a folder.")
+    p.add_argument("data", help="Training data (SpatialData .zarr, her2st/stutility_mob folder, or 'toy').")
+    p.add_argument("--out", required=True, help="Folder to save the trained model to.")
+    p.add_argument("--overwrite", action="store_true", help="Replace an existing model folder.")
+    _add_fit_options(p)
+    _add_common(p)
+
+    for name, helptext in [
+        ("embed", "Write image embeddings (obsm['X_comtip'])."),
+        ("predict", "Predict expression from images (layers['comtip_pred'])."),
+    ]:
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument(
+            "data", help="Data to process (SpatialData .zarr, her2st/stutility_mob folder, or 'toy')."
+        )
+        p.add_argument("--model", required=True, help="Folder of a model saved by 'comtip fit'.")
+        p.add_argument(
+            "--out", required=True, help="Result: .h5ad (the table) or .zarr (the whole SpatialData)."
+        )
+        if name == "embed":
+            p.add_argument("--key-added", default="X_comtip", help="obsm key (default: %(default)s).")
+        else:
+            p.add_argument(
+                "--method",
+                default="retrieval",
+                choices=["retrieval", "zero_shot", "head"],
+                help="Prediction method (default: %(default)s).",
+            )
+            p.add_argument(
+                "--genes", help="Genes to predict: comma-separated or a file (default: the model's panel)."
+            )
+            p.add_argument(
+                "--k", type=int, default=50, help="Neighbours for retrieval (default: %(default)s)."
+            )
+            p.add_argument(
+                "--layer-added", default="comtip_pred", help="Layer of predictions (default: %(default)s)."
+            )
+        _add_common(p)
+
+    p = sub.add_parser("demo", help="fit -> embed -> predict on the toy tissue (or on DATA) and report.")
+    p.add_argument(
+        "data", nargs="?", default="toy", help="'toy' (default) or a her2st/stutility_mob folder or .zarr."
+    )
+    p.add_argument(
+        "--out", default="comtip_demo_out", help="Folder for the model and results (default: %(default)s)."
+    )
+    p.add_argument("--epochs", type=int, default=4, help="Training epochs (default: %(default)s).")
+    p.add_argument("--seed", type=int, default=0, help="Seed (default: %(default)s).")
+    _add_common(p)
+
+    p = sub.add_parser("benchmark", help="Expression-prediction benchmark against the peer families.")
+    p.add_argument(
+        "--preset",
+        default="smoke",
+        choices=["smoke", "cpu", "gpu"],
+        help="smoke: toy tissue, a few steps; cpu: real data on CPU; gpu: ViT-B/32 at 224 px.",
+    )
+    p.add_argument(
+        "--data-root",
+        default="../shared/data",
+        help="Folder with her2st/ and stutility_mob/ (default: %(default)s).",
+    )
+    p.add_argument(
+        "--out",
+        default="benchmarks/results",
+        help="Folder for the markdown table and CSV (default: %(default)s).",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="Log debugging details.")
+    p.add_argument("-q", "--quiet", action="store_true", help="Log only warnings and errors.")
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger("comtip_sc").setLevel(level)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    import comtip_sc as cs
+    from comtip_sc.model import ComtipConfig
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it.")
+    sdata = load_data(args.data)
+    cfg = ComtipConfig.preset(args.preset, mfm=not args.no_mfm, paat=not args.no_paat)
+    model = cs.tl.fit(
+        sdata,
+        table_key=args.table_key,
+        genes=_genes_arg(args.genes),
+        n_top_genes=args.n_top_genes,
+        config=cfg,
+        backbone=args.backbone,
+        checkpoint_path=args.checkpoint_path,
+        tile_um=args.tile_um,
+        tile_px=args.tile_px,
+        max_epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        accelerator=args.accelerator,
+        devices=_devices_arg(args.devices),
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        precision=args.precision,
+        num_workers=args.num_workers,
+        seed=args.seed,
+        tile_cache=args.tile_cache,
+        ckpt_path=args.resume,
+        default_root_dir=args.log_dir,
+        enable_progress_bar=not args.quiet,
+    )
+    model.save(args.out, overwrite=args.overwrite)
+    print(f"Saved {model!r} to {args.out}")
+    return EXIT_OK
+
+
+def _cmd_embed_predict(args: argparse.Namespace) -> int:
+    import comtip_sc as cs
+    from comtip_sc.model import ComtipModel
+
+    model = ComtipModel.load(args.model)
+    sdata = load_data(args.data)
+    if args.command == "embed":
+        cs.tl.comtip_embed(
+            sdata,
+            model,
+            table_key=args.table_key,
+            key_added=args.key_added,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            accelerator=args.accelerator,
+        )
+        what = f"obsm[{args.key_added!r}]"
+    else:
+        cs.tl.comtip_predict(
+            sdata,
+            model,
+            method=args.method,
+            genes=_genes_arg(args.genes),
+            k=args.k,
+            table_key=args.table_key,
+            layer_added=args.layer_added,
+            batch_size=args.batch_size,
+            accelerator=args.accelerator,
+        )
+        what = f"layers[{args.layer_added!r}]"
+    out = write_result(sdata, args.out, args.table_key)
+    print(f"Wrote {what} of {sdata.tables[args.table_key].n_obs} spots to {out}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``comtip`` command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage and 0 on --help
+        return int(exc.code or 0)
+    _setup_logging(args)
+    start = time.time()
+    try:
+        if args.command == "fit":
+            code = _cmd_fit(args)
+        elif args.command in ("embed", "predict"):
+            code = _cmd_embed_predict(args)
+        elif args.command == "demo":
+            from ._demo import run_demo
+
+            code = run_demo(args)
+        else:
+            from ._benchmark import run_benchmark
+
+            code = run_benchmark(args)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
+        print(f"comtip {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_DATA
+    except KeyboardInterrupt:
+        print(f"comtip {args.command}: interrupted", file=sys.stderr)
+        return EXIT_FAIL
+    log.info("comtip %s finished in %.1f s.", args.command, time.time() - start)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

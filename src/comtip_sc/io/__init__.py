@@ -1,0 +1,7 @@
+"""Readers that turn platform output into SpatialData objects laid out as in ``docs/data_layout.md``."""
+
+from __future__ import annotations
+
+from ._legacy_st import read_legacy_st
+
+__all__ = ["read_legacy_st"]

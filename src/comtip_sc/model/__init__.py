@@ -1,0 +1,39 @@
+"""CoMTIP network pieces: vision branch + MFM, Gene-Text Encoder + PAAT, losses and the LightningModule."""
+
+from __future__ import annotations
+
+from ._config import FLAG_PRESETS, ComtipConfig
+from ._gene_names import char_ngram_embedding, embed_gene_names, minilm_available, resolve_text_encoder
+from ._gene_text import AttentionPool, GeneTextEncoder
+from ._lightning import ComtipLightningModule
+from ._losses import LogitScale, info_nce, mfm_loss, paat_losses, pair_detection_loss, pair_ranking_loss
+from ._network import ComtipNetwork, ProjectionHead, build_network
+from ._paat import PairDiscriminator, corrupt_pairs
+from ._vision import MaskedView, MaskFeatureGenerator, VisionBranch, create_backbone
+
+__all__ = [
+    "FLAG_PRESETS",
+    "AttentionPool",
+    "ComtipConfig",
+    "ComtipLightningModule",
+    "ComtipNetwork",
+    "GeneTextEncoder",
+    "LogitScale",
+    "MaskFeatureGenerator",
+    "MaskedView",
+    "PairDiscriminator",
+    "ProjectionHead",
+    "VisionBranch",
+    "build_network",
+    "char_ngram_embedding",
+    "corrupt_pairs",
+    "create_backbone",
+    "embed_gene_names",
+    "info_nce",
+    "mfm_loss",
+    "minilm_available",
+    "paat_losses",
+    "pair_detection_loss",
+    "pair_ranking_loss",
+    "resolve_text_encoder",
+]

@@ -1,0 +1,285 @@
+"""The trained model a user holds: network + the data settings it was trained with + reference bank.
+
+Follows the scvi-tools convention of a model object with ``save(dir)`` / ``load(dir)``. A saved
+model is a folder with
+
+- ``config.json``: format version, package version, :class:`ComtipConfig`, gene vocabulary, training
+  panel, normalisation and tile settings, training summary;
+- ``model.safetensors``: the network weights;
+- ``reference.safetensors``: the retrieval reference bank (image-independent gene-sentence
+  embeddings and normalised expression of the training spots).
+
+The folder is written next to its final place and renamed into it, so a crash never leaves a
+half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ._config import ComtipConfig
+from ._network import ComtipNetwork, build_network
+
+logger = logging.getLogger(__name__)
+
+#: Version of the on-disk layout; bump it when a saved folder can no longer be read as before.
+FORMAT_VERSION = 1
+_CONFIG_FILE = "config.json"
+_WEIGHTS_FILE = "model.safetensors"
+_REFERENCE_FILE = "reference.safetensors"
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("comtip_sc")
+    except PackageNotFoundError:  # pragma: no cover
+        return "0.0.0"
+
+
+@dataclass
+class ReferenceBank:
+    """Gene-sentence embeddings and expression of reference spots, for retrieval prediction.
+
+    Attributes
+    ----------
+    embeddings
+        ``(n_spots, embed_dim)`` L2-normalised gene-sentence embeddings (no image involved).
+    expression
+        ``(n_spots, n_genes)`` expression on the normalised log1p scale.
+    genes
+        Column names of ``expression``.
+    obs_names
+        Spot ids of the rows.
+    image_embeddings
+        ``(n_spots, embed_dim)`` image embeddings of the same spots (for the ``"head"`` predictor), or
+        ``None``.
+
+    """
+
+    embeddings: np.ndarray
+    expression: np.ndarray
+    genes: list[str]
+    obs_names: list[str] = field(default_factory=list)
+    image_embeddings: np.ndarray | None = None
+
+
+class ComtipModel:
+    """A trained CoMTIP model: what :func:`comtip_sc.tl.fit` returns and ``comtip_embed/predict`` use.
+
+    Parameters
+    ----------
+    network
+        The :class:`~comtip_sc.model.ComtipNetwork`.
+    panel
+        Genes of the training sentences, in order.
+    tile_um, tile_px
+        Physical tile side (µm) and its pixel side, as used in training.
+    normalization
+        How expression was put on the model's scale (``{"target_sum": 1e4, "log1p": True, "layer": None}``).
+    reference
+        The retrieval bank, or ``None``.
+    history
+        Training summary (epochs, steps, last losses, sections...).
+    gene_stats
+        Per-gene statistics of the training expression (``{"mean": {gene: x}, "max": {gene: x}}``) that
+        zero-shot prediction uses for its context sentence and candidate values. Statistics of the
+        panel, not of individual spots: no reference bank is needed.
+
+    Examples
+    --------
+    >>> import comtip_sc as cs, tempfile
+    >>> sdata = cs.datasets.toy_tissue(n_rows=6, n_cols=6, n_genes=20)
+    >>> model = cs.tl.fit(sdata, preset="tiny", max_epochs=1, enable_progress_bar=False)  # doctest: +SKIP
+    >>> model.save(tempfile.mkdtemp() + "/m")  # doctest: +SKIP
+
+    """
+
+    def __init__(
+        self,
+        network: ComtipNetwork,
+        *,
+        panel: list[str],
+        tile_um: float,
+        tile_px: int,
+        normalization: dict[str, Any] | None = None,
+        reference: ReferenceBank | None = None,
+        history: dict[str, Any] | None = None,
+        gene_stats: dict[str, dict[str, float]] | None = None,
+    ) -> None:
+        self.network = network
+        self.panel = list(panel)
+        self.tile_um = float(tile_um)
+        self.tile_px = int(tile_px)
+        self.normalization = normalization or {"target_sum": 1e4, "log1p": True, "layer": None}
+        self.reference = reference
+        self.history = history or {}
+        self.gene_stats = gene_stats or {"mean": {}, "max": {}}
+
+    @property
+    def config(self) -> ComtipConfig:
+        """The network's configuration."""
+        return self.network.config
+
+    @property
+    def genes(self) -> list[str]:
+        """The gene vocabulary of the Gene-Text Encoder (panel genes plus any added later)."""
+        return self.network.gene_names
+
+    def __repr__(self) -> str:
+        c = self.config
+        flags = ", ".join(f"{k}={getattr(c, k)}" for k in ("use_values", "use_names", "mfm", "paat"))
+        ref = "none" if self.reference is None else f"{len(self.reference.embeddings)} spots"
+        return (
+            f"ComtipModel(backbone={c.backbone!r}, tile={self.tile_um:g} µm @ {self.tile_px} px, "
+            f"{len(self.panel)} panel genes, {flags}, reference={ref})"
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write the model to the folder ``path`` (atomically).
+
+        Parameters
+        ----------
+        path
+            Target folder. It must not exist unless ``overwrite``.
+        overwrite
+            Replace an existing folder.
+
+        Examples
+        --------
+        >>> model.save("my_model")  # doctest: +SKIP
+
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        try:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+            save_file(state, str(tmp / _WEIGHTS_FILE))
+            meta: dict[str, Any] = {
+                "format_version": FORMAT_VERSION,
+                "comtip_sc_version": _package_version(),
+                "config": self.config.to_dict(),
+                "genes": self.genes,
+                "panel": self.panel,
+                "tile_um": self.tile_um,
+                "tile_px": self.tile_px,
+                "normalization": self.normalization,
+                "history": self.history,
+                "gene_stats": self.gene_stats,
+                "reference": None,
+            }
+            if self.reference is not None:
+                ref = self.reference
+                arrays = {"embeddings": ref.embeddings, "expression": ref.expression}
+                if ref.image_embeddings is not None:
+                    arrays["image_embeddings"] = ref.image_embeddings
+                save_file(
+                    {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()},
+                    str(tmp / _REFERENCE_FILE),
+                )
+                meta["reference"] = {"genes": self.reference.genes, "obs_names": self.reference.obs_names}
+            (tmp / _CONFIG_FILE).write_text(json.dumps(meta, indent=1, default=_jsonable))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("Saved the model to %s.", path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, map_location: str = "cpu") -> ComtipModel:
+        """Read a model written by :meth:`save`.
+
+        Raises a clear error for a missing, truncated or corrupt file and for a folder written in an
+        incompatible format version.
+
+        Examples
+        --------
+        >>> model = ComtipModel.load("my_model")  # doctest: +SKIP
+
+        """
+        path = Path(path)
+        cfg_file = path / _CONFIG_FILE
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{path} is not a saved comtip_sc model: {_CONFIG_FILE} is missing.")
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{cfg_file} is truncated or corrupt: {err}.") from err
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} was saved in model format {version!r} (by comtip_sc "
+                f"{meta.get('comtip_sc_version', '?')}); this comtip_sc ({_package_version()}) reads format "
+                f"{FORMAT_VERSION}. Load it with a matching comtip_sc version."
+            )
+        config = ComtipConfig.from_dict(meta["config"])
+        # The saved weights are loaded below, so the backbone must not look for pretrained ones.
+        config.pretrained, config.checkpoint_path = False, None
+        network = build_network(config, meta["genes"])
+        state = _read_safetensors(path / _WEIGHTS_FILE, map_location)
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"{path / _WEIGHTS_FILE} does not match its config.json: {err}") from err
+        network.eval()
+        reference = None
+        if meta.get("reference") is not None:
+            tensors = _read_safetensors(path / _REFERENCE_FILE, map_location)
+            reference = ReferenceBank(
+                embeddings=tensors["embeddings"].numpy(),
+                expression=tensors["expression"].numpy(),
+                genes=meta["reference"]["genes"],
+                obs_names=meta["reference"].get("obs_names", []),
+                image_embeddings=tensors["image_embeddings"].numpy()
+                if "image_embeddings" in tensors
+                else None,
+            )
+        return cls(
+            network,
+            panel=meta["panel"],
+            tile_um=meta["tile_um"],
+            tile_px=meta["tile_px"],
+            normalization=meta["normalization"],
+            reference=reference,
+            history=meta.get("history", {}),
+            gene_stats=meta.get("gene_stats"),
+        )
+
+
+def _read_safetensors(file: Path, map_location: str) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing from the saved model.")
+    try:
+        return load_file(str(file), device=map_location)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{file} is truncated or corrupt and cannot be read: {err}") from err
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

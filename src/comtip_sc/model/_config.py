@@ -1,0 +1,228 @@
+"""Configuration of a CoMTIP network: one JSON-serialisable dataclass plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TextEncoderName = str  # "auto" | "minilm" | "char-ngram" | path to a local sentence-transformers model
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # A ViT-Ti/16 at 112 px gives 7x7 = 49 patches: small enough for a laptop CPU try-out while keeping
+    # the standard architecture, so local timm ViT-Ti weights still load (timm resamples pos_embed).
+    "cpu": {
+        "backbone": "vit_tiny_patch16_224",
+        "tile_px": 112,
+        "embed_dim": 128,
+        "gene_dim": 128,
+    },
+    # The paper's setting: ViT-B/32 at 224 px (7x7 patches), 256-d shared space.
+    "paper": {
+        "backbone": "vit_base_patch32_224",
+        "tile_px": 224,
+        "embed_dim": 256,
+        "gene_dim": 256,
+    },
+}
+
+
+@dataclass
+class ComtipConfig:
+    """Hyper-parameters of the CoMTIP network (architecture and loss weights).
+
+    Every field is a plain JSON type, so ``ComtipConfig.from_dict(cfg.to_dict())`` round-trips and the dict
+    can be stored in a Lightning checkpoint or next to saved weights.
+
+    Parameters
+    ----------
+    backbone
+        Any timm Vision Transformer name (``vit_tiny_patch16_224``, ``vit_small_patch16_224``,
+        ``vit_base_patch32_224``, ...).
+    pretrained
+        Load pretrained backbone weights. Weights are only ever read locally: from ``checkpoint_path`` when
+        given, else from the local Hugging Face cache; nothing is downloaded.
+    checkpoint_path
+        Local file with timm weights for ``backbone`` (``.safetensors``, ``.pth`` or ``.bin``). Setting it
+        implies ``pretrained``.
+    backbone_kwargs
+        Extra keyword arguments for :func:`timm.create_model` (e.g. ``depth=2, embed_dim=64`` for tests).
+    tile_px
+        Tile side in pixels; the ViT is built with ``img_size=tile_px``.
+    embed_dim
+        Dimension of the shared, L2-normalised image/gene space.
+    gene_dim
+        Width of the Gene-Text Encoder's token states.
+    mask_ratio
+        Fraction ``r`` of patch tokens hidden in the masked branch of MFM.
+    use_values
+        Give each token a value embedding. ``False`` gives the names-only (OmiCLIP/Loki-like) sentence of the
+        ``top_k_names`` most expressed genes.
+    use_names
+        Give each token a gene-name (text) embedding. ``False`` replaces it with a learned per-gene identity
+        embedding (BLEEP-like, no text; genes outside the panel cannot be embedded).
+    mfm
+        Train with Masked Feature Modeling.
+    paat
+        Train with Pair-aware Adversarial Training (needs ``use_values``).
+    lambda_mfm, lambda_paat
+        Weights of the MFM and PAAT terms in the total loss.
+    init_temperature
+        Initial InfoNCE temperature (learned as ``logit_scale = log(1 / T)``, clamped to ``exp <= 100``).
+    text_encoder
+        Gene-name text backend: ``"minilm"`` (bundled all-MiniLM-L6-v2), ``"char-ngram"`` (dependency-free
+        hashing), ``"auto"`` (minilm when importable) or a path to a local sentence-transformers model.
+        :func:`~comtip_sc.model.build_network` stores the resolved backend in ``network.config``.
+    char_ngram_dim
+        Output dimension of the character n-gram backend.
+    value_encoding
+        ``"mlp"``: a small MLP on the continuous value (the only encoding implemented; see ``docs/model.md``).
+    value_hidden
+        Hidden width of the value MLP.
+    n_pool_queries
+        Number of learned queries of each attention-pooling layer in the Gene-Text Encoder.
+    n_heads_gene
+        Attention heads of the pooling layers.
+    top_k_names
+        Sentence length in names-only mode.
+    paat_corrupt_frac
+        Fraction of each sentence's real tokens whose values are permuted to build the mismatched sentence.
+    gene_subsample
+        Maximum number of genes per training sentence (random subset drawn per spot and step); ``None`` keeps
+        all. Evaluation always uses all genes.
+    mfm_loss
+        ``"mse"`` or ``"cosine"`` (``1 - cos``) between generated and full-branch features.
+    mfm_heads
+        Attention heads of the Mask Feature Generator; ``None`` = ``max(1, backbone_dim // 64)``.
+    dropout
+        Dropout in the projection heads.
+
+    Examples
+    --------
+    >>> cfg = ComtipConfig.preset("cpu", mfm=False)
+    >>> cfg.backbone, cfg.tile_px, cfg.mfm
+    ('vit_tiny_patch16_224', 112, False)
+    >>> ComtipConfig.from_dict(cfg.to_dict()) == cfg
+    True
+
+    """
+
+    backbone: str = "vit_base_patch32_224"
+    pretrained: bool = False
+    checkpoint_path: str | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    tile_px: int = 224
+    embed_dim: int = 256
+    gene_dim: int = 256
+    mask_ratio: float = 0.5
+    use_values: bool = True
+    use_names: bool = True
+    mfm: bool = True
+    paat: bool = True
+    lambda_mfm: float = 1.0
+    lambda_paat: float = 0.5
+    init_temperature: float = 0.07
+    text_encoder: TextEncoderName = "auto"
+    char_ngram_dim: int = 256
+    value_encoding: Literal["mlp"] = "mlp"
+    value_hidden: int = 64
+    n_pool_queries: int = 4
+    n_heads_gene: int = 4
+    top_k_names: int = 50
+    paat_corrupt_frac: float = 0.3
+    gene_subsample: int | None = None
+    mfm_loss: Literal["mse", "cosine"] = "mse"
+    mfm_heads: int | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on inconsistent settings."""
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}.")
+        if not self.use_names and not self.use_values:
+            raise ValueError("At least one of use_names / use_values must be True.")
+        if self.paat and not self.use_values:
+            # PAAT mismatches gene-value pairs; a names-only sentence has no values to mismatch.
+            raise ValueError(
+                "paat=True needs use_values=True (names-only sentences have no gene-value pairs)."
+            )
+        if not 0.0 < self.paat_corrupt_frac <= 1.0:
+            raise ValueError(f"paat_corrupt_frac must be in (0, 1], got {self.paat_corrupt_frac}.")
+        if self.value_encoding != "mlp":
+            raise ValueError(f"value_encoding must be 'mlp', got {self.value_encoding!r}.")
+        if self.mfm_loss not in ("mse", "cosine"):
+            raise ValueError(f"mfm_loss must be 'mse' or 'cosine', got {self.mfm_loss!r}.")
+        if self.gene_dim % self.n_heads_gene:
+            raise ValueError("gene_dim must be divisible by n_heads_gene.")
+        if self.gene_subsample is not None and self.gene_subsample < 1:
+            raise ValueError("gene_subsample must be a positive int or None.")
+        if self.top_k_names < 1 or self.n_pool_queries < 1:
+            raise ValueError("top_k_names and n_pool_queries must be >= 1.")
+
+    # -- (de)serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict of all fields.
+
+        Examples
+        --------
+        >>> ComtipConfig().to_dict()["backbone"]
+        'vit_base_patch32_224'
+
+        """
+        d = dataclasses.asdict(self)
+        json.dumps(d)  # fail early (here, not at save time) on a non-JSON value in backbone_kwargs
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ComtipConfig:
+        """Build a config from :meth:`to_dict` output; unknown keys raise ``TypeError``.
+
+        Examples
+        --------
+        >>> ComtipConfig.from_dict({"mfm": False}).mfm
+        False
+
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise TypeError(f"Unknown ComtipConfig fields: {sorted(unknown)}")
+        return cls(**{k: (dict(v) if k == "backbone_kwargs" else v) for k, v in d.items()})
+
+    @classmethod
+    def preset(cls, name: Literal["cpu", "paper"], **overrides: Any) -> ComtipConfig:
+        """Named starting points: ``"cpu"`` (ViT-Ti/16 at 112 px) and ``"paper"`` (ViT-B/32 at 224 px).
+
+        Examples
+        --------
+        >>> ComtipConfig.preset("paper").backbone
+        'vit_base_patch32_224'
+
+        """
+        if name not in _PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose from {sorted(_PRESETS)}.")
+        return cls(**{**_PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> ComtipConfig:
+        """Return a copy with some fields changed.
+
+        Examples
+        --------
+        >>> ComtipConfig().replace(paat=False).paat
+        False
+
+        """
+        return dataclasses.replace(self, **changes)
+
+
+#: The ablation flags of the benchmark's peer families (see ``docs/model.md``).
+FLAG_PRESETS: dict[str, dict[str, bool]] = {
+    "comtip": {"use_names": True, "use_values": True, "mfm": True, "paat": True},
+    "clip": {"use_names": True, "use_values": True, "mfm": False, "paat": False},
+    "bleep": {"use_names": False, "use_values": True, "mfm": False, "paat": False},
+    "omiclip": {"use_names": True, "use_values": False, "mfm": False, "paat": False},
+}

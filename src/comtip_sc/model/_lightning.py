@@ -1,0 +1,167 @@
+"""Lightning wrapper: logging of every loss term, AdamW with warm-up + cosine decay, resumable checkpoints."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+
+from ._config import ComtipConfig
+from ._network import ComtipNetwork, build_network
+
+_NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_query", "queries", "log_scale", "dist_token")
+
+
+class ComtipLightningModule(L.LightningModule):
+    """Train a :class:`~comtip_sc.model.ComtipNetwork` with Lightning (CPU, one or many GPUs, DDP).
+
+    The network's config (with the resolved text backend), the gene vocabulary and the optimiser settings
+    are stored with ``save_hyperparameters``, so ``ComtipLightningModule.load_from_checkpoint(path)``
+    rebuilds the same network; genes added with ``add_genes`` after construction are restored too.
+
+    Parameters
+    ----------
+    config
+        :class:`~comtip_sc.model.ComtipConfig` or its dict.
+    gene_names
+        Gene vocabulary (the training panel).
+    lr
+        Peak learning rate of AdamW.
+    weight_decay
+        AdamW weight decay (not applied to biases, norms, embeddings, tokens, queries, temperature).
+    warmup_frac
+        Fraction of the total optimiser steps used for linear warm-up (ignored if ``warmup_steps``).
+    warmup_steps
+        Explicit number of warm-up steps.
+    min_lr_ratio
+        Final learning rate of the cosine decay as a fraction of ``lr``.
+    backbone_lr_mult
+        Learning-rate multiplier of the ViT backbone (e.g. 0.1 when fine-tuning pretrained weights).
+
+    Examples
+    --------
+    >>> cfg = ComtipConfig.preset("cpu", text_encoder="char-ngram", backbone_kwargs=dict(depth=1))
+    >>> module = ComtipLightningModule(cfg, ["CD3E", "EPCAM"], lr=1e-3)
+    >>> module.hparams.lr
+    0.001
+
+    """
+
+    def __init__(
+        self,
+        config: ComtipConfig | dict[str, Any],
+        gene_names: Sequence[str],
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        warmup_frac: float = 0.05,
+        warmup_steps: int | None = None,
+        min_lr_ratio: float = 0.0,
+        backbone_lr_mult: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.network: ComtipNetwork = build_network(config, gene_names)
+        # Store the *resolved* config (text backend fixed) so reloading never switches backend.
+        self.save_hyperparameters(
+            {
+                "config": self.network.config.to_dict(),
+                "gene_names": list(gene_names),
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "warmup_frac": warmup_frac,
+                "warmup_steps": warmup_steps,
+                "min_lr_ratio": min_lr_ratio,
+                "backbone_lr_mult": backbone_lr_mult,
+            }
+        )
+
+    # -- steps -------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Loss dict of :meth:`ComtipNetwork.forward`."""
+        return self.network(batch)
+
+    def _log_terms(self, out: dict[str, Any], stage: str, batch_size: int) -> None:
+        on_step = stage == "train"
+        for key, val in out.items():
+            self.log(
+                f"{stage}/{key}",
+                val.detach() if torch.is_tensor(val) else val,
+                on_step=on_step,
+                on_epoch=True,
+                prog_bar=key == "loss",
+                batch_size=batch_size,
+                sync_dist=True,  # a no-op on one process; averages the term over ranks under DDP
+            )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Compute and log all loss terms; return the total loss."""
+        out = self.network(batch)
+        self._log_terms(out, "train", batch["image"].shape[0])
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Compute and log all loss terms on validation data (random masks/corruptions as in training)."""
+        out = self.network(batch)
+        self._log_terms(out, "val", batch["image"].shape[0])
+        return out["loss"]
+
+    # -- optimisation ------------------------------------------------------------------------------
+    def _param_groups(self) -> list[dict[str, Any]]:
+        hp = self.hparams
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, p in self.network.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = p.ndim < 2 or any(k in name for k in _NO_DECAY_NAMES) or "gene_residual" in name
+            no_decay = no_decay or "gene_identity" in name
+            is_backbone = name.startswith("vision.backbone.")
+            groups.setdefault((is_backbone, no_decay), []).append(p)
+        out = []
+        for (is_backbone, no_decay), params in groups.items():
+            out.append(
+                {
+                    "params": params,
+                    "lr": hp.lr * (hp.backbone_lr_mult if is_backbone else 1.0),
+                    "weight_decay": 0.0 if no_decay else hp.weight_decay,
+                }
+            )
+        return out
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW + per-step schedule: linear warm-up, then cosine decay to ``min_lr_ratio · lr``."""
+        hp = self.hparams
+        opt = torch.optim.AdamW(self._param_groups(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+        warm = hp.warmup_steps if hp.warmup_steps is not None else int(round(hp.warmup_frac * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, warm, total, hp.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the current vocabulary (it may have grown through ``add_genes``)."""
+        checkpoint["comtip_gene_vocab"] = self.network.gene_names
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Re-add genes appended after construction so the state dict shapes match."""
+        vocab = checkpoint.get("comtip_gene_vocab")
+        if vocab and len(vocab) > len(self.network.gene_names):
+            self.network.add_genes(vocab[len(self.network.gene_names) :])
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine to ``min_ratio``.
+
+    Examples
+    --------
+    >>> [round(lr_factor(s, 2, 10), 3) for s in (0, 1, 2, 10)]
+    [0.5, 1.0, 1.0, 0.0]
+
+    """
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,234 @@
+"""Loss functions of CoMTIP, standalone (plain tensors in, scalar tensors out).
+
+* :func:`info_nce`: symmetric image↔sentence InfoNCE; under ``torch.distributed`` the negatives of all
+  processes are gathered *with* gradients.
+* :func:`mfm_loss`: Masked Feature Modeling regression of generated onto full-branch features.
+* :func:`paat_losses`: Pair-aware Adversarial Training terms (token-level mismatch detection BCE and the
+  image-anchored ranking of the true sentence against its own corrupted copy).
+* :class:`LogitScale`: CLIP-style learnable temperature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+MAX_LOGIT_SCALE = 100.0
+
+
+class LogitScale(nn.Module):
+    """Learnable inverse temperature ``exp(s)``, initialised at ``1 / T0`` and clamped to at most 100.
+
+    Examples
+    --------
+    >>> round(float(LogitScale(0.07)().detach()), 3)
+    14.286
+
+    """
+
+    def __init__(self, init_temperature: float = 0.07, max_scale: float = MAX_LOGIT_SCALE) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.max_log = math.log(max_scale)
+
+    def forward(self) -> torch.Tensor:
+        """Current ``logit_scale`` (a scalar tensor)."""
+        # Clamp in log space: the clamp passes no gradient once at the cap, as in CLIP.
+        return self.log_scale.clamp(max=self.max_log).exp()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All-gather ``x [n_local, d]`` from every process, keeping the autograd graph.
+
+    Local batch sizes may differ (rows are padded for the collective and trimmed after).
+
+    Returns
+    -------
+    ``(x_all [N, d], offset)`` where ``offset`` is the row of this process's first local row in ``x_all``.
+    Without an initialised process group (or with one process) returns ``(x, 0)``.
+
+    """
+    if not _distributed():
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_l = [int(s.item()) for s in sizes]
+    n_max = max(sizes_l)
+    padded = F.pad(x, (0, 0, 0, n_max - x.shape[0])) if x.shape[0] < n_max else x
+    # torch.distributed.nn's all_gather sums the incoming gradients back onto each process's rows.
+    parts = all_gather(padded.contiguous())
+    x_all = torch.cat([p[:s] for p, s in zip(parts, sizes_l, strict=True)], dim=0)
+    return x_all, sum(sizes_l[:rank])
+
+
+def info_nce(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE between matched rows of ``img`` and ``txt`` (both L2-normalised ``[B, d]``).
+
+    .. math::
+        \\mathcal L = \\tfrac12\\big[\\mathrm{CE}(s\\,I T^\\top, y) + \\mathrm{CE}(s\\,T I^\\top, y)\\big]
+
+    Under ``torch.distributed`` every process scores its local rows against the rows of *all* processes
+    (gathered with gradients) and the targets are offset by the rows of lower ranks (``rank·B`` with equal
+    batches). The mean of the per-process losses then equals the single-process loss on the global batch,
+    and DDP's gradient averaging yields that loss's gradient.
+
+    Parameters
+    ----------
+    img, txt
+        ``[B, d]`` embeddings; row ``i`` of each forms a positive pair.
+    logit_scale
+        Inverse temperature (e.g. :class:`LogitScale` output).
+
+    Returns
+    -------
+    Scalar loss.
+
+    Examples
+    --------
+    >>> x = F.normalize(torch.randn(4, 8), dim=-1)
+    >>> bool(info_nce(x, x, 100.0) < info_nce(x, x.roll(1, 0), 100.0))
+    True
+
+    """
+    img_all, offset = gather_with_grad(img)
+    txt_all, _ = gather_with_grad(txt)
+    labels = torch.arange(img.shape[0], device=img.device) + offset
+    logits_img = logit_scale * img @ txt_all.t()
+    logits_txt = logit_scale * txt @ img_all.t()
+    return 0.5 * (F.cross_entropy(logits_img, labels) + F.cross_entropy(logits_txt, labels))
+
+
+def mfm_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Masked Feature Modeling loss between generated ``Ẑ_U`` and full-branch ``Z_U`` (``[B, n, D]``).
+
+    The target is detached here (stop-gradient), so the full branch is never pulled toward the
+    generator's guess; only the masked branch and the generator learn from this term.
+
+    Parameters
+    ----------
+    pred
+        Generated features of hidden patches.
+    target
+        Full-branch features at the same positions.
+    kind
+        ``"mse"`` (mean squared error over all elements) or ``"cosine"`` (mean ``1 - cos`` per token).
+
+    Examples
+    --------
+    >>> z = torch.randn(2, 3, 4)
+    >>> float(mfm_loss(z, z))
+    0.0
+
+    """
+    target = target.detach()
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
+    raise ValueError(f"Unknown MFM loss {kind!r}.")
+
+
+def pair_detection_loss(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced token BCE and balanced accuracy of the mismatch discriminator.
+
+    Positives (mismatched tokens) are a minority (about ``paat_corrupt_frac``); averaging the BCE of the
+    two classes separately keeps the discriminator from settling on "never mismatched", and makes the
+    chance level of the balanced accuracy 0.5 whatever the corruption fraction.
+
+    Parameters
+    ----------
+    logits
+        ``[B, G]`` discriminator logits (mismatch = positive).
+    labels
+        ``[B, G]`` bool, True where the token's value was swapped for a different one.
+    mask
+        ``[B, G]`` bool, real tokens.
+
+    Returns
+    -------
+    ``(bce, balanced_accuracy)``; the accuracy is detached.
+
+    """
+    labels = labels.to(logits.dtype)
+    per_tok = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    pos = mask & (labels > 0.5)
+    neg = mask & (labels < 0.5)
+    terms, accs = [], []
+    pred = logits > 0
+    for sel, target in ((pos, True), (neg, False)):
+        if sel.any():
+            terms.append(per_tok[sel].mean())
+            accs.append((pred[sel] == target).float().mean())
+    if not terms:  # no real tokens at all: a zero that still belongs to the graph
+        return logits.sum() * 0.0, logits.new_tensor(0.5)
+    return torch.stack(terms).mean(), torch.stack(accs).mean().detach()
+
+
+def pair_ranking_loss(
+    img: torch.Tensor, txt: torch.Tensor, txt_corrupt: torch.Tensor, logit_scale: torch.Tensor | float
+) -> torch.Tensor:
+    """Image-anchored 2-way softmax: each image must prefer its true sentence over its corrupted copy.
+
+    .. math:: \\mathcal L_{rank} = -\\log \\frac{e^{s\\,i\\cdot t}}{e^{s\\,i\\cdot t} + e^{s\\,i\\cdot \\tilde t}}
+
+    The corrupted sentence has the same genes and the same multiset of values as the true one, so this
+    negative is only separable through the gene-value pairing.
+
+    Examples
+    --------
+    >>> i = F.normalize(torch.randn(3, 8), dim=-1)
+    >>> bool(pair_ranking_loss(i, i, -i, 10.0) < pair_ranking_loss(i, -i, i, 10.0))
+    True
+
+    """
+    pos = (img * txt).sum(-1)
+    neg = (img * txt_corrupt).sum(-1)
+    logits = logit_scale * torch.stack([pos, neg], dim=-1)
+    return F.cross_entropy(logits, torch.zeros(img.shape[0], dtype=torch.long, device=img.device))
+
+
+def paat_losses(
+    disc_logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    txt_corrupt: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+) -> dict[str, torch.Tensor]:
+    """All PAAT terms: ``paat_bce``, ``paat_rank``, their sum ``paat`` and ``paat_acc`` (balanced accuracy).
+
+    Parameters
+    ----------
+    disc_logits, labels, mask
+        Token-level discriminator logits, mismatch labels and real-token mask of the corrupted sentences.
+    img, txt, txt_corrupt
+        L2-normalised image, true-sentence and corrupted-sentence embeddings ``[B, d]``.
+    logit_scale
+        Shared inverse temperature of InfoNCE.
+
+    Examples
+    --------
+    >>> e = F.normalize(torch.randn(2, 4), dim=-1)
+    >>> out = paat_losses(torch.zeros(2, 3), torch.rand(2, 3) > 0.5, torch.ones(2, 3, dtype=torch.bool), e, e, -e, 10.0)
+    >>> sorted(out)
+    ['paat', 'paat_acc', 'paat_bce', 'paat_rank']
+
+    """
+    bce, acc = pair_detection_loss(disc_logits, labels, mask)
+    rank = pair_ranking_loss(img, txt, txt_corrupt, logit_scale)
+    return {"paat": bce + rank, "paat_bce": bce, "paat_rank": rank, "paat_acc": acc}

@@ -1,0 +1,232 @@
+"""The CoMTIP network: vision branch + MFM, Gene-Text Encoder + PAAT, projection heads, InfoNCE."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._config import ComtipConfig
+from ._gene_names import resolve_text_encoder
+from ._gene_text import GeneTextEncoder
+from ._losses import LogitScale, info_nce, mfm_loss, paat_losses
+from ._paat import PairDiscriminator, corrupt_pairs
+from ._vision import MaskFeatureGenerator, VisionBranch, create_backbone
+
+
+class ProjectionHead(nn.Module):
+    """Map a branch's embedding into the shared space: ``p = Wx``, ``out = p + W₂ GELU(p)`` (BLEEP-style).
+
+    Parameters
+    ----------
+    d_in, d_out
+        Input and shared-space widths.
+    dropout
+        Dropout on the residual branch.
+
+    Examples
+    --------
+    >>> ProjectionHead(8, 4)(torch.randn(2, 8)).shape
+    torch.Size([2, 4])
+
+    """
+
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_out)
+        self.fc = nn.Sequential(nn.GELU(), nn.Linear(d_out, d_out), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project ``[B, d_in]`` → ``[B, d_out]`` (not normalised)."""
+        p = self.proj(x)
+        return p + self.fc(p)
+
+
+class ComtipNetwork(nn.Module):
+    """CoMTIP: image and gene-sentence encoders aligned in one L2-normalised space.
+
+    Build it with :func:`build_network`. The batch dict holds ``image`` (``[B, 3, H, W]``, normalised with
+    :attr:`image_mean` / :attr:`image_std`), ``gene_idx`` (``[B, G]`` long, indices into
+    :attr:`gene_names`), ``values`` (``[B, G]`` float, normalised log1p) and ``mask`` (``[B, G]`` bool).
+
+    Attributes
+    ----------
+    config
+        The config, with ``text_encoder`` resolved to the backend actually used (save this one).
+    vision
+        :class:`~comtip_sc.model._vision.VisionBranch`.
+    gene_encoder
+        :class:`~comtip_sc.model._gene_text.GeneTextEncoder`.
+    mfm_generator, discriminator
+        Present only when ``config.mfm`` / ``config.paat``.
+
+    Examples
+    --------
+    >>> cfg = ComtipConfig(backbone="vit_tiny_patch16_224", tile_px=32, embed_dim=16, gene_dim=16,
+    ...     text_encoder="char-ngram", n_heads_gene=2,
+    ...     backbone_kwargs=dict(patch_size=8, depth=1, embed_dim=32, num_heads=2))
+    >>> net = build_network(cfg, ["CD3E", "EPCAM", "ALB"])
+    >>> batch = {"image": torch.randn(2, 3, 32, 32), "gene_idx": torch.tensor([[0, 1, 2]] * 2),
+    ...          "values": torch.rand(2, 3), "mask": torch.ones(2, 3, dtype=torch.bool)}
+    >>> sorted(net(batch))
+    ['info_nce', 'logit_scale', 'loss', 'mfm', 'paat', 'paat_acc', 'paat_bce', 'paat_rank']
+    >>> net.encode_image(batch["image"]).shape
+    torch.Size([2, 16])
+
+    """
+
+    def __init__(self, config: ComtipConfig, gene_names: Sequence[str]) -> None:
+        super().__init__()
+        self.config = config
+        backbone = create_backbone(
+            config.backbone,
+            config.tile_px,
+            pretrained=config.pretrained,
+            checkpoint_path=config.checkpoint_path,
+            **config.backbone_kwargs,
+        )
+        self.vision = VisionBranch(backbone, config.mask_ratio)
+        d_vis = self.vision.dim
+        if config.mfm:
+            heads = config.mfm_heads or max(1, d_vis // 64)
+            self.mfm_generator = MaskFeatureGenerator(d_vis, self.vision.num_patches, heads)
+        self.gene_encoder = GeneTextEncoder(
+            gene_names,
+            config.gene_dim,
+            text_encoder=config.text_encoder,
+            use_names=config.use_names,
+            use_values=config.use_values,
+            top_k_names=config.top_k_names,
+            n_pool_queries=config.n_pool_queries,
+            n_heads=config.n_heads_gene,
+            value_hidden=config.value_hidden,
+            char_ngram_dim=config.char_ngram_dim,
+        )
+        if config.paat:
+            self.discriminator = PairDiscriminator(config.gene_dim)
+        self.image_head = ProjectionHead(d_vis, config.embed_dim, config.dropout)
+        self.gene_head = ProjectionHead(config.gene_dim, config.embed_dim, config.dropout)
+        self.logit_scale = LogitScale(config.init_temperature)
+
+    # -- vocabulary & preprocessing facts ----------------------------------------------------------
+    @property
+    def gene_names(self) -> list[str]:
+        """The gene vocabulary (training panel, then genes added by :meth:`add_genes`)."""
+        return list(self.gene_encoder.gene_names)
+
+    def gene_index(self, names: Sequence[str], missing: int | None = None) -> torch.LongTensor:
+        """Vocabulary indices of ``names`` (see :meth:`GeneTextEncoder.gene_index`)."""
+        return self.gene_encoder.gene_index(names, missing)
+
+    def add_genes(
+        self, names: Sequence[str], descriptions: Sequence[str | None] | None = None
+    ) -> torch.LongTensor:
+        """Add genes outside the panel (embedded from their names); returns their indices."""
+        return self.gene_encoder.add_genes(names, descriptions)
+
+    @property
+    def image_mean(self) -> tuple[float, ...]:
+        """Per-channel mean the backbone expects (from its timm pretrained config)."""
+        return tuple(self.vision.backbone.pretrained_cfg.get("mean", (0.5, 0.5, 0.5)))
+
+    @property
+    def image_std(self) -> tuple[float, ...]:
+        """Per-channel std the backbone expects."""
+        return tuple(self.vision.backbone.pretrained_cfg.get("std", (0.5, 0.5, 0.5)))
+
+    # -- embeddings --------------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embedding ``[B, embed_dim]`` (full branch global token → projection)."""
+        pooled, _ = self.vision.forward_full(images)
+        return F.normalize(self.image_head(pooled), dim=-1)
+
+    def encode_genes(self, gene_idx: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """L2-normalised gene-sentence embedding ``[B, embed_dim]`` (all real genes; top-k in names-only)."""
+        out = self.gene_encoder(gene_idx, values, mask)
+        return F.normalize(self.gene_head(out["sentence"]), dim=-1)
+
+    # -- training objective ------------------------------------------------------------------------
+    def forward(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
+        """Compute the losses of one batch.
+
+        Returns
+        -------
+        dict with ``loss`` (total), ``info_nce``, ``logit_scale`` and, when enabled, ``mfm`` and
+        ``paat``/``paat_bce``/``paat_rank``/``paat_acc``. Disabled terms are neither computed nor present.
+
+        """
+        cfg = self.config
+        images = batch["image"]
+        pooled, patches = self.vision.forward_full(images)
+        img = F.normalize(self.image_head(pooled), dim=-1)
+
+        gene_idx, values, mask = self.gene_encoder.select_tokens(
+            batch["gene_idx"],
+            batch["values"],
+            batch["mask"].bool(),
+            max_genes=cfg.gene_subsample if self.training else None,
+            generator=generator,
+        )
+        enc = self.gene_encoder(gene_idx, values, mask, select=False)
+        txt = F.normalize(self.gene_head(enc["sentence"]), dim=-1)
+
+        scale = self.logit_scale()
+        out: dict[str, Any] = {"logit_scale": scale.detach()}
+        out["info_nce"] = info_nce(img, txt, scale)
+        loss = out["info_nce"]
+
+        if cfg.mfm:
+            view = self.vision.forward_masked(images, generator=generator)
+            pred = self.mfm_generator(view.visible, view.ids_hidden, self.vision.patch_pos_embed())
+            target = patches.gather(1, view.ids_hidden[..., None].expand(-1, -1, patches.shape[-1]))
+            out["mfm"] = mfm_loss(pred, target, cfg.mfm_loss)
+            loss = loss + cfg.lambda_mfm * out["mfm"]
+
+        if cfg.paat:
+            bad_values, labels = corrupt_pairs(values, mask, cfg.paat_corrupt_frac, generator)
+            enc_bad = self.gene_encoder(gene_idx, bad_values, mask, select=False)
+            txt_bad = F.normalize(self.gene_head(enc_bad["sentence"]), dim=-1)
+            logits = self.discriminator(enc_bad["tokens"])
+            out.update(paat_losses(logits, labels, mask, img, txt, txt_bad, scale))
+            loss = loss + cfg.lambda_paat * out["paat"]
+
+        out["loss"] = loss
+        return out
+
+
+def build_network(config: ComtipConfig | dict[str, Any], gene_names: Sequence[str]) -> ComtipNetwork:
+    """Build a :class:`ComtipNetwork` from a config and the gene vocabulary.
+
+    ``config.text_encoder="auto"`` is resolved here (MiniLM when installed, else character n-grams) and
+    the resolved name is stored in ``network.config``, so a saved ``network.config.to_dict()`` rebuilds the
+    same architecture elsewhere.
+
+    Parameters
+    ----------
+    config
+        :class:`ComtipConfig` or its dict.
+    gene_names
+        Gene vocabulary: the training panel, or ``network.gene_names`` of a saved model (to reload weights).
+
+    Returns
+    -------
+    The network (random init, or with local pretrained backbone weights if configured).
+
+    Examples
+    --------
+    >>> cfg = ComtipConfig.preset("cpu", text_encoder="char-ngram", mfm=False, paat=False,
+    ...     backbone_kwargs=dict(depth=1))
+    >>> build_network(cfg, ["CD3E", "EPCAM"]).gene_names
+    ['CD3E', 'EPCAM']
+
+    """
+    if isinstance(config, dict):
+        config = ComtipConfig.from_dict(config)
+    if config.use_names:
+        config = config.replace(text_encoder=resolve_text_encoder(config.text_encoder))
+    return ComtipNetwork(config, gene_names)

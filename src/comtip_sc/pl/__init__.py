@@ -1,0 +1,5 @@
+"""Plotting: tile montages, observed vs predicted maps, embeddings."""
+
+from ._tiles import tiles
+
+__all__ = ["tiles"]

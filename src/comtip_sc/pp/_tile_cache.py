@@ -1,0 +1,161 @@
+"""An on-disk zarr cache of spot tiles, so that later epochs read small arrays instead of slides."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zarr
+from spatialdata import SpatialData
+
+from .._constants import DEFAULT_TILE_PX, DEFAULT_TILE_UM, TABLE_KEY
+from ._tiles import SpotTiles
+
+logger = logging.getLogger(__name__)
+
+#: Tiles per zarr chunk: small enough for cheap random access, large enough to keep file counts low.
+_CHUNK = 16
+
+
+class CachedTiles:
+    """Tiles read back from a cache written by :func:`cache_tiles`; indexable like :class:`SpotTiles`.
+
+    The zarr store is opened lazily in each process, so instances pickle cheaply into data-loader
+    workers.
+
+    Parameters
+    ----------
+    path
+        Folder of the zarr cache.
+
+    Examples
+    --------
+    >>> import comtip_sc as cs, tempfile, os
+    >>> sdata = cs.datasets.toy_tissue(n_rows=4, n_cols=4, n_genes=20)
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiles.zarr")
+    >>> tiles = cs.pp.cache_tiles(sdata, path, tile_um=100, tile_px=16)
+    >>> tiles[0].shape
+    (16, 16, 3)
+
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        group = zarr.open_group(self.path, mode="r")
+        self.tile_um = float(group.attrs["tile_um"])
+        self.tile_px = int(group.attrs["tile_px"])
+        self.obs_names = np.asarray(group.attrs["obs_names"], dtype=str)
+        self._array = None
+
+    def __len__(self) -> int:
+        return len(self.obs_names)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_array"] = None
+        return state
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._array is None:
+            self._array = zarr.open_group(self.path, mode="r")["tiles"]
+        return np.asarray(self._array[int(i)])
+
+    def take(self, indices=None) -> np.ndarray:
+        """Stack the tiles at ``indices`` (all when ``None``)."""
+        if self._array is None:
+            self._array = zarr.open_group(self.path, mode="r")["tiles"]
+        if indices is None:
+            return np.asarray(self._array[:])
+        return np.asarray(self._array.get_orthogonal_selection((np.asarray(indices, dtype=int),)))
+
+
+def cache_tiles(
+    sdata: SpatialData,
+    path: str | os.PathLike,
+    *,
+    tile_um: float = DEFAULT_TILE_UM,
+    tile_px: int = DEFAULT_TILE_PX,
+    table_key: str = TABLE_KEY,
+    spot_diameter_um: float | None = None,
+    overwrite: bool = False,
+) -> CachedTiles:
+    """Cut every spot's tile once and store them in a zarr array at ``path``.
+
+    An existing cache with the same ``tile_um``, ``tile_px`` and spots is reused as it is. The cache
+    is written to a temporary folder beside ``path`` and renamed into place, so an interrupted run
+    never leaves a half-written cache behind.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with images, spot shapes and a table annotating them.
+    path
+        Folder of the zarr cache (created).
+    tile_um, tile_px
+        Physical tile side in µm and its resampled side in pixels.
+    table_key
+        Table whose rows are the spots.
+    spot_diameter_um
+        Physical spot diameter when the table does not record it.
+    overwrite
+        Rebuild even when a matching cache exists; replace a non-matching one instead of raising.
+
+    Returns
+    -------
+    The cache, opened for reading.
+
+    Examples
+    --------
+    >>> import comtip_sc as cs, tempfile, os
+    >>> sdata = cs.datasets.toy_tissue(n_rows=4, n_cols=4, n_genes=20)
+    >>> tiles = cs.pp.cache_tiles(sdata, os.path.join(tempfile.mkdtemp(), "t.zarr"), tile_um=100, tile_px=16)
+    >>> len(tiles)
+    16
+
+    """
+    path = Path(path)
+    source = SpotTiles(
+        sdata, tile_um=tile_um, tile_px=tile_px, table_key=table_key, spot_diameter_um=spot_diameter_um
+    )
+    if path.exists() and not overwrite:
+        try:
+            cached = CachedTiles(path)
+        except Exception as err:
+            raise ValueError(f"{path} exists but is not a readable tile cache; pass overwrite=True.") from err
+        same = (
+            cached.tile_um == float(tile_um)
+            and cached.tile_px == int(tile_px)
+            and np.array_equal(cached.obs_names, source.obs_names)
+        )
+        if same:
+            logger.info("Reusing the tile cache at %s (%d tiles).", path, len(cached))
+            return cached
+        raise ValueError(
+            f"The tile cache at {path} was built for other settings or spots (tile_um={cached.tile_um}, "
+            f"tile_px={cached.tile_px}, {len(cached)} spots); pass overwrite=True to rebuild it."
+        )
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        group = zarr.open_group(str(tmp), mode="w")
+        n = len(source)
+        arr = group.create_array(
+            "tiles", shape=(n, tile_px, tile_px, 3), chunks=(_CHUNK, tile_px, tile_px, 3), dtype="uint8"
+        )
+        for start in range(0, n, _CHUNK):
+            stop = min(start + _CHUNK, n)
+            arr[start:stop] = source.take(range(start, stop))
+        group.attrs.update(
+            {"tile_um": float(tile_um), "tile_px": int(tile_px), "obs_names": source.obs_names.tolist()}
+        )
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Cached %d tiles of %g µm at %d px in %s.", n, tile_um, tile_px, path)
+    return CachedTiles(path)

@@ -1,0 +1,8 @@
+"""Tools: training, embedding, prediction and evaluation."""
+
+from ._embed import comtip_embed
+from ._evaluate import evaluate, pearson_per_gene
+from ._fit import fit
+from ._predict import comtip_predict
+
+__all__ = ["comtip_embed", "comtip_predict", "evaluate", "fit", "pearson_per_gene"]

@@ -1,0 +1,196 @@
+"""Registration of SpatialData tables for training: spot tiles + gene sentences as torch batches.
+
+One :class:`SpotSentences` per section group (a SpatialData table) pairs each spot's tile with its
+gene sentence: the normalised values of that table's panel genes and their indices in the model's
+gene vocabulary. Tables with different gene sets train together; :class:`SentenceCollate` pads
+sentences to the longest in the batch and marks real tokens in ``mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from .._constants import NORM_TARGET_SUM
+
+
+def normalized_values(
+    table: AnnData, genes: Sequence[str], *, layer: str | None = None, target_sum: float = NORM_TARGET_SUM
+) -> np.ndarray:
+    """Values of ``genes`` on the 1e4-per-spot + log1p scale, as a dense ``float32`` array.
+
+    With ``layer=None`` the raw counts in ``X`` are normalised on the fly over all genes of the table
+    (so the scale matches :func:`comtip_sc.pp.normalize`) without writing anything into ``table``.
+    With a layer name, that layer is taken as already normalised.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> t = ad.AnnData(np.array([[1.0, 3.0], [2.0, 2.0]]))
+    >>> t.var_names = ["A", "B"]
+    >>> normalized_values(t, ["B"]).round(3).ravel().tolist()
+    [8.923, 8.517]
+
+    """
+    missing = [g for g in genes if g not in table.var_names]
+    if missing:
+        raise KeyError(f"Genes {missing[:10]} ({len(missing)} in all) are not in the table's var_names.")
+    cols = table.var_names.get_indexer(list(genes))
+    if layer is not None:
+        if layer not in table.layers:
+            raise KeyError(f"Layer {layer!r} is not in the table (layers: {list(table.layers.keys())}).")
+        X = table.layers[layer][:, cols]
+        return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
+    totals = np.asarray(table.X.sum(axis=1)).ravel().astype(np.float64)
+    X = table.X[:, cols]
+    X = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    return np.log1p(X * scale[:, None]).astype(np.float32)
+
+
+class SpotSentences(Dataset):
+    """Spots of one table: item ``i`` is ``(tile uint8 (H, W, 3), values float32 (G,), group)``."""
+
+    def __init__(self, tiles, values: np.ndarray, gene_idx: np.ndarray, group: int) -> None:
+        if len(tiles) != len(values):
+            raise ValueError(f"{len(tiles)} tiles but {len(values)} expression rows.")
+        self.tiles = tiles
+        self.values = values
+        self.gene_idx = np.asarray(gene_idx, dtype=np.int64)
+        self.group = group
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int):
+        return self.tiles[i], self.values[i], self.gene_idx, self.group
+
+
+@dataclass
+class SentenceCollate:
+    """Turn items of :class:`SpotSentences` into a model batch.
+
+    Images are scaled to [0, 1], normalised with the backbone's mean/std and, for training,
+    augmented with the symmetries of a histology tile (flips and 90° rotations), which change
+    nothing biological.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    augment: bool = False
+
+    def __call__(self, items) -> dict[str, torch.Tensor]:
+        tiles = torch.from_numpy(np.stack([it[0] for it in items])).permute(0, 3, 1, 2).float().div_(255.0)
+        if self.augment:
+            out = []
+            for t in tiles:
+                k = int(torch.randint(0, 4, ()))
+                t = torch.rot90(t, k, dims=(1, 2))
+                if torch.rand(()) < 0.5:
+                    t = torch.flip(t, dims=(2,))
+                out.append(t)
+            tiles = torch.stack(out)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        g_max = max(len(it[1]) for it in items)
+        values = torch.zeros(len(items), g_max)
+        gene_idx = torch.zeros(len(items), g_max, dtype=torch.long)
+        mask = torch.zeros(len(items), g_max, dtype=torch.bool)
+        for b, (_, v, idx, _) in enumerate(items):
+            values[b, : len(v)] = torch.from_numpy(np.asarray(v))
+            gene_idx[b, : len(v)] = torch.from_numpy(idx)
+            mask[b, : len(v)] = True
+        return {"image": (tiles - mean) / std, "values": values, "gene_idx": gene_idx, "mask": mask}
+
+
+class SpotDataModule(L.LightningDataModule):
+    """Train/validation loaders over one or several :class:`SpotSentences` datasets.
+
+    Parameters
+    ----------
+    datasets
+        One dataset per section, so that validation can be held out by section.
+    val_sections
+        Indices into ``datasets`` used for validation (empty: no validation).
+    batch_size, num_workers
+        Loader settings. With ``num_workers > 0`` the tile readers are pickled into the workers; they
+        hold lazy dask arrays, not slides.
+    mean, std
+        Backbone normalisation.
+
+    """
+
+    def __init__(
+        self,
+        datasets: list[Dataset],
+        *,
+        val_sections: Sequence[int] = (),
+        batch_size: int = 32,
+        num_workers: int = 0,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        augment: bool = True,
+    ) -> None:
+        super().__init__()
+        self.datasets = datasets
+        self.val_sections = list(val_sections)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_collate = SentenceCollate(tuple(mean), tuple(std), augment=augment)
+        self.eval_collate = SentenceCollate(tuple(mean), tuple(std), augment=False)
+
+    def _concat(self, which: list[int]) -> Dataset:
+        parts = [self.datasets[i] for i in which]
+        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+    @property
+    def train_dataset(self) -> Dataset:
+        """Everything not held out."""
+        return self._concat([i for i in range(len(self.datasets)) if i not in self.val_sections])
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.train_dataset
+        # InfoNCE needs at least two spots per batch; a final batch of one is dropped.
+        drop_last = len(ds) % self.batch_size == 1
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            collate_fn=self.train_collate,
+            drop_last=drop_last,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_sections:
+            return []
+        return DataLoader(
+            self._concat(self.val_sections),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self.eval_collate,
+        )
+
+    def predict_loader(self, dataset: Dataset) -> DataLoader:
+        """An ordered, unaugmented loader over ``dataset`` (used for embedding and the reference bank)."""
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self.eval_collate,
+        )
+
+
+def subset(dataset: Dataset, indices: np.ndarray) -> Subset:
+    """A view of ``dataset`` restricted to ``indices``."""
+    return Subset(dataset, [int(i) for i in indices])

@@ -1,0 +1,346 @@
+"""``cs.tl.fit``: train a CoMTIP model on one or several SpatialData objects with Lightning."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from anndata import AnnData
+from spatialdata import SpatialData
+
+from .._constants import DEFAULT_TILE_UM, NORM_TARGET_SUM, PANEL_KEY, SAMPLE_KEY, TABLE_KEY
+from .._sections import check_counts, get_table, resolve_sections
+from ..model import ComtipConfig, ComtipLightningModule
+from ..model._comtip_model import ComtipModel, ReferenceBank
+from ..pp._genes import select_genes
+from ..pp._tile_cache import cache_tiles
+from ..pp._tiles import SpotTiles
+from ._datamodule import SpotDataModule, SpotSentences, normalized_values, subset
+from ._inference import encode_images, encode_sentences
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Registered:
+    """One training table after registration: its panel, values and per-section datasets."""
+
+    name: str
+    panel: list[str]
+    values: np.ndarray
+    sections: list[tuple[str, SpotSentences]]
+
+
+def _register(
+    sdata: SpatialData,
+    *,
+    idx: int,
+    table_key: str,
+    layer: str | None,
+    genes: Sequence[str] | None,
+    n_top_genes: int,
+    tile_um: float,
+    tile_px: int,
+    tile_cache: str | None,
+    vocab: dict[str, int],
+) -> _Registered:
+    table = get_table(sdata, table_key)
+    if layer is None:
+        check_counts(table, what=f"Table {table_key!r} of dataset {idx}")
+    else:
+        check_counts(table, layer=layer, what=f"Table {table_key!r} of dataset {idx}")
+    if genes is not None:
+        panel = [g for g in genes if g in table.var_names]
+        if not panel:
+            raise ValueError(f"None of the requested genes is in table {table_key!r} of dataset {idx}.")
+    elif PANEL_KEY in table.var:
+        panel = table.var_names[table.var[PANEL_KEY].to_numpy(bool)].tolist()
+    else:
+        # Select on a light copy (counts only) so that the user's table gains nothing.
+        light = AnnData(
+            table.X, obs=table.obs[[SAMPLE_KEY]] if SAMPLE_KEY in table.obs else None, var=table.var[[]]
+        )
+        groupby = SAMPLE_KEY if SAMPLE_KEY in light.obs else None
+        select_genes(light, n_top=n_top_genes, method="mean", groupby=groupby)
+        panel = light.uns["comtip"]["panel"]
+    for g in panel:
+        vocab.setdefault(g, len(vocab))
+    values = normalized_values(table, panel, layer=layer)
+    if tile_cache is not None:
+        tiles = cache_tiles(
+            sdata, f"{tile_cache}/dataset{idx}.zarr", tile_um=tile_um, tile_px=tile_px, table_key=table_key
+        )
+    else:
+        tiles = SpotTiles(sdata, tile_um=tile_um, tile_px=tile_px, table_key=table_key)
+    full = SpotSentences(tiles, values, np.array([vocab[g] for g in panel]), group=idx)
+    sections = [
+        (sec.region, subset(full, sec.obs_index)) for sec in resolve_sections(sdata, table_key=table_key)
+    ]
+    return _Registered(f"dataset{idx}", panel, values, sections)
+
+
+def _default_precision(accelerator: str) -> str:
+    if (
+        accelerator in ("gpu", "cuda", "auto")
+        and torch.cuda.is_available()
+        and torch.cuda.is_bf16_supported()
+    ):
+        return "bf16-mixed"
+    return "32-true"
+
+
+def fit(
+    sdata: SpatialData | Sequence[SpatialData],
+    *,
+    table_key: str = TABLE_KEY,
+    layer: str | None = None,
+    genes: Sequence[str] | None = None,
+    n_top_genes: int = 250,
+    preset: str = "cpu",
+    config: ComtipConfig | None = None,
+    backbone: str | None = None,
+    pretrained: bool | None = None,
+    checkpoint_path: str | None = None,
+    tile_um: float = DEFAULT_TILE_UM,
+    tile_px: int | None = None,
+    max_epochs: int = 20,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    weight_decay: float = 0.05,
+    val_sections: Sequence[str] | str | None = "auto",
+    early_stopping_patience: int | None = 5,
+    accelerator: str = "auto",
+    devices: int | str | Sequence[int] = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    precision: str | None = None,
+    num_workers: int = 0,
+    seed: int | None = None,
+    tile_cache: str | None = None,
+    callbacks: list | None = None,
+    logger: Any = None,
+    default_root_dir: str | None = None,
+    ckpt_path: str | None = None,
+    **trainer_kwargs: Any,
+) -> ComtipModel:
+    """Train a CoMTIP model (MFM vision branch + Gene-Text Encoder with PAAT, aligned by InfoNCE).
+
+    Parameters
+    ----------
+    sdata
+        One SpatialData or a list of them (e.g. datasets with different gene sets). Each needs a
+        table annotating spot circles that share a coordinate system with an H&E image.
+    table_key
+        Table of each SpatialData.
+    layer
+        Layer holding normalised (1e4 + log1p) expression; ``None`` normalises the raw counts in ``X``
+        on the fly (nothing is written into the table).
+    genes
+        Gene panel. ``None`` uses ``var["comtip_panel"]`` when present (see
+        :func:`comtip_sc.pp.select_genes`) or else the top ``n_top_genes`` genes by mean among genes
+        present in every section.
+    n_top_genes
+        Panel size when it is chosen here.
+    preset
+        Starting configuration: ``"cpu"`` (ViT-Ti/16, 112 px) or ``"paper"`` (ViT-B/32, 224 px).
+    config
+        A full :class:`~comtip_sc.model.ComtipConfig`; overrides ``preset``.
+    backbone, pretrained, checkpoint_path, tile_px
+        Override the corresponding config fields (any timm ViT name; local weights only).
+    tile_um
+        Physical tile side in µm.
+    max_epochs, batch_size, lr, weight_decay
+        Optimisation settings.
+    val_sections
+        Shapes elements held out for validation and early stopping. ``"auto"`` holds out the last
+        section when there are several and none when there is one; ``None`` disables validation.
+    early_stopping_patience
+        Epochs without improvement of the validation loss before stopping (``None``: no early stopping).
+    accelerator, devices, strategy, num_nodes, precision
+        Passed to :class:`lightning.pytorch.Trainer`. ``precision=None`` picks ``"bf16-mixed"`` on GPUs
+        that support it and ``"32-true"`` elsewhere. With several devices, InfoNCE negatives are gathered
+        across processes with gradients.
+    num_workers
+        Data-loader workers that cut the tiles.
+    seed
+        Seed everything (weights, masks, batches, augmentations) for a reproducible run.
+    tile_cache
+        Folder for a zarr tile cache (cut once, reused by later epochs and runs).
+    callbacks, logger, default_root_dir, ckpt_path, **trainer_kwargs
+        Lightning settings; ``ckpt_path`` resumes training from a Lightning checkpoint.
+
+    Returns
+    -------
+    The trained :class:`~comtip_sc.model.ComtipModel`, with a retrieval reference bank of the training
+    spots.
+
+    Examples
+    --------
+    >>> import comtip_sc as cs
+    >>> sdata = cs.datasets.toy_tissue(n_rows=8, n_cols=8, n_genes=30)
+    >>> model = cs.tl.fit(sdata, max_epochs=1, batch_size=16, enable_progress_bar=False)  # doctest: +SKIP
+
+    """
+    datasets = [sdata] if isinstance(sdata, SpatialData) else list(sdata)
+    if not datasets:
+        raise ValueError("fit needs at least one SpatialData.")
+    if seed is not None:
+        L.seed_everything(seed, workers=True)
+    cfg = config if config is not None else ComtipConfig.preset(preset)
+    overrides = {
+        k: v
+        for k, v in dict(
+            backbone=backbone, pretrained=pretrained, checkpoint_path=checkpoint_path, tile_px=tile_px
+        ).items()
+        if v is not None
+    }
+    cfg = cfg.replace(**overrides) if overrides else cfg
+
+    vocab: dict[str, int] = {}
+    registered = [
+        _register(
+            d,
+            idx=i,
+            table_key=table_key,
+            layer=layer,
+            genes=genes,
+            n_top_genes=n_top_genes,
+            tile_um=tile_um,
+            tile_px=cfg.tile_px,
+            tile_cache=tile_cache,
+            vocab=vocab,
+        )
+        for i, d in enumerate(datasets)
+    ]
+    sections = [
+        (f"{r.name}:{name}" if len(registered) > 1 else name, ds)
+        for r in registered
+        for name, ds in r.sections
+    ]
+    names = [n for n, _ in sections]
+    if val_sections == "auto":
+        val_idx = [len(sections) - 1] if len(sections) > 1 else []
+    elif val_sections is None:
+        val_idx = []
+    else:
+        wanted = [val_sections] if isinstance(val_sections, str) else list(val_sections)
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            raise ValueError(f"val_sections {unknown} are not sections of the data; sections: {names}.")
+        val_idx = [names.index(w) for w in wanted]
+    if len(val_idx) == len(sections):
+        raise ValueError("Every section is held out for validation; nothing is left to train on.")
+    genes_vocab = list(vocab)
+    n_train = sum(len(ds) for i, (_, ds) in enumerate(sections) if i not in val_idx)
+    log.info(
+        "Training CoMTIP on %d section(s) (%s), %d training spots, %d genes in the vocabulary; validation: %s.",
+        len(sections),
+        ", ".join(names),
+        n_train,
+        len(genes_vocab),
+        [names[i] for i in val_idx] or "none",
+    )
+
+    module = ComtipLightningModule(cfg.to_dict(), genes_vocab, lr=lr, weight_decay=weight_decay)
+    mean, std = module.network.image_mean, module.network.image_std
+    dm = SpotDataModule(
+        [ds for _, ds in sections],
+        val_sections=val_idx,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        mean=mean,
+        std=std,
+    )
+
+    steps_per_epoch = max(1, len(dm.train_dataset) // batch_size)
+    trainer_kwargs.setdefault("log_every_n_steps", min(50, steps_per_epoch))
+    if not val_idx:
+        trainer_kwargs.setdefault("limit_val_batches", 0)
+    cbs = list(callbacks or [])
+    monitor = "val/loss" if val_idx else "train/loss"
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(monitor=monitor, mode="min", save_last=True)
+    cbs.append(checkpoint)
+    if val_idx and early_stopping_patience is not None:
+        cbs.append(
+            L.pytorch.callbacks.EarlyStopping(
+                monitor="val/loss", mode="min", patience=early_stopping_patience
+            )
+        )
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        precision=precision or _default_precision(accelerator),
+        callbacks=cbs,
+        logger=logger
+        if logger is not None
+        else L.pytorch.loggers.CSVLogger(default_root_dir or ".", name="comtip_logs"),
+        default_root_dir=default_root_dir,
+        deterministic=seed is not None and not torch.cuda.is_available(),
+        **trainer_kwargs,
+    )
+    log.info(
+        "Lightning trainer: accelerator=%s, devices=%s, precision=%s.",
+        type(trainer.accelerator).__name__,
+        trainer.num_devices,
+        trainer.precision,
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if val_idx and checkpoint.best_model_path:
+        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+        module.load_state_dict(best["state_dict"])
+    network = module.network.cpu().eval()
+
+    # Retrieval bank: image-independent sentence embeddings + expression of every training spot.
+    panel = genes_vocab
+    embeddings, image_embeddings, expression, obs_names = [], [], [], []
+    for r in registered:
+        table = get_table(datasets[int(r.name.removeprefix("dataset"))], table_key)
+        for _, ds in r.sections:
+            loader = dm.predict_loader(ds)
+            emb = encode_sentences(network, loader)
+            image_embeddings.append(encode_images(network, loader))
+            block = np.full((len(ds), len(panel)), np.nan, dtype=np.float32)
+            block[:, [vocab[g] for g in r.panel]] = r.values[ds.indices]
+            embeddings.append(emb)
+            expression.append(block)
+            obs_names.extend(table.obs_names[ds.indices].tolist())
+    expression = np.concatenate(expression)
+    reference = ReferenceBank(
+        np.concatenate(embeddings), expression, panel, obs_names, np.concatenate(image_embeddings)
+    )
+    with np.errstate(all="ignore"):
+        gene_stats = {
+            "mean": dict(zip(panel, np.nanmean(expression, 0).tolist(), strict=True)),
+            "max": dict(zip(panel, np.nanmax(expression, 0).tolist(), strict=True)),
+        }
+    history = {
+        "sections": names,
+        "val_sections": [names[i] for i in val_idx],
+        "epochs": int(trainer.current_epoch),
+        "global_steps": int(trainer.global_step),
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "best_checkpoint": checkpoint.best_model_path,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    model = ComtipModel(
+        network,
+        panel=panel,
+        tile_um=tile_um,
+        tile_px=cfg.tile_px,
+        normalization={"target_sum": NORM_TARGET_SUM, "log1p": True, "layer": layer},
+        reference=reference,
+        history=history,
+        gene_stats=gene_stats,
+    )
+    log.info("Trained %r.", model)
+    return model

@@ -1,0 +1,247 @@
+"""``cs.tl.comtip_predict``: expression from images alone (retrieval, zero-shot, ridge head)."""
+
+from __future__ import annotations
+
+import copy as _copy
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from spatialdata import SpatialData
+
+from .._constants import PRED_EXTRA_KEY, PRED_LAYER, TABLE_KEY
+from .._sections import get_table
+from ..model._comtip_model import ComtipModel, ReferenceBank
+from ._datamodule import SpotDataModule, SpotSentences, normalized_values
+from ._embed import image_embeddings
+from ._inference import encode_images, encode_sentences
+from ._utils import record, resolve_device, target
+
+#: Candidate values per gene in zero-shot prediction (log1p scale, from 0 to the gene's training max).
+N_CANDIDATES = 24
+
+
+def reference_from(
+    sdata: SpatialData, model: ComtipModel, *, table_key: str = TABLE_KEY, batch_size: int = 64
+) -> ReferenceBank:
+    """Build a retrieval bank from a user-given reference SpatialData with the model's panel genes.
+
+    Examples
+    --------
+    >>> bank = reference_from(ref_sdata, model)  # doctest: +SKIP
+
+    """
+    from ..pp._tiles import SpotTiles
+
+    table = get_table(sdata, table_key)
+    genes = [g for g in model.panel if g in table.var_names]
+    if not genes:
+        raise ValueError(f"Reference table {table_key!r} shares no gene with the model's panel.")
+    values = normalized_values(table, genes)
+    tiles = SpotTiles(sdata, tile_um=model.tile_um, tile_px=model.tile_px, table_key=table_key)
+    net = model.network
+    ds = SpotSentences(tiles, values, net.gene_index(genes).numpy(), group=0)
+    loader = SpotDataModule(
+        [ds], batch_size=batch_size, mean=net.image_mean, std=net.image_std
+    ).predict_loader(ds)
+    return ReferenceBank(
+        encode_sentences(net, loader), values, genes, table.obs_names.tolist(), encode_images(net, loader)
+    )
+
+
+def _retrieval(img: np.ndarray, bank: ReferenceBank, k: int) -> np.ndarray:
+    k = min(k, len(bank.embeddings))
+    sims = img @ bank.embeddings.T
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    with np.errstate(all="ignore"):
+        pred = np.nanmean(bank.expression[top], axis=1)
+    return np.nan_to_num(pred, nan=0.0)
+
+
+def _head(img: np.ndarray, bank: ReferenceBank) -> np.ndarray:
+    from sklearn.linear_model import RidgeCV
+
+    if bank.image_embeddings is None:
+        raise ValueError(
+            "The reference bank has no image embeddings; 'head' needs a bank built by fit or reference=."
+        )
+    pred = np.zeros((len(img), len(bank.genes)), np.float32)
+    observed = ~np.isnan(bank.expression)
+    # Genes observed on the same spots share one multi-output ridge fit.
+    patterns, group = np.unique(observed.T, axis=0, return_inverse=True)
+    for p, rows in enumerate(patterns):
+        cols = np.flatnonzero(group.ravel() == p)
+        if rows.sum() < 2:
+            continue
+        ridge = RidgeCV(alphas=np.logspace(-2, 3, 12)).fit(
+            bank.image_embeddings[rows], bank.expression[rows][:, cols]
+        )
+        pred[:, cols] = ridge.predict(img)
+    return pred
+
+
+@torch.no_grad()
+def _zero_shot(img: np.ndarray, model: ComtipModel, genes: list[str], batch: int = 512) -> np.ndarray:
+    """Expected value of each gene under the softmax over candidate-value sentences.
+
+    For gene ``g`` and candidate values ``v_1..v_M`` the sentence is the panel at its training mean
+    (the model's context, a statistic of the panel rather than a bank of spots) with ``g`` set to
+    ``v_m`` (appended when ``g`` is outside the panel). The image embedding scores every candidate
+    sentence with the learned temperature; the prediction is ``Σ softmax_m · v_m``.
+    """
+    net = model.network
+    encoder = net.gene_encoder
+    new = [g for g in genes if g not in set(net.gene_names)]
+    if new:
+        # A private copy: adding genes must not change the user's model.
+        encoder = _copy.deepcopy(encoder)
+        encoder.add_genes(new)
+    device = next(net.parameters()).device
+    means = model.gene_stats.get("mean", {})
+    maxes = model.gene_stats.get("max", {})
+    context = [g for g in model.panel if g in means and np.isfinite(means[g])]
+    ctx_idx = encoder.gene_index(context)
+    ctx_val = torch.tensor([means[g] for g in context], dtype=torch.float32)
+    global_max = max([v for v in maxes.values() if np.isfinite(v)], default=8.0)
+    scale = float(net.logit_scale())
+    img_t = torch.from_numpy(img).to(device)
+    pred = np.zeros((len(img), len(genes)), np.float32)
+    pos = {g: i for i, g in enumerate(context)}
+    for j, g in enumerate(genes):
+        vmax = maxes.get(g, global_max)
+        cands = torch.linspace(
+            0.0, float(vmax if np.isfinite(vmax) and vmax > 0 else global_max), N_CANDIDATES
+        )
+        if g in pos:
+            idx = ctx_idx.expand(N_CANDIDATES, -1).clone()
+            val = ctx_val.expand(N_CANDIDATES, -1).clone()
+            val[:, pos[g]] = cands
+        else:
+            gi = encoder.gene_index([g])
+            idx = torch.cat([ctx_idx, gi]).expand(N_CANDIDATES, -1).clone()
+            val = torch.cat([ctx_val.expand(N_CANDIDATES, -1), cands[:, None]], dim=1)
+        mask = torch.ones_like(idx, dtype=torch.bool)
+        txt = F.normalize(
+            net.gene_head(encoder(idx.to(device), val.to(device), mask.to(device))["sentence"]), dim=-1
+        )
+        probs = torch.softmax(scale * img_t @ txt.T, dim=1)
+        pred[:, j] = (probs @ cands.to(device)).cpu().numpy()
+    return pred
+
+
+def comtip_predict(
+    sdata: SpatialData,
+    model: ComtipModel,
+    *,
+    method: Literal["retrieval", "zero_shot", "head"] = "retrieval",
+    genes: Sequence[str] | None = None,
+    k: int = 50,
+    reference: SpatialData | None = None,
+    table_key: str = TABLE_KEY,
+    layer_added: str = PRED_LAYER,
+    use_rep: str | None = None,
+    batch_size: int = 64,
+    accelerator: str = "auto",
+    copy: bool = False,
+) -> SpatialData | None:
+    """Predict expression from the H&E tiles alone.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData whose table's spots are predicted (a section the model never saw works).
+    model
+        A trained :class:`~comtip_sc.model.ComtipModel`.
+    method
+        ``"retrieval"``: mean expression of the ``k`` reference spots whose gene-sentence embeddings are
+        most similar to the spot's image embedding (BLEEP-style). ``"zero_shot"``: no reference; for each
+        gene, the expected value under the softmax over sentences carrying that gene at candidate
+        values — works for genes outside the training panel, embedded from their names. ``"head"``: a
+        ridge regression (alpha by cross-validation) fitted on the reference spots' frozen image embeddings.
+    genes
+        Genes to predict. Default: the model's panel (``"retrieval"``/``"head"``: the reference's genes).
+    k
+        Neighbours for ``"retrieval"``.
+    reference
+        A reference SpatialData to retrieve from / fit the head on, instead of the bank stored in the model.
+    table_key
+        Table whose spots are predicted.
+    layer_added
+        Layer of predictions (normalised log1p scale) for the table's genes; genes not predicted are NaN.
+        Predicted genes the table lacks go to ``obsm["comtip_pred_extra"]`` (a DataFrame keyed by gene).
+    use_rep
+        ``obsm`` key of precomputed image embeddings from :func:`comtip_embed` with this model (default:
+        computed here).
+    batch_size, accelerator
+        Inference settings.
+    copy
+        Return a new SpatialData instead of writing into ``sdata``.
+
+    Returns
+    -------
+    ``None``, or the new SpatialData when ``copy=True``. Settings go to ``table.uns["comtip"]["predict"]``.
+
+    Examples
+    --------
+    >>> cs.tl.comtip_predict(sdata, model, method="zero_shot", genes=["ERBB2", "KRT19"])  # doctest: +SKIP
+
+    """
+    if method not in ("retrieval", "zero_shot", "head"):
+        raise ValueError(f"method must be 'retrieval', 'zero_shot' or 'head', got {method!r}.")
+    out, table = target(sdata, table_key, copy)
+    device = resolve_device(accelerator)
+    if use_rep is not None:
+        if use_rep not in table.obsm:
+            raise KeyError(
+                f"use_rep={use_rep!r} is not in table {table_key!r}.obsm; run cs.tl.comtip_embed first."
+            )
+        img = np.asarray(table.obsm[use_rep], dtype=np.float32)
+    else:
+        img = image_embeddings(out, model, table_key=table_key, batch_size=batch_size, device=device)
+    if method == "zero_shot":
+        names = list(genes) if genes is not None else list(model.panel)
+        pred = _zero_shot(img, model, names)
+    else:
+        bank = (
+            reference_from(reference, model, batch_size=batch_size)
+            if reference is not None
+            else model.reference
+        )
+        if bank is None:
+            raise ValueError("The model stores no reference bank; pass reference= or use method='zero_shot'.")
+        pred = _retrieval(img, bank, k) if method == "retrieval" else _head(img, bank)
+        names = list(bank.genes)
+        if genes is not None:
+            missing = [g for g in genes if g not in names]
+            if missing:
+                raise KeyError(
+                    f"Genes {missing[:10]} are not in the reference; predict them with method='zero_shot'."
+                )
+            cols = [names.index(g) for g in genes]
+            pred, names = pred[:, cols], list(genes)
+    in_table = [g for g in names if g in table.var_names]
+    layer = np.full(table.shape, np.nan, dtype=np.float32)
+    layer[:, table.var_names.get_indexer(in_table)] = pred[:, [names.index(g) for g in in_table]]
+    table.layers[layer_added] = layer
+    extra = [g for g in names if g not in table.var_names]
+    if extra:
+        table.obsm[PRED_EXTRA_KEY] = pd.DataFrame(
+            pred[:, [names.index(g) for g in extra]], index=table.obs_names, columns=extra
+        )
+    record(
+        table,
+        "predict",
+        {
+            "method": method,
+            "layer_added": layer_added,
+            "genes": in_table,
+            "extra_genes": extra,
+            "extra_key": PRED_EXTRA_KEY if extra else None,
+            "k": k if method == "retrieval" else None,
+            "reference": "given" if reference is not None else "model bank",
+        },
+    )
+    return out if copy else None

@@ -1,0 +1,57 @@
+"""Scanpy conventions shared by the tools: ``copy=`` semantics and the ``.uns["comtip"]`` record."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from anndata import AnnData
+from spatialdata import SpatialData
+
+from .._constants import UNS_KEY
+from .._sections import get_table
+
+log = logging.getLogger(__name__)
+
+
+def target(sdata: SpatialData, table_key: str, copy: bool) -> tuple[SpatialData, AnnData]:
+    """The object to write into and its table.
+
+    With ``copy=True`` a new SpatialData is returned whose tables are copies and whose images and
+    shapes are the caller's elements (they are only read, and images can be whole slides).
+    """
+    table = get_table(sdata, table_key)
+    if not copy:
+        return sdata, table
+    new = SpatialData(
+        images=dict(sdata.images),
+        labels=dict(sdata.labels),
+        points=dict(sdata.points),
+        shapes=dict(sdata.shapes),
+        tables={k: v.copy() for k, v in sdata.tables.items()},
+    )
+    return new, new.tables[table_key]
+
+
+def record(table: AnnData, key: str, entry: dict[str, Any]) -> None:
+    """Store what a tool wrote in ``table.uns["comtip"][key]`` and log it."""
+    table.uns.setdefault(UNS_KEY, {})[key] = entry
+    log.info(
+        "comtip: %s -> %s",
+        key,
+        ", ".join(f"{k}={v}" for k, v in entry.items() if not isinstance(v, dict | list)),
+    )
+
+
+def resolve_device(accelerator: str = "auto") -> torch.device:
+    """``"auto"`` → the first CUDA device when there is one, else the CPU."""
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("accelerator='gpu' was asked for but torch sees no CUDA device.")
+        return torch.device("cuda")
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"accelerator must be 'auto', 'cpu' or 'gpu', got {accelerator!r}.")

@@ -1,0 +1,166 @@
+import pickle
+
+import dask.array as da
+import numpy as np
+import pytest
+import spatialdata as sd
+from spatialdata.models import TableModel
+from spatialdata.transformations import Identity, get_transformation, set_transformation
+
+import comtip_sc as cs
+from comtip_sc._constants import INSTANCE_KEY, REGION_KEY
+from comtip_sc._sections import check_counts, resolve_sections
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return cs.datasets.toy_tissue(n_rows=6, n_cols=6, n_genes=30, seed=1)
+
+
+def _image_array(sdata, name):
+    img = sdata.images[name]
+    return np.asarray(img["scale0"]["image"].data if "scale0" in img else img.data)
+
+
+def test_tile_is_exact_crop_at_native_resolution(toy):
+    # At 1 µm/px a tile of tile_px µm at tile_px pixels is a plain crop of the image.
+    um_per_px = toy.tables["table"].uns["comtip"]["um_per_px"]["toy"]
+    tile_px = 24
+    tiles = cs.pp.SpotTiles(toy, tile_um=tile_px * um_per_px, tile_px=tile_px)
+    image = _image_array(toy, "toy_image")
+    for i in [0, 7, 20]:
+        x0, y0, _, _ = tiles.boxes_px[i]
+        if not (float(x0).is_integer() and float(y0).is_integer()):
+            pytest.skip("toy spot centres are not on integer pixels")
+        crop = np.moveaxis(image[:3, int(y0) : int(y0) + tile_px, int(x0) : int(x0) + tile_px], 0, -1)
+        np.testing.assert_array_equal(tiles[i], crop)
+
+
+def test_tiles_have_requested_physical_size(toy):
+    tiles = cs.pp.SpotTiles(toy, tile_um=150, tile_px=32)
+    sec = resolve_sections(toy)[0]
+    widths_um = (tiles.boxes_px[:, 2] - tiles.boxes_px[:, 0]) / sec.px_per_um
+    np.testing.assert_allclose(widths_um, 150.0)
+    assert tiles[0].shape == (32, 32, 3) and tiles[0].dtype == np.uint8
+
+
+def test_border_tiles_are_padded_not_errors(toy):
+    # A tile far larger than the margin must cross the image border.
+    tiles = cs.pp.SpotTiles(toy, tile_um=2000, tile_px=64)
+    corner = tiles[0]
+    assert corner.shape == (64, 64, 3)
+    assert (corner == 255).all(axis=-1).any(), "expected white padding outside the image"
+
+
+def test_coarse_level_matches_full_resolution(toy):
+    # Small tiles are read from a coarser pyramid level; they must show the same field.
+    tiles = cs.pp.SpotTiles(toy, tile_um=200, tile_px=16)
+    levels = cs.pp._tiles._levels(toy.images["toy_image"])
+    assert len(levels) > 1, "toy image should be multiscale"
+    coarse = tiles[10].astype(float)
+    tiles._images[0].arrays = tiles._images[0].arrays[:1]  # force level 0
+    tiles._images[0].factors = tiles._images[0].factors[:1]
+    fine = tiles[10].astype(float)
+    assert np.abs(coarse - fine).mean() < 12.0
+
+
+def test_tiles_are_lazy_on_zarr_backed_data(toy, tmp_path):
+    toy.write(tmp_path / "toy.zarr")
+    back = sd.read_zarr(tmp_path / "toy.zarr")
+    tiles = cs.pp.SpotTiles(back, tile_um=150, tile_px=32)
+    assert all(isinstance(a, da.Array) for a in tiles._images[0].arrays)
+    image_bytes = _image_array(back, "toy_image").nbytes
+    # A worker receives the task graph, not the pixels.
+    assert len(pickle.dumps(tiles)) < image_bytes / 4
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(tiles))[3], tiles[3])
+
+
+def test_tile_cache_roundtrip_reuse_and_mismatch(toy, tmp_path):
+    path = tmp_path / "tiles.zarr"
+    direct = cs.pp.SpotTiles(toy, tile_um=150, tile_px=24).take()
+    cached = cs.pp.cache_tiles(toy, path, tile_um=150, tile_px=24)
+    np.testing.assert_array_equal(cached.take(), direct)
+    np.testing.assert_array_equal(cached[5], direct[5])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(cached))[5], direct[5])
+    again = cs.pp.cache_tiles(toy, path, tile_um=150, tile_px=24)
+    assert again.path == cached.path
+    with pytest.raises(ValueError, match="other settings"):
+        cs.pp.cache_tiles(toy, path, tile_um=100, tile_px=24)
+    rebuilt = cs.pp.cache_tiles(toy, path, tile_um=100, tile_px=24, overwrite=True)
+    assert rebuilt.tile_um == 100
+    assert [p.name for p in tmp_path.iterdir()] == ["tiles.zarr"], "no temporary folder may remain"
+
+
+def test_table_annotating_no_shapes(toy):
+    bad = sd.SpatialData(images=dict(toy.images), shapes=dict(toy.shapes))
+    table = toy.tables["table"].copy()
+    del table.uns["spatialdata_attrs"]
+    bad.tables["table"] = table
+    with pytest.raises(ValueError, match="annotates no shapes"):
+        cs.pp.SpotTiles(bad)
+
+
+def test_table_annotating_missing_element(toy):
+    table = toy.tables["table"].copy()
+    table.obs[REGION_KEY] = table.obs[REGION_KEY].cat.rename_categories({"toy_spots": "ghost_spots"})
+    table.uns["spatialdata_attrs"]["region"] = "ghost_spots"
+    bad = sd.SpatialData(images=dict(toy.images), shapes=dict(toy.shapes))
+    bad.tables["table"] = table
+    with pytest.raises(ValueError, match="ghost_spots"):
+        cs.pp.SpotTiles(bad)
+
+
+def test_no_image_in_shapes_coordinate_system(toy):
+    shapes = toy.shapes["toy_spots"].copy()
+    set_transformation(shapes, {"elsewhere": Identity()}, set_all=True)
+    bad = sd.SpatialData(
+        images=dict(toy.images), shapes={"toy_spots": shapes}, tables={"table": toy.tables["table"].copy()}
+    )
+    with pytest.raises(ValueError, match=r"no image element.*toy_spots|toy_spots.*no image element"):
+        cs.pp.SpotTiles(bad)
+    # The user's object is untouched.
+    assert "toy" in get_transformation(toy.shapes["toy_spots"], get_all=True)
+
+
+def test_spots_without_coordinates(toy):
+    table = toy.tables["table"].copy()
+    table.obs[INSTANCE_KEY] = table.obs[INSTANCE_KEY].to_numpy() + 10_000
+    bad = sd.SpatialData(images=dict(toy.images), shapes=dict(toy.shapes))
+    bad.tables["table"] = TableModel.parse(
+        table, region="toy_spots", region_key=REGION_KEY, instance_key=INSTANCE_KEY, overwrite_metadata=True
+    )
+    with pytest.raises(ValueError, match="no coordinates"):
+        cs.pp.SpotTiles(bad)
+
+
+def test_duplicated_spot_ids(toy):
+    table = toy.tables["table"].copy()
+    names = table.obs_names.to_numpy().copy()
+    names[1] = names[0]
+    table.obs_names = names
+    bad = sd.SpatialData(images=dict(toy.images), shapes=dict(toy.shapes), tables={"table": table})
+    with pytest.raises(ValueError, match="duplicated spot ids"):
+        cs.pp.SpotTiles(bad)
+
+
+def test_negative_counts_named():
+    import anndata as ad
+
+    adata = ad.AnnData(np.array([[1, 2], [3, -1]], dtype=np.float32))
+    adata.obs_names = ["s1", "s2"]
+    adata.var_names = ["G1", "G2"]
+    with pytest.raises(ValueError, match=r"'s2'.*'G2'"):
+        check_counts(adata)
+    adata.X[1, 1] = np.nan
+    with pytest.raises(ValueError, match="negative or NaN"):
+        check_counts(adata)
+
+
+def test_montage_renders(toy, tmp_path):
+    out = tmp_path / "montage.png"
+    fig = cs.pl.tiles(
+        toy, n=6, tile_um=150, tile_px=32, color="tissue_type", save=out, show=False, return_fig=True
+    )
+    assert out.stat().st_size > 1000
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 6 and all(t.split("\n")[0] in toy.tables["table"].obs_names for t in titles)
