@@ -9,7 +9,11 @@ import torch
 from comtip_sc.model import ComtipConfig, ComtipNetwork, build_network, corrupt_pairs
 
 N_CLASSES, N_GENES, TILE = 4, 24, 32
-GENES = [f"GENE{i}" for i in range(N_GENES)]
+# Real symbols: their character n-grams are as varied as in a real panel (unlike GENE0, GENE1, ...).
+GENES = (
+    "CD3E EPCAM KRT19 ALB MKI67 PTPRC COL1A1 ACTA2 VIM CD68 LYZ MS4A1 CD79A NKG7 GNLY CD8A "
+    "FOXP3 PECAM1 VWF ERBB2 ESR1 PGR KRT5 TFF1"
+).split()
 
 
 def tiny_config(**overrides) -> ComtipConfig:
@@ -33,8 +37,9 @@ class ToyTissue:
 
     def __init__(self, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
-        # Class-specific expression program: every gene has a clearly different level per class.
-        self.mu = torch.randint(0, 4, (N_CLASSES, N_GENES), generator=g).float()
+        # Each gene has its own base level (as real genes do) plus a class-specific programme on top.
+        base = torch.rand(N_GENES, generator=g) * 4.0
+        self.mu = base + 1.5 * torch.randint(0, 2, (N_CLASSES, N_GENES), generator=g).float()
         self.colour = torch.randn(N_CLASSES, 3, 1, 1, generator=g)
         self.freq = torch.linspace(0.5, 2.0, N_CLASSES)
 

@@ -19,8 +19,9 @@ from comtip_sc._constants import (
     UM_PER_PX_KEY,
     UNS_KEY,
 )
+from comtip_sc._image import pyramid_factors
 from comtip_sc.datasets import toy_tissue
-from comtip_sc.datasets._toy import TOY_UNS_KEY, _scale_factors
+from comtip_sc.datasets._toy import TOY_UNS_KEY
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +103,9 @@ def test_scale_and_radius_follow_resolution():
 
 
 def test_scale_factors_rule():
-    assert _scale_factors((2200, 3000)) == [2, 2, 2]
-    assert _scale_factors((511, 4000)) == []
-    assert _scale_factors((512, 512)) == [2]
+    assert pyramid_factors((2200, 3000)) == [2, 2, 2]
+    assert pyramid_factors((511, 4000)) == [2], "every image is multiscale"
+    assert pyramid_factors((512, 512)) == [2]
 
 
 def test_table_contents(toy):

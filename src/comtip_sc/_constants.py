@@ -33,8 +33,11 @@ PANEL_KEY = "comtip_panel"
 EMBED_KEY = "X_comtip"
 #: Default layer of predicted expression.
 PRED_LAYER = "comtip_pred"
-#: ``obsm`` key of predictions for requested genes that the table lacks (a DataFrame keyed by gene).
-PRED_EXTRA_KEY = "comtip_pred_extra"
+#: Predictions for requested genes that the table lacks go to ``obsm[layer_added + PRED_EXTRA_SUFFIX]``
+#: (a DataFrame keyed by gene), so each prediction layer has its own extras.
+PRED_EXTRA_SUFFIX = "_extra"
+#: ``obsm`` key of those extras for the default layer.
+PRED_EXTRA_KEY = PRED_LAYER + PRED_EXTRA_SUFFIX
 
 #: Suffixes of the element names that the readers write, ``f"{sample}{suffix}"``.
 IMAGE_SUFFIX = "_image"

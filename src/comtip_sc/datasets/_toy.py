@@ -7,7 +7,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 from spatialdata import SpatialData
-from spatialdata.models import Image2DModel, ShapesModel, TableModel
+from spatialdata.models import ShapesModel, TableModel
 from spatialdata.transformations import Scale
 
 from .._constants import (
@@ -25,6 +25,7 @@ from .._constants import (
     UM_PER_PX_KEY,
     UNS_KEY,
 )
+from .._image import rgb_image_element
 
 __all__ = ["toy_tissue"]
 
@@ -56,16 +57,6 @@ _PALETTE = (
 )
 # Relative sequencing depth per texture family (adipose yields few UMIs in real data too).
 _DEPTH = (1.2, 0.9, 1.1, 0.5)
-
-
-def _scale_factors(shape_yx: tuple[int, int], min_side: int = 512) -> list[int]:
-    """Halve the image until its short side is under ``min_side`` pixels (the layout contract)."""
-    factors = []
-    side = min(shape_yx)
-    while side >= min_side:
-        factors.append(2)
-        side //= 2
-    return factors
 
 
 def _interp_matrix(n_out: int, step_px: float, n_grid: int) -> sparse.csr_matrix:
@@ -266,13 +257,7 @@ def toy_tissue(
 
     to_um = {sample_id: Scale([um_per_px, um_per_px], axes=("y", "x"))}
     image_name, shapes_name = f"{sample_id}{IMAGE_SUFFIX}", f"{sample_id}{SHAPES_SUFFIX}"
-    img = Image2DModel.parse(
-        image,
-        dims=("c", "y", "x"),
-        c_coords=["r", "g", "b"],
-        scale_factors=_scale_factors(image.shape[1:]),
-        transformations=to_um,
-    )
+    img = rgb_image_element(np.moveaxis(image, 0, -1), to_um)
     xy_px = np.stack([cx_um, cy_um], axis=1) / um_per_px
     shapes = ShapesModel.parse(
         xy_px,

@@ -17,7 +17,7 @@ from anndata.utils import make_index_unique
 from PIL import Image
 from scipy.spatial import cKDTree
 from spatialdata import SpatialData
-from spatialdata.models import Image2DModel, ShapesModel, TableModel
+from spatialdata.models import ShapesModel, TableModel
 from spatialdata.transformations import Scale
 
 from .._constants import (
@@ -35,6 +35,7 @@ from .._constants import (
     UM_PER_PX_KEY,
     UNS_KEY,
 )
+from .._image import rgb_image_element
 from ._checks import _preview, check_coordinates, check_counts, check_overlap, require_columns, require_unique
 
 #: Centre-to-centre spot spacing of the legacy 1k ST array (100 µm spots, 200 µm apart).
@@ -42,8 +43,6 @@ LEGACY_1K_SPACING_UM = 200.0
 #: Columns a spot table must have; ``new_x``/``new_y``/``selected`` are optional.
 SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
 #: Pyramid levels are added until the short side of the coarsest one is below this.
-_PYRAMID_MIN_SIDE = 512
-_IMAGE_CHUNK = 1024
 #: Full-resolution H&E scans of ST sections (~9k x 10k) exceed PIL's decompression-bomb guard.
 _MAX_IMAGE_PIXELS = 1_000_000_000
 
@@ -173,14 +172,7 @@ def read_legacy_st(
 
     transform = Scale([um_per_px, um_per_px], axes=("y", "x"))
     image_name, shapes_name = f"{sample_id}{IMAGE_SUFFIX}", f"{sample_id}{SHAPES_SUFFIX}"
-    image_el = Image2DModel.parse(
-        np.moveaxis(rgb, -1, 0),
-        dims=("c", "y", "x"),
-        c_coords=["r", "g", "b"],
-        scale_factors=_pyramid_factors(rgb.shape[:2]),
-        chunks=(3, _IMAGE_CHUNK, _IMAGE_CHUNK),
-        transformations={sample_id: transform},
-    )
+    image_el = rgb_image_element(rgb, {sample_id: transform})
     n = len(common)
     shapes_el = ShapesModel.parse(
         centers,
@@ -323,14 +315,6 @@ def _read_image(image: str | PathLike | np.ndarray) -> tuple[np.ndarray, str]:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"{source} must be RGB uint8 with shape (H, W, 3); got {rgb.dtype} {rgb.shape}.")
     return rgb, source
-
-
-def _pyramid_factors(shape: tuple[int, int]) -> list[int]:
-    factors, short = [], min(shape)
-    while short >= _PYRAMID_MIN_SIDE:
-        factors.append(2)
-        short //= 2
-    return factors
 
 
 def _warn_outside(centers: np.ndarray, shape: tuple[int, int], ids: pd.Index, source: str) -> None:

@@ -86,6 +86,51 @@ class AttentionPool(nn.Module):
         return self.o(out)
 
 
+class SentenceCentering(nn.Module):
+    """Remove the common component of sentence embeddings (batch mean in training, running mean in eval).
+
+    Spots of one tissue share most genes and much of their expression, so pooled sentences start out
+    nearly identical (cosine ≈ 0.998 between random spots at initialisation) and InfoNCE then tends to
+    collapse both branches onto one point. Subtracting the mean sentence, as BatchNorm does without the
+    scaling, keeps the spot-to-spot differences that contrastive learning needs. Like BatchNorm: training
+    uses the batch mean (gradients flow through it) and updates a running mean that evaluation uses;
+    under DDP each process uses its local batch, and the buffer is synchronised by DDP's buffer broadcast.
+
+    Parameters
+    ----------
+    dim
+        Feature width.
+    momentum
+        Weight of the batch mean in the running-mean update.
+
+    Examples
+    --------
+    >>> c = SentenceCentering(3)
+    >>> x = torch.randn(8, 3) + 5
+    >>> bool(c(x).mean(0).abs().max() < 1e-5)
+    True
+
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, n_ref: int | None = None) -> torch.Tensor:
+        """Centre ``x [B, d]``; in training the mean is taken over the first ``n_ref`` rows (default all)."""
+        ref = x if n_ref is None else x[:n_ref]
+        if not self.training or ref.shape[0] < 2:
+            return x - self.running_mean
+        mean = ref.mean(0)
+        with torch.no_grad():
+            m = 1.0 if self.num_batches_tracked == 0 else self.momentum  # start from the first batch's mean
+            self.running_mean.lerp_(mean.detach(), m)
+            self.num_batches_tracked += 1
+        return x - mean
+
+
 class GeneTextEncoder(nn.Module):
     """Encode gene sentences ``(gene_idx, values, mask)`` into token states and a sentence embedding.
 
@@ -153,6 +198,10 @@ class GeneTextEncoder(nn.Module):
             emb = embed_gene_names(self.gene_names, text_encoder, descriptions, char_ngram_dim=char_ngram_dim)
             # Persistent buffer: saved weights carry the exact text embeddings they were trained with.
             self.register_buffer("name_emb", torch.from_numpy(np.ascontiguousarray(emb)).float())
+            # Text embeddings of gene symbols share a large common direction (all are short, symbol-like
+            # strings); removing the panel's mean leaves what tells genes apart. The mean is a saved buffer,
+            # so genes added later are centred with the training panel's mean.
+            self.register_buffer("name_mean", self.name_emb.mean(0) if v else torch.zeros(emb.shape[1]))
             self.name_proj = nn.Linear(emb.shape[1], dim)
             self.gene_residual = nn.Embedding(v, dim)
             nn.init.zeros_(self.gene_residual.weight)
@@ -176,6 +225,7 @@ class GeneTextEncoder(nn.Module):
         self.pool_out = AttentionPool(dim, n_pool_queries, n_heads)
         self.out_proj = nn.Linear(n_pool_queries * dim, dim)
         self.out_norm = nn.LayerNorm(dim)
+        self.center = SentenceCentering(dim)
 
     # -- vocabulary --------------------------------------------------------------------------------
     @property
@@ -252,7 +302,7 @@ class GeneTextEncoder(nn.Module):
     def name_table(self) -> torch.Tensor:
         """``[V, d]`` name part of every vocabulary gene."""
         if self.use_names:
-            return self.name_proj(self.name_emb) + self.gene_residual.weight
+            return self.name_proj(self.name_emb - self.name_mean) + self.gene_residual.weight
         return self.gene_identity.weight
 
     def name_part(self, idx: torch.Tensor) -> torch.Tensor:
@@ -260,11 +310,16 @@ class GeneTextEncoder(nn.Module):
         if not self.use_names:
             return self.gene_identity(idx)
         if idx.numel() < self.vocab_size:  # few tokens: project only those
-            return self.name_proj(self.name_emb[idx]) + self.gene_residual(idx)
+            return self.name_proj(self.name_emb[idx] - self.name_mean) + self.gene_residual(idx)
         return self.name_table()[idx]  # many tokens: project the vocabulary once, then gather
 
     def forward(
-        self, gene_idx: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, select: bool = True
+        self,
+        gene_idx: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        select: bool = True,
+        n_ref: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode a batch of sentences.
 
@@ -278,6 +333,9 @@ class GeneTextEncoder(nn.Module):
             ``[B, G]`` True for real tokens.
         select
             Apply :meth:`select_tokens` (names-only top-k) first; callers that already selected pass False.
+        n_ref
+            In training, centre sentences on the mean of the first ``n_ref`` rows only (PAAT stacks the
+            corrupted copies after the true sentences, which must not shift the centre).
 
         Returns
         -------
@@ -292,15 +350,13 @@ class GeneTextEncoder(nn.Module):
         x = self.name_norm(self.name_part(idx))  # [B, G, d]
         if self.use_values:
             f, gate = self.value_mlp(values.to(x.dtype).unsqueeze(-1)).chunk(2, dim=-1)
-            x = (
-                x + self.value_norm(f) + x * gate
-            )  # name part + value part + their interaction (pairing survives pooling)
+            x = x + self.value_norm(f) + x * gate  # name part + value part + their interaction
         x = self.token_norm(x)
         x = x + self.bind_mlp(self.bind_norm(x))  # per-token non-linearity binds each name to its value
         ctx = self.ctx_proj(self.pool_ctx(x, mask).flatten(1))  # [B, d] summary of the whole sentence
         x = x + self.mix_mlp(self.mix_norm(x + ctx[:, None, :]))  # token states now see the spot's context
         x = x * mask[..., None].to(x.dtype)
-        sentence = self.out_norm(self.out_proj(self.pool_out(x, mask).flatten(1)))
+        sentence = self.center(self.out_norm(self.out_proj(self.pool_out(x, mask).flatten(1))), n_ref)
         return {"tokens": x, "sentence": sentence, "mask": mask, "gene_idx": gene_idx}
 
 

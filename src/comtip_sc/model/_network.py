@@ -172,8 +172,22 @@ class ComtipNetwork(nn.Module):
             max_genes=cfg.gene_subsample if self.training else None,
             generator=generator,
         )
-        enc = self.gene_encoder(gene_idx, values, mask, select=False)
-        txt = F.normalize(self.gene_head(enc["sentence"]), dim=-1)
+        b = values.shape[0]
+        if cfg.paat:
+            # The mismatched copies go through the encoder in the same pass, stacked after the true
+            # sentences; the centring statistics come from the true sentences only (n_ref).
+            bad_values, labels = corrupt_pairs(values, mask, cfg.paat_corrupt_frac, generator)
+            enc = self.gene_encoder(
+                gene_idx.repeat(2, 1),
+                torch.cat([values, bad_values]),
+                mask.repeat(2, 1),
+                select=False,
+                n_ref=b,
+            )
+        else:
+            enc = self.gene_encoder(gene_idx, values, mask, select=False)
+        txt_all = F.normalize(self.gene_head(enc["sentence"]), dim=-1)
+        txt = txt_all[:b]
 
         scale = self.logit_scale()
         out: dict[str, Any] = {"logit_scale": scale.detach()}
@@ -188,11 +202,8 @@ class ComtipNetwork(nn.Module):
             loss = loss + cfg.lambda_mfm * out["mfm"]
 
         if cfg.paat:
-            bad_values, labels = corrupt_pairs(values, mask, cfg.paat_corrupt_frac, generator)
-            enc_bad = self.gene_encoder(gene_idx, bad_values, mask, select=False)
-            txt_bad = F.normalize(self.gene_head(enc_bad["sentence"]), dim=-1)
-            logits = self.discriminator(enc_bad["tokens"])
-            out.update(paat_losses(logits, labels, mask, img, txt, txt_bad, scale))
+            logits = self.discriminator(enc["tokens"][b:])
+            out.update(paat_losses(logits, labels, mask, img, txt, txt_all[b:], scale))
             loss = loss + cfg.lambda_paat * out["paat"]
 
         out["loss"] = loss

@@ -127,6 +127,10 @@ def evaluate(
         if groupby not in table.obs:
             raise KeyError(f"groupby={groupby!r} is not an obs column.")
         labels = table.obs[groupby].astype(str).to_numpy()
+        if "all" in labels:
+            raise ValueError(
+                f"groupby={groupby!r} has a group named 'all', which is the label of the overall row."
+            )
         for g in pd.unique(labels):
             sel = labels == g
             rows[g], _ = _metrics(true[sel], pred[sel], n_heg, n_hvg)

@@ -48,6 +48,7 @@ def _register(
     tile_px: int,
     tile_cache: str | None,
     vocab: dict[str, int],
+    spot_diameter_um: float | None,
 ) -> _Registered:
     table = get_table(sdata, table_key)
     if layer is None:
@@ -71,15 +72,20 @@ def _register(
     for g in panel:
         vocab.setdefault(g, len(vocab))
     values = normalized_values(table, panel, layer=layer)
+    tile_kw = {
+        "tile_um": tile_um,
+        "tile_px": tile_px,
+        "table_key": table_key,
+        "spot_diameter_um": spot_diameter_um,
+    }
     if tile_cache is not None:
-        tiles = cache_tiles(
-            sdata, f"{tile_cache}/dataset{idx}.zarr", tile_um=tile_um, tile_px=tile_px, table_key=table_key
-        )
+        tiles = cache_tiles(sdata, f"{tile_cache}/dataset{idx}.zarr", **tile_kw)
     else:
-        tiles = SpotTiles(sdata, tile_um=tile_um, tile_px=tile_px, table_key=table_key)
+        tiles = SpotTiles(sdata, **tile_kw)
     full = SpotSentences(tiles, values, np.array([vocab[g] for g in panel]), group=idx)
     sections = [
-        (sec.region, subset(full, sec.obs_index)) for sec in resolve_sections(sdata, table_key=table_key)
+        (sec.region, subset(full, sec.obs_index))
+        for sec in resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
     ]
     return _Registered(f"dataset{idx}", panel, values, sections)
 
@@ -108,6 +114,7 @@ def fit(
     checkpoint_path: str | None = None,
     tile_um: float = DEFAULT_TILE_UM,
     tile_px: int | None = None,
+    spot_diameter_um: float | None = None,
     max_epochs: int = 20,
     batch_size: int = 32,
     lr: float = 1e-4,
@@ -154,6 +161,9 @@ def fit(
         Override the corresponding config fields (any timm ViT name; local weights only).
     tile_um
         Physical tile side in µm.
+    spot_diameter_um
+        Spot diameter in µm, for tables that do not record it in ``uns["comtip"]["spot_diameter_um"]``
+        (e.g. ``spatialdata_io.visium`` output: 55). It fixes the µm scale of each section.
     max_epochs, batch_size, lr, weight_decay
         Optimisation settings.
     val_sections
@@ -214,6 +224,7 @@ def fit(
             tile_px=cfg.tile_px,
             tile_cache=tile_cache,
             vocab=vocab,
+            spot_diameter_um=spot_diameter_um,
         )
         for i, d in enumerate(datasets)
     ]

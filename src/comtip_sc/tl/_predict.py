@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from spatialdata import SpatialData
 
-from .._constants import PRED_EXTRA_KEY, PRED_LAYER, TABLE_KEY
+from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, TABLE_KEY
 from .._sections import get_table
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ._datamodule import SpotDataModule, SpotSentences, normalized_values
@@ -25,7 +25,12 @@ N_CANDIDATES = 24
 
 
 def reference_from(
-    sdata: SpatialData, model: ComtipModel, *, table_key: str = TABLE_KEY, batch_size: int = 64
+    sdata: SpatialData,
+    model: ComtipModel,
+    *,
+    table_key: str = TABLE_KEY,
+    batch_size: int = 64,
+    spot_diameter_um: float | None = None,
 ) -> ReferenceBank:
     """Build a retrieval bank from a user-given reference SpatialData with the model's panel genes.
 
@@ -41,7 +46,13 @@ def reference_from(
     if not genes:
         raise ValueError(f"Reference table {table_key!r} shares no gene with the model's panel.")
     values = normalized_values(table, genes)
-    tiles = SpotTiles(sdata, tile_um=model.tile_um, tile_px=model.tile_px, table_key=table_key)
+    tiles = SpotTiles(
+        sdata,
+        tile_um=model.tile_um,
+        tile_px=model.tile_px,
+        table_key=table_key,
+        spot_diameter_um=spot_diameter_um,
+    )
     net = model.network
     ds = SpotSentences(tiles, values, net.gene_index(genes).numpy(), group=0)
     loader = SpotDataModule(
@@ -140,9 +151,11 @@ def comtip_predict(
     genes: Sequence[str] | None = None,
     k: int = 50,
     reference: SpatialData | None = None,
+    reference_table_key: str = TABLE_KEY,
     table_key: str = TABLE_KEY,
     layer_added: str = PRED_LAYER,
     use_rep: str | None = None,
+    spot_diameter_um: float | None = None,
     batch_size: int = 64,
     accelerator: str = "auto",
     copy: bool = False,
@@ -167,14 +180,19 @@ def comtip_predict(
         Neighbours for ``"retrieval"``.
     reference
         A reference SpatialData to retrieve from / fit the head on, instead of the bank stored in the model.
+    reference_table_key
+        Table of ``reference``.
     table_key
         Table whose spots are predicted.
     layer_added
         Layer of predictions (normalised log1p scale) for the table's genes; genes not predicted are NaN.
-        Predicted genes the table lacks go to ``obsm["comtip_pred_extra"]`` (a DataFrame keyed by gene).
+        Predicted genes the table lacks go to ``obsm[layer_added + "_extra"]`` (``"comtip_pred_extra"`` by
+        default; a DataFrame keyed by gene).
     use_rep
         ``obsm`` key of precomputed image embeddings from :func:`comtip_embed` with this model (default:
         computed here).
+    spot_diameter_um
+        Spot diameter in µm when the table does not record it (Visium: 55).
     batch_size, accelerator
         Inference settings.
     copy
@@ -200,13 +218,26 @@ def comtip_predict(
             )
         img = np.asarray(table.obsm[use_rep], dtype=np.float32)
     else:
-        img = image_embeddings(out, model, table_key=table_key, batch_size=batch_size, device=device)
+        img = image_embeddings(
+            out,
+            model,
+            table_key=table_key,
+            batch_size=batch_size,
+            device=device,
+            spot_diameter_um=spot_diameter_um,
+        )
     if method == "zero_shot":
         names = list(genes) if genes is not None else list(model.panel)
         pred = _zero_shot(img, model, names)
     else:
         bank = (
-            reference_from(reference, model, batch_size=batch_size)
+            reference_from(
+                reference,
+                model,
+                table_key=reference_table_key,
+                batch_size=batch_size,
+                spot_diameter_um=spot_diameter_um,
+            )
             if reference is not None
             else model.reference
         )
@@ -227,10 +258,14 @@ def comtip_predict(
     layer[:, table.var_names.get_indexer(in_table)] = pred[:, [names.index(g) for g in in_table]]
     table.layers[layer_added] = layer
     extra = [g for g in names if g not in table.var_names]
+    extra_key = f"{layer_added}{PRED_EXTRA_SUFFIX}"
     if extra:
-        table.obsm[PRED_EXTRA_KEY] = pd.DataFrame(
+        table.obsm[extra_key] = pd.DataFrame(
             pred[:, [names.index(g) for g in extra]], index=table.obs_names, columns=extra
         )
+    else:
+        # A stale frame from an earlier call would contradict what uns records for this one.
+        table.obsm.pop(extra_key, None)
     record(
         table,
         "predict",
@@ -239,7 +274,7 @@ def comtip_predict(
             "layer_added": layer_added,
             "genes": in_table,
             "extra_genes": extra,
-            "extra_key": PRED_EXTRA_KEY if extra else None,
+            "extra_key": extra_key if extra else None,
             "k": k if method == "retrieval" else None,
             "reference": "given" if reference is not None else "model bank",
         },

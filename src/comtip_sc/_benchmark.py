@@ -1,0 +1,341 @@
+"""``comtip benchmark``: expression prediction from H&E, CoMTIP beside its peer families, in one run.
+
+Protocol (DESIGN §3): leave-one-patient-out (her2st: patient A ↔ C; MOB: individual 1 ↔ 2), spots with
+≥ 100 UMI, 1e4 + log1p, panel = top-250 genes by mean over the *training* spots among genes detected in
+every section, metrics from :func:`comtip_sc.tl.evaluate` on the held-out patient. Every row of a run
+uses the same backbone, tiles, epochs, batch size, learning rate and seed; nothing is tuned on test data.
+Results go to ``<out>/expression_prediction_<preset>.{md,csv,json}``, rewritten atomically after each fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from spatialdata import SpatialData
+
+from ._benchmark_baselines import fit_regression, frozen_features, ridge_on_features, train_mean
+from ._benchmark_data import Fold, load_folds
+from ._benchmark_report import write_results
+from ._constants import TABLE_KEY
+from .model import FLAG_PRESETS, ComtipConfig
+from .model._gene_names import resolve_text_encoder
+from .tl._datamodule import normalized_values
+
+log = logging.getLogger("comtip_sc.benchmark")
+
+#: The CoMTIP variants trained per fold: (row label, ablation flags). Each gives a retrieval and a zero-shot row.
+VARIANTS: list[tuple[str, dict[str, bool]]] = [
+    ("CoMTIP", FLAG_PRESETS["comtip"]),
+    ("CoMTIP −MFM", {**FLAG_PRESETS["comtip"], "mfm": False}),
+    ("CoMTIP −PAAT", {**FLAG_PRESETS["comtip"], "paat": False}),
+    ("values-only ≈BLEEP", FLAG_PRESETS["bleep"]),
+    ("names-only ≈OmiCLIP", FLAG_PRESETS["omiclip"]),
+]
+STNET = "image→expr regression ≈ST-Net"
+RIDGE = "frozen ViT + PCA + ridge ≈HEST"
+MEAN = "train mean"
+
+
+def method_names() -> list[str]:
+    """Every method row of one fold, in table order."""
+    names = []
+    for label, _ in VARIANTS:
+        names += [f"{label} · retrieval", f"{label} · zero-shot"]
+        if label == "CoMTIP":
+            names.append("CoMTIP · head (ridge on its image emb.)")
+    return [*names, STNET, RIDGE, MEAN]
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """Everything a run holds fixed across rows."""
+
+    name: str
+    config: ComtipConfig
+    tile_um: dict[str, float]
+    epochs: int
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    seed: int = 0
+    n_genes: int = 250
+    min_counts: int = 100
+    #: Torch CPU threads (None: leave torch's default). See ``cpu`` below.
+    threads: int | None = None
+
+
+def _smoke_config() -> ComtipConfig:
+    return ComtipConfig(
+        backbone="vit_tiny_patch16_224",
+        tile_px=32,
+        embed_dim=32,
+        gene_dim=32,
+        n_heads_gene=2,
+        text_encoder="char-ngram",
+        top_k_names=20,
+        backbone_kwargs={"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+    )
+
+
+def get_preset(name: str) -> BenchPreset:
+    """The ``smoke``, ``cpu`` and ``gpu`` presets of the benchmark.
+
+    ``cpu`` is the CPU preset of the package shrunk to fit a 2-core machine in under an hour: ViT-Ti/16 with
+    4 of its 12 blocks at 64 px (16 patches), gene width 64. It runs torch on one thread by default
+    (``COMTIP_BENCH_THREADS`` overrides): on the shared 2-core machine, two threads were 4-7× *slower*
+    per step than one (threads spin-waiting on cores that other processes hold).
+
+    Tile sizes: her2st 150 µm (the 100 µm spot plus a margin; the package default). MOB 200 µm: its
+    images are ~4.4 µm/px, so a 150 µm tile is only ~34 native pixels, upsampled ~2-3×; 200 µm (~45 px)
+    keeps the spot and its immediate neighbourhood (neighbours sit 141 µm away), i.e. enough of the
+    bulb's laminar layer structure to tell layers apart, while staying under two spot pitches.
+
+    Examples
+    --------
+    >>> get_preset("cpu").config.tile_px
+    64
+
+    """
+    threads = int(os.environ.get("COMTIP_BENCH_THREADS", "1"))
+    if name == "smoke":
+        return BenchPreset(
+            "smoke",
+            _smoke_config(),
+            {"toy": 100.0},
+            epochs=1,
+            batch_size=16,
+            lr=1e-3,
+            n_genes=40,
+            threads=threads,
+        )
+    tile_um = {"her2st": 150.0, "mob": 200.0}
+    if name == "cpu":
+        cfg = ComtipConfig.preset("cpu", tile_px=64, gene_dim=64, backbone_kwargs={"depth": 4})
+        return BenchPreset("cpu", cfg, tile_um, epochs=12, threads=threads)
+    if name == "gpu":
+        return BenchPreset("gpu", ComtipConfig.preset("paper"), tile_um, epochs=40, batch_size=64, lr=1e-4)
+    raise ValueError(f"Unknown benchmark preset {name!r}; choose smoke, cpu or gpu.")
+
+
+# -- one fold -------------------------------------------------------------------------------------------
+def _score(test: SpatialData, panel: list[str], pred: np.ndarray | None, layer: str = "bench_pred") -> dict:
+    """``cs.tl.evaluate`` on the test table; ``pred`` (panel order) is written first unless it is there."""
+    import comtip_sc as cs
+
+    table = test.tables[TABLE_KEY]
+    if pred is not None:
+        full = np.full(table.shape, np.nan, np.float32)
+        full[:, table.var_names.get_indexer(panel)] = pred
+        table.layers[layer] = full
+    row = cs.tl.evaluate(test, layer_pred=layer, genes=panel, key_added=None).loc["all"].to_dict()
+    del table.layers[layer]
+    return row
+
+
+def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
+    """Train every method on ``fold.train``, score it on ``fold.test``; ``on_row(dict)`` per finished row."""
+    import comtip_sc as cs
+    from comtip_sc.pp import cache_tiles
+
+    from .tl._datamodule import SpotDataModule, SpotSentences
+    from .tl._inference import encode_images
+
+    cfg, panel, seed = preset.config, fold.panel, preset.seed
+    tile_kw = {"tile_um": fold.tile_um, "tile_px": cfg.tile_px}
+    t0 = time.perf_counter()
+    # fit() caches the training tiles at <tile_cache>/dataset0.zarr; build it here once for every row.
+    train_tiles = cache_tiles(fold.train, work / "train" / "dataset0.zarr", **tile_kw)
+    test_tiles = cache_tiles(fold.test, work / "test.zarr", **tile_kw)
+    train_y = normalized_values(fold.train.tables[TABLE_KEY], panel)
+    n_train, n_test = len(train_tiles), len(test_tiles)
+    log.info(
+        "%s %s: %d train / %d test spots, %d genes; tiles cut in %.0f s.",
+        fold.dataset,
+        fold.name,
+        n_train,
+        n_test,
+        len(panel),
+        time.perf_counter() - t0,
+    )
+    base = {"dataset": fold.dataset, "fold": fold.name, "n_train": n_train, "n_test": n_test}
+
+    def emit(method: str, metrics: dict, fit_s: float, pred_s: float) -> None:
+        on_row({**base, "method": method, **metrics, "fit_s": round(fit_s, 1), "predict_s": round(pred_s, 1)})
+
+    for k, (label, flags) in enumerate(VARIANTS):
+        t = time.perf_counter()
+        model = cs.tl.fit(
+            fold.train,
+            genes=panel,
+            config=cfg.replace(**flags),
+            tile_um=fold.tile_um,
+            max_epochs=preset.epochs,
+            batch_size=preset.batch_size,
+            lr=preset.lr,
+            weight_decay=preset.weight_decay,
+            seed=seed,
+            val_sections=None,
+            tile_cache=str(work / "train"),
+            default_root_dir=str(work / f"lightning{k}"),
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        fit_s = time.perf_counter() - t
+        t = time.perf_counter()
+        net = model.network
+        if torch.cuda.is_available():
+            net = net.cuda()
+        ds = SpotSentences(test_tiles, np.zeros((n_test, 0), np.float32), np.zeros(0, np.int64), group=0)
+        loader = SpotDataModule([ds], batch_size=64, mean=net.image_mean, std=net.image_std).predict_loader(
+            ds
+        )
+        # The test image embeddings, computed once from the test tile cache, feed every predictor below.
+        fold.test.tables[TABLE_KEY].obsm["X_bench"] = encode_images(net, loader)
+        emb_s = time.perf_counter() - t
+        methods = ["retrieval", "zero_shot"] + (["head"] if label == "CoMTIP" else [])
+        for m in methods:
+            t = time.perf_counter()
+            cs.tl.comtip_predict(
+                fold.test, model, method=m, genes=panel, use_rep="X_bench", layer_added="bench_pred"
+            )
+            pred_s = time.perf_counter() - t + emb_s
+            row_name = {"retrieval": "retrieval", "zero_shot": "zero-shot"}.get(
+                m, "head (ridge on its image emb.)"
+            )
+            emit(f"{label} · {row_name}", _score(fold.test, panel, None), fit_s, pred_s)
+        del fold.test.tables[TABLE_KEY].obsm["X_bench"]
+
+    t = time.perf_counter()
+    pred = fit_regression(
+        cfg,
+        train_tiles,
+        train_y,
+        test_tiles,
+        max_epochs=preset.epochs,
+        batch_size=preset.batch_size,
+        lr=preset.lr,
+        weight_decay=preset.weight_decay,
+        seed=seed,
+        precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
+        default_root_dir=str(work / "lightning"),
+    )
+    emit(STNET, _score(fold.test, panel, pred), time.perf_counter() - t, 0.0)
+
+    t = time.perf_counter()
+    train_x, test_x = frozen_features(cfg, [train_tiles, test_tiles], seed=seed)
+    emit(
+        RIDGE,
+        _score(fold.test, panel, ridge_on_features(train_x, train_y, test_x)),
+        time.perf_counter() - t,
+        0.0,
+    )
+    emit(MEAN, _score(fold.test, panel, train_mean(train_y, n_test)), 0.0, 0.0)
+
+
+# -- entry point ----------------------------------------------------------------------------------------
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n is not None and not torch.cuda.is_available():
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def _quiet_lightning(verbose: bool) -> Iterator[None]:
+    # Lightning logs its device banner and warnings once per trainer: ~20 trainers per run would drown the
+    # per-row progress lines.
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "comtip_sc.tl._fit", "comtip_sc.tl._utils")
+    before = {n: logging.getLogger(n).level for n in names}
+    if not verbose:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for n, lvl in before.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """Run the benchmark for ``args.preset`` on ``args.data_root``; write tables under ``args.out``.
+
+    Returns
+    -------
+    Exit code 0 on success (errors raise; the CLI maps them to its exit codes).
+
+    """
+    import warnings
+
+    preset = get_preset(args.preset)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    meta = {
+        "preset": preset.name,
+        "config": preset.config.to_dict(),
+        "text_encoder": resolve_text_encoder(preset.config.text_encoder),
+        "tile_um": preset.tile_um,
+        "epochs": preset.epochs,
+        "batch_size": preset.batch_size,
+        "lr": preset.lr,
+        "weight_decay": preset.weight_decay,
+        "seed": preset.seed,
+        "n_genes": preset.n_genes,
+        "min_counts": preset.min_counts,
+        "threads": preset.threads if not torch.cuda.is_available() else None,
+    }
+    start = time.perf_counter()
+    n_methods = len(method_names())
+    with (
+        _torch_threads(preset.threads),
+        _quiet_lightning(bool(getattr(args, "verbose", False))),
+        warnings.catch_warnings(),
+        tempfile.TemporaryDirectory(prefix="comtip_bench_") as tmp,
+    ):
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*sync_dist.*")
+        warnings.filterwarnings("ignore", message=".*treespec.*")
+        for i, fold in enumerate(load_folds(preset, args.data_root)):
+
+            def on_row(row: dict, fold: Fold = fold) -> None:
+                rows.append(row)
+                log.info(
+                    "[%s %s %d/%d] %-45s PCC-ALL %.3f  HEG %.3f  HVG %.3f  MSE %.3f  (fit %.0f s, predict %.0f s)",
+                    fold.dataset,
+                    fold.name,
+                    sum(r["fold"] == fold.name and r["dataset"] == fold.dataset for r in rows),
+                    n_methods,
+                    row["method"],
+                    row["PCC-ALL"],
+                    row["PCC-HEG"],
+                    row["PCC-HVG"],
+                    row["MSE"],
+                    row["fit_s"],
+                    row["predict_s"],
+                )
+
+            t = time.perf_counter()
+            run_fold(fold, preset, Path(tmp) / f"fold{i}", on_row)
+            log.info("%s %s done in %.0f s.", fold.dataset, fold.name, time.perf_counter() - t)
+            paths = write_results(rows, meta, out, preset.name, time.perf_counter() - start, final=False)
+    paths = write_results(rows, meta, out, preset.name, time.perf_counter() - start, final=True)
+    log.info(
+        "Benchmark %s finished in %.0f s: %s", preset.name, time.perf_counter() - start, ", ".join(paths)
+    )
+    print(f"Wrote {', '.join(paths)}")
+    return 0

@@ -1,0 +1,123 @@
+"""Data of ``comtip benchmark``: patient splits of SpatialData objects and the protocol's gene panel."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from anndata import AnnData
+from spatialdata import SpatialData
+from spatialdata.transformations import get_transformation
+from xarray import DataTree
+
+from ._constants import REGION_KEY, SAMPLE_KEY, TABLE_KEY
+from .tl._datamodule import normalized_values
+
+if TYPE_CHECKING:
+    from ._benchmark import BenchPreset
+
+log = logging.getLogger("comtip_sc.benchmark")
+
+
+@dataclass
+class Fold:
+    """One train→test split of one dataset, with its panel."""
+
+    dataset: str
+    name: str
+    train: SpatialData
+    test: SpatialData
+    panel: list[str]
+    tile_um: float
+
+
+def full_resolution_only(sdata: SpatialData) -> SpatialData:
+    """The same SpatialData with each multiscale image replaced by its full-resolution level.
+
+    Why: the readers' pyramids are lazy dask graphs over the in-memory scan, so a tile read at a coarser
+    level recomputes that level's 1024² chunks each time (~0.9 s per tile on her2st C2 at 64 px, measured),
+    whereas slicing level 0 and letting PIL resample the window takes ~3 ms; the tiles differ by ~2 grey
+    levels on average (antialiased resampling of the same field).
+    """
+    images = {}
+    for name, image in sdata.images.items():
+        if isinstance(image, DataTree):
+            image = next(iter(image["scale0"].values()))
+        images[name] = image
+    return SpatialData(images=images, shapes=dict(sdata.shapes), tables=dict(sdata.tables))
+
+
+def subset_sections(sdata: SpatialData, keep: np.ndarray, table_key: str = TABLE_KEY) -> SpatialData:
+    """A SpatialData with the table rows ``keep`` (bool mask) and only the shapes/images they use.
+
+    The table's ``region`` categories and ``uns["spatialdata_attrs"]["region"]`` are narrowed to the
+    shapes that remain, so spatialdata's table–region links stay valid.
+    """
+    table = sdata.tables[table_key][np.asarray(keep, bool)].copy()
+    regions = table.obs[REGION_KEY].astype(str).unique().tolist()
+    table.uns["spatialdata_attrs"]["region"] = regions
+    table.obs[REGION_KEY] = table.obs[REGION_KEY].astype(str).astype("category")
+    systems = {cs for r in regions for cs in get_transformation(sdata.shapes[r], get_all=True)}
+    images = {k: v for k, v in sdata.images.items() if systems & set(get_transformation(v, get_all=True))}
+    return SpatialData(images=images, shapes={r: sdata.shapes[r] for r in regions}, tables={table_key: table})
+
+
+def choose_panel(train: AnnData, test: AnnData, n_genes: int) -> list[str]:
+    """The protocol's panel: top ``n_genes`` by mean normalised expression over the training spots.
+
+    Candidates are the genes with a non-zero count in every section of both the training and test tables.
+    """
+    genes = train.var_names.intersection(test.var_names, sort=False)
+    present = np.ones(len(genes), bool)
+    for t in (train, test):
+        counts = t[:, genes].X
+        for s in t.obs[SAMPLE_KEY].astype(str).unique():
+            rows = (t.obs[SAMPLE_KEY].astype(str) == s).to_numpy()
+            present &= np.asarray(counts[rows].sum(axis=0)).ravel() > 0
+    candidates = genes[present]
+    means = normalized_values(train, list(candidates)).mean(axis=0)
+    return candidates[np.argsort(-means, kind="stable")[:n_genes]].tolist()
+
+
+def _patient_folds(name: str, sdata: SpatialData, column: str, preset: BenchPreset) -> Iterator[Fold]:
+    import comtip_sc as cs
+
+    sdata = full_resolution_only(cs.pp.filter_spots(sdata, min_counts=preset.min_counts, copy=True))
+    labels = sdata.tables[TABLE_KEY].obs[column].astype(str).to_numpy()
+    groups = sorted(set(labels))
+    if len(groups) != 2:
+        raise ValueError(f"{name}: expected two {column} groups, found {groups}.")
+    for a, b in (groups, groups[::-1]):
+        train, test = subset_sections(sdata, labels == a), subset_sections(sdata, labels == b)
+        panel = choose_panel(train.tables[TABLE_KEY], test.tables[TABLE_KEY], preset.n_genes)
+        yield Fold(name, f"{a}→{b}", train, test, panel, preset.tile_um[name])
+
+
+def load_folds(preset: BenchPreset, data_root: str | os.PathLike) -> Iterator[Fold]:
+    """The folds of a preset: two toy sections for ``smoke``, her2st and MOB patients otherwise."""
+    import comtip_sc as cs
+
+    if preset.name == "smoke":
+        a = cs.datasets.toy_tissue(n_rows=8, n_cols=8, n_genes=60, seed=0, sample_id="toyA")
+        b = cs.datasets.toy_tissue(n_rows=8, n_cols=8, n_genes=60, seed=1, sample_id="toyB")
+        for (tr, trn), (te, ten) in (((a, "toyA"), (b, "toyB")), ((b, "toyB"), (a, "toyA"))):
+            tr = cs.pp.filter_spots(tr, min_counts=preset.min_counts, copy=True)
+            te = cs.pp.filter_spots(te, min_counts=preset.min_counts, copy=True)
+            panel = choose_panel(tr.tables[TABLE_KEY], te.tables[TABLE_KEY], preset.n_genes)
+            yield Fold("toy", f"{trn}→{ten}", tr, te, panel, preset.tile_um["toy"])
+        return
+    root = Path(data_root)
+    for sub in ("her2st", "stutility_mob"):
+        if not (root / sub).is_dir():
+            raise FileNotFoundError(
+                f"{root / sub} not found; pass --data-root with her2st/ and stutility_mob/."
+            )
+    log.info("Loading her2st from %s ...", root / "her2st")
+    yield from _patient_folds("her2st", cs.datasets.her2st(root / "her2st"), "patient", preset)
+    log.info("Loading MOB from %s ...", root / "stutility_mob")
+    yield from _patient_folds("mob", cs.datasets.mob(root / "stutility_mob"), "individual", preset)

@@ -1,0 +1,165 @@
+"""Tables of ``comtip benchmark``: per-fold rows, means over folds, and the run's header, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+METRICS = ["PCC-ALL", "PCC-HEG", "PCC-HVG", "MSE", "MAE"]
+COLUMNS = ["dataset", "fold", "method", *METRICS, "n_train", "n_test", "n_genes", "fit_s", "predict_s"]
+
+NOTES = [
+    "Rows marked ≈ are the peer *families* rebuilt in this package on the same backbone, tiles, epochs and "
+    "seed (DESIGN §1/§4), not the published models or checkpoints.",
+    "`CoMTIP −MFM` / `−PAAT`: the full model with one term switched off. `values-only ≈BLEEP` = "
+    "`FLAG_PRESETS['bleep']` (learned gene identities + values, no names, no MFM/PAAT); `names-only ≈OmiCLIP` = "
+    "`FLAG_PRESETS['omiclip']` (top-k gene names, no values, no MFM/PAAT).",
+    "retrieval: mean of the 50 training spots whose gene-sentence embeddings are closest to the test spot's "
+    "image embedding; zero-shot: no bank, expected value over candidate-value sentences; head: ridge "
+    "(alpha by LOO-CV) on CoMTIP's frozen image embeddings of the training spots.",
+    "`image→expr regression ≈ST-Net`: the same ViT + a linear head trained end to end with MSE on the panel "
+    "(head bias initialised at the training mean).",
+    "`frozen ViT + PCA + ridge ≈HEST`: the *same backbone at its initial weights* (pretrained=False, seeded): "
+    "nothing can be downloaded here, so this is a random-feature probe, a lower bound of the HEST family "
+    "(which uses pretrained foundation encoders). StandardScaler → PCA(≤256) → RidgeCV.",
+    "`train mean`: every spot gets the training mean of each gene; its PCC is 0 by construction, its MSE/MAE "
+    "are the floor to beat.",
+    "MOB genes are Ensembl ids without symbols, so gene-name text embeddings carry little meaning there.",
+    "fit_s: training time of the model a row uses (shared by its retrieval / zero-shot / head rows); "
+    "predict_s: embedding the test tiles + predicting.",
+]
+
+
+def machine() -> dict[str, str]:
+    """Where the numbers were measured."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+    }
+
+
+def _git_commit() -> str:
+    try:
+        here = Path(__file__).parent
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        return f"{rev}{' (+ uncommitted changes)' if dirty else ''}" if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _md_table(df: pd.DataFrame, floats: dict[str, str]) -> str:
+    cols = list(df.columns)
+    lines = [
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---:" if c in floats else "---" for c in cols) + "|",
+    ]
+    for _, r in df.iterrows():
+        cells = [format(r[c], floats[c]) if c in floats and pd.notna(r[c]) else str(r[c]) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean of every metric over the folds of each dataset, then over all folds (``dataset="all"``).
+
+    The ``"all"`` block is only added when there are several datasets.
+    """
+    blocks = []
+    datasets = list(dict.fromkeys(df["dataset"]))
+    for dataset in datasets + (["all"] if len(datasets) > 1 else []):
+        part = df if dataset == "all" else df[df["dataset"] == dataset]
+        agg = part.groupby("method", sort=False).agg(
+            **{m: (m, "mean") for m in METRICS}, n_folds=("fold", "count")
+        )
+        blocks.append(agg.reset_index().assign(dataset=dataset))
+    out = pd.concat(blocks, ignore_index=True)
+    return out[["dataset", "method", *METRICS, "n_folds"]]
+
+
+def write_results(
+    rows: list[dict], meta: dict, out: Path, preset: str, wall_s: float, *, final: bool
+) -> list[str]:
+    """Write ``expression_prediction_<preset>.{csv,md,json}`` under ``out`` (each via tmp + ``os.replace``)."""
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=COLUMNS)
+    df = df[[c for c in COLUMNS if c in df.columns]]
+    for c in ("n_train", "n_test", "n_genes"):
+        if c in df:
+            df[c] = df[c].astype(int)
+    stem = out / f"expression_prediction_{preset}"
+    info = {
+        **meta,
+        "machine": machine(),
+        "git_commit": _git_commit(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "status": "complete" if final else "partial (run still going)",
+        "total_wall_s": round(wall_s, 1),
+    }
+    cfg = meta["config"]
+    backbone = cfg["backbone"] + (f" {cfg['backbone_kwargs']}" if cfg["backbone_kwargs"] else "")
+    m = info["machine"]
+    header = [
+        f"# Expression prediction benchmark — preset `{preset}`",
+        "",
+        f"- status: **{info['status']}**; total wall time **{wall_s / 60:.1f} min** ({wall_s:.0f} s)",
+        f"- machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads "
+        f"{meta['threads'] if meta['threads'] is not None else torch.get_num_threads()}, python {m['python']}, "
+        f"torch {m['torch']}, device {m['device']}",
+        f"- code: commit {info['git_commit']}, finished {info['finished']}",
+        f"- backbone: `{backbone}`, pretrained={cfg['pretrained']}; tile_px {cfg['tile_px']}; tile_um "
+        + ", ".join(f"{k} {v:g} µm" for k, v in meta["tile_um"].items()),
+        f"- CoMTIP: embed_dim {cfg['embed_dim']}, gene_dim {cfg['gene_dim']}, mask_ratio {cfg['mask_ratio']}, "
+        f"λ_mfm {cfg['lambda_mfm']}, λ_paat {cfg['lambda_paat']}, text encoder {meta['text_encoder']}",
+        f"- training (every row): {meta['epochs']} epochs, batch {meta['batch_size']}, AdamW lr {meta['lr']} "
+        f"(wd {meta['weight_decay']}, 5% warm-up + cosine), seed {meta['seed']}, no validation/early stopping",
+        f"- protocol: leave-one-patient-out; spots with ≥{meta['min_counts']} UMI; 1e4 + log1p; panel = top "
+        f"{meta['n_genes']} genes by mean over training spots among genes detected in every section; "
+        "PCC-ALL = mean per-gene Pearson over the panel (constant → 0), PCC-HEG/HVG over the 50 genes with the "
+        "highest mean/variance in the test patient; MSE/MAE over spots × genes (log1p scale)",
+        "",
+        "Notes:",
+        "",
+        *[f"- {n}" for n in NOTES],
+    ]
+    floats = {c: ".3f" for c in METRICS} | {"fit_s": ".0f", "predict_s": ".0f"}
+    parts = [*header, "", "## Mean over folds", ""]
+    if len(df):
+        parts.append(_md_table(summary(df), floats | {"n_folds": "d"}))
+    parts += ["", "## Every fold", ""]
+    if len(df):
+        shown = df[["dataset", "fold", "method", *METRICS, "n_train", "n_test", "fit_s", "predict_s"]]
+        parts.append(_md_table(shown, floats))
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(stem.with_suffix(".md"), "\n".join(parts) + "\n")
+    _atomic_write(stem.with_suffix(".csv"), df.to_csv(index=False, float_format="%.6g"))
+    _atomic_write(stem.with_suffix(".json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    return [str(stem.with_suffix(s)) for s in (".md", ".csv", ".json")]

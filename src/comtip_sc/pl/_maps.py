@@ -1,0 +1,368 @@
+"""Spatial maps of observed vs predicted expression over the H&E, and per-gene Pearson plots."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.collections import EllipseCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from spatialdata import SpatialData, get_pyramid_levels
+from spatialdata.transformations import get_transformation
+
+from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, SAMPLE_KEY, TABLE_KEY
+from .._sections import Section, get_table, resolve_sections
+from ..tl._datamodule import normalized_values
+from ..tl._evaluate import pearson_per_gene
+from ._utils import finish
+
+#: The background is read from the coarsest pyramid level whose crop still has this many pixels on its
+#: long side: sharp enough under spots of a few pixels, and a 9k x 9k slide is never computed whole.
+_BACKGROUND_PX = 1000
+
+
+def _affine(element, cs: str) -> np.ndarray:
+    return get_transformation(element, to_coordinate_system=cs).to_affine_matrix(
+        input_axes=("x", "y"), output_axes=("x", "y")
+    )
+
+
+def _levels(image) -> list:
+    """Pyramid levels as DataArrays, finest first (a single-scale image is one level)."""
+    if hasattr(image, "children"):  # DataTree: multiscale
+        return list(get_pyramid_levels(image))
+    return [image]
+
+
+def _section_of(table: AnnData, sections: list[Section], sample: str | None) -> Section:
+    """The one section to draw: the only one, or the one whose spots carry ``obs["sample"] == sample``."""
+
+    def label(sec: Section) -> list[str]:
+        if SAMPLE_KEY in table.obs:
+            return pd.unique(table.obs[SAMPLE_KEY].astype(str).to_numpy()[sec.obs_index]).tolist()
+        return [sec.region]
+
+    if sample is None:
+        if len(sections) > 1:
+            names = sorted({s for sec in sections for s in label(sec)})
+            raise ValueError(
+                f"The table spans {len(sections)} sections ({names}); pick one with sample=<one of them>."
+            )
+        return sections[0]
+    hits = [sec for sec in sections if str(sample) in label(sec) or sec.region == str(sample)]
+    if not hits:
+        names = sorted({s for sec in sections for s in label(sec)})
+        raise KeyError(f"sample={sample!r} is not a section of the table; sections: {names}.")
+    if len(hits) > 1:
+        raise ValueError(f"sample={sample!r} spans several shapes elements {[h.region for h in hits]}.")
+    return hits[0]
+
+
+def _background(sdata: SpatialData, sec: Section, xy_cs: np.ndarray, radius_cs: np.ndarray):
+    """Crop of a coarse pyramid level around the spots, its level→cs affine and the crop window."""
+    levels = _levels(sdata.images[sec.image])
+    margin = 3 * float(np.max(radius_cs))
+    lo, hi = xy_cs.min(axis=0) - margin, xy_cs.max(axis=0) + margin
+    corners = np.array([[lo[0], lo[1], 1], [hi[0], lo[1], 1], [lo[0], hi[1], 1], [hi[0], hi[1], 1]])
+    # Coarsest first: take the first level whose crop is still _BACKGROUND_PX wide (or the finest).
+    for level in reversed(levels):
+        m = _affine(level, sec.coordinate_system)
+        px = (corners @ np.linalg.inv(m).T)[:, :2]
+        h, w = level.sizes["y"], level.sizes["x"]
+        x0, y0 = np.clip(np.floor(px.min(axis=0)).astype(int), 0, [w, h])
+        x1, y1 = np.clip(np.ceil(px.max(axis=0)).astype(int), 0, [w, h])
+        if max(x1 - x0, y1 - y0) >= _BACKGROUND_PX or level is levels[0]:
+            break
+    crop = level.isel(x=slice(x0, x1), y=slice(y0, y1)).transpose("y", "x", "c")
+    rgb = np.asarray(crop.data.compute() if hasattr(crop.data, "compute") else crop.data)
+    return _as_rgb(rgb), m, (x0, x1, y0, y1)
+
+
+def _as_rgb(img: np.ndarray) -> np.ndarray:
+    """An (y, x, 3) array imshow can draw, from RGB(A) or one-channel images of any dtype."""
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    img = img[..., :3]
+    if img.dtype == np.uint8:
+        return img
+    img = img.astype(np.float32)
+    top = float(np.nanmax(img)) if img.size else 1.0
+    return np.clip(img / (top if top > 0 else 1.0), 0.0, 1.0)
+
+
+def _values(table: AnnData, genes: Sequence[str], rows: np.ndarray, layer_pred: str, layer_true):
+    """Per gene: (observed or None, predicted) over ``rows``; clear errors for what is missing."""
+    extra_key = f"{layer_pred}{PRED_EXTRA_SUFFIX}"
+    extra = table.obsm.get(extra_key)
+    out = {}
+    for g in genes:
+        if g in table.var_names:
+            if layer_pred not in table.layers:
+                raise KeyError(
+                    f"Layer {layer_pred!r} is not in the table (layers: {list(table.layers.keys())}); "
+                    "run cs.tl.comtip_predict first."
+                )
+            col = table.layers[layer_pred][:, table.var_names.get_loc(g)]
+            pred = np.asarray(col.toarray() if sp.issparse(col) else col, dtype=np.float64).ravel()[rows]
+            if np.isnan(pred).all():
+                raise ValueError(f"Gene {g!r} has no prediction in layer {layer_pred!r} (all NaN).")
+            obs = normalized_values(table, [g], layer=layer_true)[rows, 0].astype(np.float64)
+            out[g] = (obs, pred)
+        elif isinstance(extra, pd.DataFrame) and g in extra.columns:
+            out[g] = (None, extra[g].to_numpy(np.float64)[rows])
+        else:
+            raise KeyError(
+                f"Gene {g!r} is neither in the table's var_names nor predicted in obsm[{extra_key!r}]."
+            )
+    return out
+
+
+def _draw(ax: Axes, bg, extent, xy, r, values, norm, cmap, img_alpha: float) -> EllipseCollection:
+    ax.imshow(bg, extent=extent, alpha=img_alpha, interpolation="antialiased")
+    # units="xy": widths are in data units, so each circle keeps the spot's true size on any figure size.
+    coll = EllipseCollection(
+        2 * r, 2 * r, np.zeros(len(r)), units="xy", offsets=xy, offset_transform=ax.transData
+    )
+    coll.set_array(values)
+    coll.set_cmap(cmap)
+    coll.set_norm(norm)
+    coll.set_edgecolor("none")
+    ax.add_collection(coll)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return coll
+
+
+def predicted_vs_observed(
+    sdata: SpatialData,
+    genes: str | Sequence[str],
+    *,
+    layer_pred: str = PRED_LAYER,
+    layer_true: str | None = None,
+    table_key: str = TABLE_KEY,
+    sample: str | None = None,
+    img_alpha: float = 1.0,
+    spot_size: float | None = None,
+    cmap: str = "viridis",
+    spot_diameter_um: float | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    return_fig: bool = False,
+) -> Figure | None:
+    """Maps of observed and predicted expression side by side, spots drawn over the section's H&E.
+
+    One row per gene: observed (left) and predicted (right) share one colour scale (same ``vmin`` /
+    ``vmax``, one colour bar), so a pale prediction reads as pale. Both titles carry the gene's Pearson
+    correlation over the spots drawn (a constant gene scores 0). A gene the table lacks but that
+    :func:`comtip_sc.tl.comtip_predict` put in ``obsm[layer_pred + "_extra"]`` (zero-shot genes outside
+    the panel) is drawn predicted only.
+
+    The background is a crop around the spots, read from a coarse pyramid level of the image; spots
+    are mapped into its pixels through the spatialdata transformations to the section's coordinate
+    system and drawn as circles of their true radius.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with images, spot circles and a table with predictions.
+    genes
+        Gene(s) to draw, one row each.
+    layer_pred
+        Layer of predictions (normalised log1p scale).
+    layer_true
+        Layer of observed expression already on the normalised log1p scale; ``None`` normalises the raw
+        counts in ``X`` (1e4 per spot + log1p) without writing anything.
+    table_key
+        Table holding observed and predicted values.
+    sample
+        Value of ``obs["sample"]`` (or name of the shapes element) of the section to draw; required when
+        the table spans several sections.
+    img_alpha
+        Opacity of the H&E background.
+    spot_size
+        Spot diameter in µm to draw instead of each circle's true radius.
+    cmap
+        Colour map of the expression values.
+    spot_diameter_um
+        Spot diameter in µm when the table does not record it in ``uns["comtip"]["spot_diameter_um"]``
+        (e.g. ``spatialdata_io.visium`` output: 55); it fixes the section's µm scale.
+    show, save, return_fig
+        As in scanpy: show the figure, save it to a path, or return the :class:`~matplotlib.figure.Figure`.
+
+    Returns
+    -------
+    The figure when ``return_fig`` is true, else ``None``.
+
+    Examples
+    --------
+    >>> import comtip_sc as cs
+    >>> cs.tl.comtip_predict(sdata, model, method="zero_shot")  # doctest: +SKIP
+    >>> cs.pl.predicted_vs_observed(sdata, ["KRT19", "COL1A1"], sample="A1")  # doctest: +SKIP
+
+    """
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    if not genes:
+        raise ValueError("genes is empty; name at least one gene to draw.")
+    table = get_table(sdata, table_key)
+    sec = _section_of(
+        table, resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um), sample
+    )
+    values = _values(table, genes, sec.obs_index, layer_pred, layer_true)
+
+    shapes = sdata.shapes[sec.region]
+    ids = table.obs[table.uns["spatialdata_attrs"]["instance_key"]].to_numpy()[sec.obs_index]
+    geom = shapes.loc[ids]
+    m_shape = _affine(shapes, sec.coordinate_system)
+    xy_cs = (np.column_stack([geom.geometry.x, geom.geometry.y, np.ones(len(geom))]) @ m_shape.T)[:, :2]
+    scale_shape = float(np.mean(np.linalg.norm(m_shape[:2, :2], axis=0)))
+    if spot_size is not None:
+        # µm → cs units through the section's pixel size: px_per_um × (cs units per image pixel).
+        m_img = _affine(_levels(sdata.images[sec.image])[0], sec.coordinate_system)
+        cs_per_px = float(np.mean(np.linalg.norm(m_img[:2, :2], axis=0)))
+        radius_cs = np.full(len(geom), spot_size / 2 * sec.px_per_um * cs_per_px)
+    else:
+        radius_cs = geom["radius"].to_numpy(np.float64) * scale_shape
+    bg, m_level, (x0, x1, y0, y1) = _background(sdata, sec, xy_cs, radius_cs)
+    to_level = np.linalg.inv(m_level)
+    xy = (np.column_stack([xy_cs, np.ones(len(xy_cs))]) @ to_level.T)[:, :2]
+    r = radius_cs * float(np.mean(np.linalg.norm(to_level[:2, :2], axis=0)))
+    extent = (x0, x1, y1, y0)  # pixel edges, y down as in the image
+
+    aspect = (y1 - y0) / max(x1 - x0, 1)
+    fig, axes = plt.subplots(
+        len(genes),
+        3,
+        figsize=(8.6, 4.0 * aspect * len(genes) + 0.6),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 1, 0.05]},
+    )
+    for gene, row in zip(genes, axes, strict=True):
+        obs, pred = values[gene]
+        both = pred if obs is None else np.concatenate([obs, pred])
+        finite = both[np.isfinite(both)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
+        if obs is None:
+            row[0].axis("off")
+            row[0].text(0.5, 0.5, f"{gene}\nnot measured\n(predicted only)", ha="center", va="center")
+            title_r = ""
+        else:
+            ok = np.isfinite(pred)
+            r_gene = float(pearson_per_gene(obs[ok, None], pred[ok, None])[0]) if ok.sum() > 1 else 0.0
+            title_r = f" (r = {r_gene:.2f})"
+            _draw(row[0], bg, extent, xy, r, obs, norm, cmap, img_alpha)
+            row[0].set_title(f"{gene} observed{title_r}", fontsize=9)
+        coll = _draw(row[1], bg, extent, xy, r, pred, norm, cmap, img_alpha)
+        row[1].set_title(f"{gene} predicted{title_r}", fontsize=9)
+        fig.colorbar(coll, cax=row[2], label="log1p (1e4 / spot)")
+    name = sec.region
+    if SAMPLE_KEY in table.obs:
+        name = ", ".join(pd.unique(table.obs[SAMPLE_KEY].astype(str).to_numpy()[sec.obs_index]))
+    fig.suptitle(f"{name}: {layer_pred}", fontsize=10)
+    fig.tight_layout()
+    return finish(fig, show=show, save=save, return_fig=return_fig)
+
+
+def finish_ax(
+    ax: Axes,
+    owned: bool,
+    *,
+    show: bool | None,
+    save: str | os.PathLike | None,
+    return_fig: bool,
+) -> Figure | Axes | None:
+    """:func:`~comtip_sc.pl._utils.finish` for functions taking ``ax=``.
+
+    A figure made here (``owned``) is handled by ``finish``. A caller's axes are never closed: like
+    scanpy, ``show=False`` returns them so the caller can keep drawing.
+    """
+    fig = ax.figure
+    if owned:
+        return finish(fig, show=show, save=save, return_fig=return_fig)
+    if save is not None:
+        fig.savefig(save, dpi=150, bbox_inches="tight")
+    if show:
+        plt.show()
+    if return_fig:
+        return fig
+    return ax if show is False else None
+
+
+def gene_pcc(
+    sdata_or_table: SpatialData | AnnData,
+    *,
+    key: str = "comtip_pcc",
+    n_top: int = 10,
+    table_key: str = TABLE_KEY,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    return_fig: bool = False,
+) -> Figure | Axes | None:
+    """Ranked per-gene Pearson correlation of predicted vs observed expression.
+
+    Every evaluated gene is a dot at its rank (best first); the ``n_top`` best are labelled and a dashed
+    line marks their mean over all genes (the PCC-ALL of :func:`comtip_sc.tl.evaluate`).
+
+    Parameters
+    ----------
+    sdata_or_table
+        SpatialData (its ``table_key`` table) or AnnData scored by :func:`comtip_sc.tl.evaluate`.
+    key
+        ``var`` column with the per-gene Pearson correlation (``evaluate``'s ``key_added``). Genes with
+        NaN there were not evaluated and are left out.
+    n_top
+        Number of best genes labelled with their names.
+    table_key
+        Table of a SpatialData.
+    ax
+        Axes to draw into; ``None`` makes a new figure.
+    show, save, return_fig
+        As in scanpy. With ``ax`` given and ``show=False`` the axes are returned.
+
+    Returns
+    -------
+    The figure when ``return_fig`` is true; the axes when ``ax`` was given and ``show=False``; else ``None``.
+
+    Examples
+    --------
+    >>> import comtip_sc as cs
+    >>> cs.tl.evaluate(sdata, layer_pred="comtip_pred")  # doctest: +SKIP
+    >>> cs.pl.gene_pcc(sdata, n_top=5)  # doctest: +SKIP
+
+    """
+    table = get_table(sdata_or_table, table_key)
+    if key not in table.var:
+        raise KeyError(f"var[{key!r}] is missing; run cs.tl.evaluate(..., key_added={key!r}) first.")
+    r = pd.to_numeric(table.var[key], errors="coerce").dropna().sort_values(ascending=False)
+    if r.empty:
+        raise ValueError(f"var[{key!r}] holds no evaluated gene (all NaN).")
+    owned = ax is None
+    if owned:
+        _, ax = plt.subplots(figsize=(max(4.0, min(10.0, 2.5 + 0.05 * len(r))), 3.6))
+    rank = np.arange(1, len(r) + 1)
+    ax.scatter(rank, r.to_numpy(), s=12, c=r.to_numpy(), cmap="coolwarm", vmin=-1, vmax=1, zorder=2)
+    ax.axhline(float(r.mean()), ls="--", lw=1, c="0.3", label=f"mean r = {r.mean():.3f}")
+    ax.axhline(0.0, lw=0.5, c="0.6")
+    for i, (gene, value) in enumerate(r.iloc[:n_top].items()):
+        # Labels alternate sides of the point so that neighbours at similar r do not overlap.
+        ax.annotate(
+            gene, (i + 1, value), xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points", fontsize=7
+        )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("gene rank")
+    ax.set_ylabel("Pearson r (predicted vs observed)")
+    ax.set_title(f"{len(r)} genes, {key}", fontsize=9)
+    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    return finish_ax(ax, owned, show=show, save=save, return_fig=return_fig)

@@ -1,0 +1,286 @@
+"""comtip_embed / comtip_predict / evaluate and model persistence, on real objects with known answers."""
+
+import json
+import shutil
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+from scipy.stats import pearsonr
+from spatialdata import SpatialData
+
+import comtip_sc as cs
+from comtip_sc._constants import EMBED_KEY, PRED_EXTRA_KEY, PRED_LAYER
+from comtip_sc.model._comtip_model import ComtipModel
+
+#: Real gene symbols that the toy tissue does not have.
+OUTSIDE = ["ERBB2_NOT_IN_PANEL", "ESR1"]
+
+
+def _unseen():
+    """A section the model never saw: other layout, textures and counts, other ids."""
+    return cs.datasets.toy_tissue(n_rows=8, n_cols=8, n_genes=30, seed=5, sample_id="other")
+
+
+@pytest.fixture(scope="module")
+def unseen_embedded(tiny_model):
+    sdata = _unseen()
+    cs.tl.comtip_embed(sdata, tiny_model)
+    return sdata
+
+
+# ------------------------------------------------------------------ embed
+def test_embed_unseen_section(unseen_embedded, tiny_model):
+    table = unseen_embedded.tables["table"]
+    emb = table.obsm[EMBED_KEY]
+    assert emb.dtype == np.float32
+    assert emb.shape == (table.n_obs, tiny_model.config.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(emb).all()
+    # Different tissue looks different: the embedding is not one constant vector.
+    assert emb.std(axis=0).max() > 1e-3
+    rec = table.uns["comtip"]["embed"]
+    assert rec["key_added"] == EMBED_KEY and rec["n_spots"] == table.n_obs
+    assert rec["dim"] == tiny_model.config.embed_dim and rec["tile_um"] == 100
+
+
+def test_embedding_feeds_scanpy(unseen_embedded):
+    table = unseen_embedded.tables["table"].copy()
+    sc.pp.neighbors(table, use_rep=EMBED_KEY, n_neighbors=10)
+    sc.tl.leiden(table, flavor="igraph", n_iterations=2, directed=False)
+    assert table.obsp["connectivities"].shape == (table.n_obs, table.n_obs)
+    assert table.obs["leiden"].notna().all() and table.obs["leiden"].nunique() >= 1
+
+
+def test_embed_copy_leaves_input(tiny_model, unseen_embedded):
+    sdata = _unseen()
+    out = cs.tl.comtip_embed(sdata, tiny_model, copy=True)
+    assert isinstance(out, SpatialData) and out is not sdata
+    assert EMBED_KEY not in sdata.tables["table"].obsm
+    assert "comtip" not in sdata.tables["table"].uns or "embed" not in sdata.tables["table"].uns["comtip"]
+    # Deterministic: the copy holds what writing in place gives.
+    np.testing.assert_allclose(
+        out.tables["table"].obsm[EMBED_KEY], unseen_embedded.tables["table"].obsm[EMBED_KEY], atol=1e-6
+    )
+
+
+# ------------------------------------------------------------------ predict
+@pytest.mark.parametrize("method", ["retrieval", "head", "zero_shot"])
+def test_predict_methods_fill_predicted_genes_only(tiny_model, unseen_embedded, method):
+    genes = ["KRT19", "COL1A1", "PTPRC"]
+    out = cs.tl.comtip_predict(
+        unseen_embedded, tiny_model, method=method, genes=genes, use_rep=EMBED_KEY, copy=True
+    )
+    table = out.tables["table"]
+    layer = table.layers[PRED_LAYER]
+    assert layer.shape == table.shape
+    cols = table.var_names.get_indexer(genes)
+    assert np.isfinite(layer[:, cols]).all()
+    others = np.setdiff1d(np.arange(table.n_vars), cols)
+    assert np.isnan(layer[:, others]).all()
+    assert table.uns["comtip"]["predict"]["method"] == method
+    assert table.uns["comtip"]["predict"]["genes"] == genes
+    # Predictions live on the log1p scale of the training values.
+    assert layer[:, cols].min() >= -1.0 and layer[:, cols].max() < 15.0
+    assert PRED_LAYER not in unseen_embedded.tables["table"].layers
+
+
+def test_predict_default_genes_cover_the_panel(tiny_model, unseen_embedded):
+    out = cs.tl.comtip_predict(unseen_embedded, tiny_model, use_rep=EMBED_KEY, copy=True)
+    table = out.tables["table"]
+    cols = table.var_names.get_indexer(tiny_model.panel)
+    assert (cols >= 0).all()
+    assert np.isfinite(table.layers[PRED_LAYER][:, cols]).all()
+
+
+def test_zero_shot_outside_panel_goes_to_extra(tiny_model, unseen_embedded):
+    n_vocab = len(tiny_model.network.gene_names)
+    vocab = list(tiny_model.network.gene_names)
+    out = cs.tl.comtip_predict(
+        unseen_embedded,
+        tiny_model,
+        method="zero_shot",
+        genes=["KRT19", *OUTSIDE],
+        use_rep=EMBED_KEY,
+        copy=True,
+    )
+    table = out.tables["table"]
+    extra = table.obsm[PRED_EXTRA_KEY]
+    assert isinstance(extra, pd.DataFrame)
+    assert list(extra.columns) == OUTSIDE
+    assert extra.index.equals(table.obs_names)
+    assert np.isfinite(extra.to_numpy()).all()
+    assert np.isfinite(table.layers[PRED_LAYER][:, table.var_names.get_loc("KRT19")]).all()
+    assert not any(g in table.var_names for g in OUTSIDE)
+    assert table.uns["comtip"]["predict"]["extra_genes"] == OUTSIDE
+    # The user's model is untouched: no gene was added to its vocabulary.
+    assert len(tiny_model.network.gene_names) == n_vocab
+    assert list(tiny_model.network.gene_names) == vocab
+    assert tiny_model.network.gene_encoder.gene_index(["KRT19"]).numel() == 1
+    with pytest.raises(KeyError):
+        tiny_model.network.gene_encoder.gene_index([OUTSIDE[0]])
+
+
+def test_retrieval_and_head_with_given_reference(tiny_model, unseen_embedded):
+    reference = cs.datasets.toy_tissue(n_rows=6, n_cols=6, n_genes=30, seed=9, sample_id="ref")
+    for method in ("retrieval", "head"):
+        out = cs.tl.comtip_predict(
+            unseen_embedded, tiny_model, method=method, reference=reference, k=5, copy=True
+        )
+        table = out.tables["table"]
+        rec = table.uns["comtip"]["predict"]
+        assert rec["reference"] == "given"
+        cols = table.var_names.get_indexer(rec["genes"])
+        assert len(rec["genes"]) == len(tiny_model.panel)
+        assert np.isfinite(table.layers[PRED_LAYER][:, cols]).all()
+    # k=1 retrieval returns, per spot, exactly one reference spot's expression row.
+    out = cs.tl.comtip_predict(
+        unseen_embedded, tiny_model, reference=reference, k=1, genes=["KRT19"], copy=True
+    )
+    pred = out.tables["table"].layers[PRED_LAYER][:, out.tables["table"].var_names.get_loc("KRT19")]
+    ref_vals = cs.tl._datamodule.normalized_values(reference.tables["table"], ["KRT19"])[:, 0]
+    assert np.isin(np.round(pred, 5), np.round(ref_vals, 5)).all()
+
+
+def test_predict_bad_inputs(tiny_model, unseen_embedded):
+    with pytest.raises(ValueError, match="method"):
+        cs.tl.comtip_predict(unseen_embedded, tiny_model, method="magic", copy=True)
+    with pytest.raises(KeyError, match="X_nothing"):
+        cs.tl.comtip_predict(unseen_embedded, tiny_model, use_rep="X_nothing", copy=True)
+    with pytest.raises(KeyError, match="ESR1"):
+        cs.tl.comtip_predict(
+            unseen_embedded, tiny_model, method="retrieval", genes=["ESR1"], use_rep=EMBED_KEY, copy=True
+        )
+
+
+# ------------------------------------------------------------------ evaluate
+def _hand_metrics(true, pred, n_heg, n_hvg):
+    r = np.array(
+        [
+            0.0 if np.ptp(true[:, j]) == 0 or np.ptp(pred[:, j]) == 0 else pearsonr(true[:, j], pred[:, j])[0]
+            for j in range(true.shape[1])
+        ]
+    )
+    heg = np.argsort(-true.mean(0), kind="stable")[:n_heg]
+    hvg = np.argsort(-true.var(0), kind="stable")[:n_hvg]
+    return {
+        "PCC-ALL": r.mean(),
+        "PCC-HEG": r[heg].mean(),
+        "PCC-HVG": r[hvg].mean(),
+        "MSE": np.mean((true - pred) ** 2),
+        "MAE": np.mean(np.abs(true - pred)),
+    }, r
+
+
+@pytest.fixture
+def known():
+    """12 spots x 6 genes with a known truth layer; gene 'flat' is constant in the truth."""
+    rng = np.random.default_rng(3)
+    truth = rng.gamma(2.0, 1.0, size=(12, 6)) * np.array([1, 3, 0.5, 2, 1, 1])
+    truth[:, 5] = 2.0
+    pred = truth + rng.normal(0, 0.8, size=truth.shape)
+    pred[:, 4] = 1.0  # constant prediction
+    adata = ad.AnnData(
+        sp.csr_matrix(rng.poisson(5, size=(12, 6)).astype(np.float32)),
+        obs=pd.DataFrame({"grp": ["a"] * 7 + ["b"] * 5}, index=[f"s{i}" for i in range(12)]),
+        var=pd.DataFrame(index=["g0", "g1", "g2", "g3", "g4", "flat"]),
+    )
+    adata.layers["truth"] = truth
+    adata.layers["pred"] = pred
+    return adata
+
+
+def test_evaluate_matches_hand_computation(known):
+    res = cs.tl.evaluate(known, layer_true="truth", layer_pred="pred", groupby="grp", n_heg=2, n_hvg=3)
+    assert list(res.index) == ["all", "a", "b"]
+    truth, pred = known.layers["truth"], known.layers["pred"]
+    groups = {"all": slice(None), "a": slice(0, 7), "b": slice(7, 12)}
+    for name, sel in groups.items():
+        want, _ = _hand_metrics(truth[sel], pred[sel], 2, 3)
+        for metric, value in want.items():
+            assert res.loc[name, metric] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, metric)
+        assert res.loc[name, "n_spots"] == len(truth[sel]) and res.loc[name, "n_genes"] == 6
+    _, r = _hand_metrics(truth, pred, 2, 3)
+    np.testing.assert_allclose(known.var["comtip_pcc"].to_numpy(), r, rtol=1e-6)
+    assert known.var.loc["flat", "comtip_pcc"] == 0.0 and known.var.loc["g4", "comtip_pcc"] == 0.0
+    assert not res.isna().any().any()
+
+
+def test_evaluate_normalises_counts_and_subsets_genes(known):
+    res = cs.tl.evaluate(known, layer_pred="pred", genes=["g0", "g1"], n_heg=1, n_hvg=1, key_added=None)
+    X = known.X.toarray().astype(np.float64)
+    norm = np.log1p(X / X.sum(1, keepdims=True) * 1e4)[:, :2]
+    want, _ = _hand_metrics(norm, known.layers["pred"][:, :2], 1, 1)
+    for metric, value in want.items():
+        assert res.loc["all", metric] == pytest.approx(value, rel=1e-6)
+    assert "comtip_pcc" not in known.var
+
+
+def test_evaluate_defaults_to_predicted_genes(known):
+    known.layers["pred"][:, 2] = np.nan
+    res = cs.tl.evaluate(known, layer_true="truth", layer_pred="pred")
+    assert res.loc["all", "n_genes"] == 5
+    assert np.isnan(known.var.loc["g2", "comtip_pcc"])
+
+
+def test_evaluate_bad_inputs_name_the_culprit(known):
+    with pytest.raises(KeyError, match="no_pred"):
+        cs.tl.evaluate(known, layer_pred="no_pred")
+    with pytest.raises(KeyError, match="no_truth"):
+        cs.tl.evaluate(known, layer_true="no_truth", layer_pred="pred")
+    with pytest.raises(KeyError, match="GHOST"):
+        cs.tl.evaluate(known, layer_true="truth", layer_pred="pred", genes=["g0", "GHOST"])
+    with pytest.raises(KeyError, match="nogroup"):
+        cs.tl.evaluate(known, layer_true="truth", layer_pred="pred", groupby="nogroup")
+
+
+def test_evaluate_on_spatialdata_predictions(tiny_model, unseen_embedded):
+    out = cs.tl.comtip_predict(unseen_embedded, tiny_model, use_rep=EMBED_KEY, copy=True)
+    res = cs.tl.evaluate(out, groupby="sample")
+    assert list(res.index) == ["all", "other"]
+    assert res.loc["all", "n_genes"] == len(tiny_model.panel)
+    assert np.isfinite(res[["PCC-ALL", "PCC-HEG", "PCC-HVG", "MSE", "MAE"]].to_numpy()).all()
+    assert -1.0 <= res.loc["all", "PCC-ALL"] <= 1.0
+
+
+# ------------------------------------------------------------------ persistence
+@pytest.fixture(scope="module")
+def saved(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("saved") / "model"
+    tiny_model.save(path)
+    return path
+
+
+def test_save_load_gives_identical_embeddings(tiny_model, saved, unseen_embedded):
+    loaded = ComtipModel.load(saved)
+    assert loaded.panel == tiny_model.panel and loaded.genes == tiny_model.genes
+    assert (loaded.tile_um, loaded.tile_px) == (tiny_model.tile_um, tiny_model.tile_px)
+    np.testing.assert_array_equal(loaded.reference.embeddings, tiny_model.reference.embeddings)
+    np.testing.assert_array_equal(loaded.reference.expression, tiny_model.reference.expression)
+    out = cs.tl.comtip_embed(unseen_embedded, loaded, copy=True)
+    np.testing.assert_array_equal(
+        out.tables["table"].obsm[EMBED_KEY], unseen_embedded.tables["table"].obsm[EMBED_KEY]
+    )
+
+
+def test_truncated_weights_raise_value_error(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors.*(truncated|corrupt)"):
+        ComtipModel.load(broken)
+
+
+def test_other_format_version_raises(saved, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(saved, other)
+    meta = json.loads((other / "config.json").read_text())
+    meta["format_version"] = 999
+    (other / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format 999"):
+        ComtipModel.load(other)
