@@ -16,6 +16,16 @@ GENES = (
 ).split()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The models here are tiny: one intra-op thread is several times faster than two fighting over
+    # small kernels (and over the cores with whatever else runs).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_config(**overrides) -> ComtipConfig:
     base = dict(
         backbone="vit_tiny_patch16_224",
@@ -59,7 +69,7 @@ class ToyTissue:
         return {"image": image, "gene_idx": gene_idx, "values": values, "mask": mask, "cls": cls}
 
 
-def train(net: ComtipNetwork, steps: int, data: ToyTissue, lr: float = 2e-3, batch: int = 16) -> list[dict]:
+def train(net: ComtipNetwork, steps: int, data: ToyTissue, lr: float = 1.5e-3, batch: int = 16) -> list[dict]:
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     hist = []
     net.train()
@@ -68,7 +78,7 @@ def train(net: ComtipNetwork, steps: int, data: ToyTissue, lr: float = 2e-3, bat
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        hist.append({k: float(v) for k, v in out.items()})
+        hist.append({k: float(v.detach()) for k, v in out.items()})
     return hist
 
 
@@ -77,7 +87,7 @@ def trained() -> tuple[ComtipNetwork, list[dict], ToyTissue]:
     torch.manual_seed(0)
     data = ToyTissue(0)
     net = build_network(tiny_config(), GENES)
-    hist = train(net, 60, data)
+    hist = train(net, 100, data)
     return net, hist, data
 
 

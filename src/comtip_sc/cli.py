@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
+
+from ._atomic import atomic_path
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DATA = 0, 1, 2, 3
 
@@ -47,21 +46,11 @@ def write_result(sdata, out: str, table_key: str) -> str:
     target = Path(out)
     if target.suffix not in (".h5ad", ".zarr"):
         raise ValueError(f"--out must end in .h5ad (table only) or .zarr (whole SpatialData), got {out}.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(target) as tmp:
         if target.suffix == ".h5ad":
             sdata.tables[table_key].write_h5ad(tmp)
         else:
             sdata.write(tmp)
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
     return str(target)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._comtip_model import ComtipModel, ReferenceBank
 from ._config import FLAG_PRESETS, ComtipConfig
 from ._gene_names import char_ngram_embedding, embed_gene_names, minilm_available, resolve_text_encoder
 from ._gene_text import AttentionPool, GeneTextEncoder
@@ -16,6 +17,7 @@ __all__ = [
     "AttentionPool",
     "ComtipConfig",
     "ComtipLightningModule",
+    "ComtipModel",
     "ComtipNetwork",
     "GeneTextEncoder",
     "LogitScale",
@@ -23,6 +25,7 @@ __all__ = [
     "MaskedView",
     "PairDiscriminator",
     "ProjectionHead",
+    "ReferenceBank",
     "VisionBranch",
     "build_network",
     "char_ngram_embedding",

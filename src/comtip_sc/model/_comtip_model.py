@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .._atomic import atomic_path
 from ._config import ComtipConfig
 from ._network import ComtipNetwork, build_network
 
@@ -103,7 +102,7 @@ class ComtipModel:
     --------
     >>> import comtip_sc as cs, tempfile
     >>> sdata = cs.datasets.toy_tissue(n_rows=6, n_cols=6, n_genes=20)
-    >>> model = cs.tl.fit(sdata, preset="tiny", max_epochs=1, enable_progress_bar=False)  # doctest: +SKIP
+    >>> model = cs.tl.fit(sdata, max_epochs=1, enable_progress_bar=False)  # doctest: +SKIP
     >>> model.save(tempfile.mkdtemp() + "/m")  # doctest: +SKIP
 
     """
@@ -167,10 +166,8 @@ class ComtipModel:
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir()
-        try:
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
             state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
             save_file(state, str(tmp / _WEIGHTS_FILE))
             meta: dict[str, Any] = {
@@ -197,12 +194,6 @@ class ComtipModel:
                 )
                 meta["reference"] = {"genes": self.reference.genes, "obs_names": self.reference.obs_names}
             (tmp / _CONFIG_FILE).write_text(json.dumps(meta, indent=1, default=_jsonable))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         logger.info("Saved the model to %s.", path)
 
     @classmethod

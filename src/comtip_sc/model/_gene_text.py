@@ -1,29 +1,41 @@
 """Gene-Text Encoder: all gene sentences of a batch as one ``[B, G, d]`` tensor, linear cost in ``G``.
 
-A spot's *gene sentence* is a set of ``(gene, value)`` tokens. Token ``i`` of spot ``b`` is
+A spot's *gene sentence* is a set of ``(gene, value)`` tokens. Token ``i`` of spot ``b`` (gene ``g``,
+value ``v``) is
 
-.. math:: x_{bi} = \\underbrace{W\\,t_{g} + r_{g}}_{\\text{name part}} + \\underbrace{f(v_{bi})}_{\\text{value part}}
+.. math::
+    n_g = \\mathrm{LN}\\big(W(t_g - \\bar t) + r_g\\big), \\qquad
+    [f(v), a(v)] = \\mathrm{MLP}(v), \\qquad
+    x_{bi} = \\underbrace{n_g}_{\\text{name}} + \\underbrace{\\mathrm{LN}(f(v))}_{\\text{value}}
+             + \\underbrace{n_g \\odot a(v)}_{\\text{pair}}
 
-with ``t_g`` the frozen, cached text embedding of the gene's name, ``W`` a learned projection, ``r_g`` a
-learned per-gene residual (zero-initialised; genes added after training keep ``r_g = 0``) and ``f`` a small
-MLP on the continuous normalised log1p value.
+with ``t_g`` the frozen, cached text embedding of the gene's name, ``t̄`` its mean over the training panel
+(a saved buffer: symbol embeddings share a large common direction that says nothing about which gene it
+is), ``W`` a learned projection, ``r_g`` a learned per-gene residual (zero-initialised; genes added after
+training keep ``r_g = 0``) and one small MLP on the continuous normalised log1p value giving the additive
+value embedding ``f`` and the gate ``a``.
 
 Why an MLP and not scGPT-style value bins: values arrive already normalised (1e4 + log1p) and are
 continuous; bins would quantise them (per-spot rank bins also discard magnitudes shared across spots),
-whereas a smooth ``f`` interpolates between values, which the zero-shot predictor relies on when it scores
+whereas a smooth MLP interpolates between values, which the zero-shot predictor relies on when it scores
 the same gene at a grid of candidate values and reads an expected value off the softmax.
 
-The sum alone would lose the pairing (a linear pool of ``name + value`` equals pooled names plus pooled
-values, invariant to permuting values across genes), so each token first goes through a per-token MLP,
-which binds name and value non-linearly. Then:
+Why the pair term: pooling ``name + value`` alone gives pooled names plus pooled values, blind to which
+value sits on which gene. ``n_g ⊙ a(v)`` is gene-specific from the start (summed over genes it contains a
+learned linear map of the expression vector, as in BLEEP), and the per-token MLP that follows binds name
+and value further. Then:
 
 1. attention pooling with ``K`` learned queries (masked softmax over the real tokens) → a context vector;
 2. the context is broadcast back to every token and mixed in by a second per-token MLP (contextual token
    states, used by PAAT's discriminator);
-3. attention pooling again → sentence embedding.
+3. attention pooling again → LayerNorm → :class:`SentenceCentering` → sentence embedding.
 
 Every step is per-token or queries×tokens with ``K`` fixed, so memory and time are ``O(B·G·d)``; there is
 no token×token attention.
+
+``use_names=False`` (BLEEP-like) replaces ``n_g`` by a learned identity vector per panel gene (no text);
+``use_values=False`` (OmiCLIP-like) keeps only ``n_g`` and restricts each sentence to its ``top_k_names``
+most expressed genes.
 """
 
 from __future__ import annotations

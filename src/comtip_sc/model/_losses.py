@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -67,8 +68,12 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     sizes_l = [int(s.item()) for s in sizes]
     n_max = max(sizes_l)
     padded = F.pad(x, (0, 0, 0, n_max - x.shape[0])) if x.shape[0] < n_max else x
-    # torch.distributed.nn's all_gather sums the incoming gradients back onto each process's rows.
-    parts = all_gather(padded.contiguous())
+    # torch.distributed.nn's all_gather sums the incoming gradients back onto each process's rows (also
+    # on gloo, through all-to-all). torch 2.14 flags it deprecated in favour of a private module; it is
+    # the public autograd-aware collective, so keep it and silence the notice.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(padded.contiguous())
     x_all = torch.cat([p[:s] for p, s in zip(parts, sizes_l, strict=True)], dim=0)
     return x_all, sum(sizes_l[:rank])
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import zarr
 from spatialdata import SpatialData
 
+from .._atomic import atomic_path
 from .._constants import DEFAULT_TILE_PX, DEFAULT_TILE_UM, TABLE_KEY
 from ._tiles import SpotTiles
 
@@ -138,8 +137,7 @@ def cache_tiles(
             f"The tile cache at {path} was built for other settings or spots (tile_um={cached.tile_um}, "
             f"tile_px={cached.tile_px}, {len(cached)} spots); pass overwrite=True to rebuild it."
         )
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         n = len(source)
         arr = group.create_array(
@@ -151,11 +149,5 @@ def cache_tiles(
         group.attrs.update(
             {"tile_um": float(tile_um), "tile_px": int(tile_px), "obs_names": source.obs_names.tolist()}
         )
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Cached %d tiles of %g µm at %d px in %s.", n, tile_um, tile_px, path)
     return CachedTiles(path)

@@ -1,0 +1,125 @@
+"""Vision branch: masked view isolation, MFM generator, any timm ViT, local pretrained weights."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from comtip_sc.model import MaskFeatureGenerator, VisionBranch, create_backbone, mfm_loss
+
+TINY = dict(patch_size=8, depth=2, embed_dim=64, num_heads=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The models here are tiny: one intra-op thread is several times faster than two fighting over
+    # small kernels (and over the cores with whatever else runs).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_branch(mask_ratio: float = 0.5) -> VisionBranch:
+    torch.manual_seed(0)
+    return VisionBranch(create_backbone("vit_tiny_patch16_224", 32, **TINY), mask_ratio).eval()
+
+
+def patch_pixels(ids: torch.Tensor, grid: int = 4, p: int = 8) -> torch.Tensor:
+    """Boolean pixel mask [B, 1, H, W] covering the patches ``ids`` of each sample."""
+    m = torch.zeros(ids.shape[0], grid * grid, dtype=torch.bool).scatter_(1, ids, True)
+    m = m.view(-1, 1, grid, grid)
+    return m.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
+
+
+def test_masked_branch_never_sees_hidden_patches():
+    vb = tiny_branch()
+    images = torch.randn(3, 3, 32, 32)
+    ids_keep, ids_hidden = vb.random_mask(3, generator=torch.Generator().manual_seed(1))
+    assert ids_keep.shape == (3, 8) and ids_hidden.shape == (3, 8)
+    # Masks differ per sample.
+    assert not all(torch.equal(ids_keep[0], ids_keep[i]) for i in range(1, 3))
+    with torch.no_grad():
+        h = vb.forward_masked(images, ids_keep=ids_keep)
+        assert torch.equal(h.ids_hidden, ids_hidden)
+        hidden_px = patch_pixels(ids_hidden)
+        changed_hidden = torch.where(hidden_px, torch.randn_like(images) * 10, images)
+        h2 = vb.forward_masked(changed_hidden, ids_keep=ids_keep)
+        assert torch.equal(h.visible, h2.visible)  # bit-for-bit: hidden pixels never reach H_O
+        # Changing one visible patch does change H_O (for every sample).
+        one_visible = patch_pixels(ids_keep[:, :1])
+        changed_visible = torch.where(one_visible, images + 1.0, images)
+        h3 = vb.forward_masked(changed_visible, ids_keep=ids_keep)
+        for i in range(3):
+            assert not torch.allclose(h.visible[i], h3.visible[i])
+        # And the full view does see the hidden pixels.
+        assert not torch.allclose(vb.forward_full(images)[1], vb.forward_full(changed_hidden)[1])
+
+
+def test_random_mask_ratio_and_partition():
+    vb = tiny_branch(mask_ratio=0.75)
+    keep, hidden = vb.random_mask(5, generator=torch.Generator().manual_seed(0))
+    assert keep.shape == (5, 4) and hidden.shape == (5, 12)
+    both = torch.cat([keep, hidden], 1).sort(1).values
+    assert torch.equal(both, torch.arange(16).expand(5, -1))
+
+
+def test_generator_learns_hidden_features_with_stop_gradient():
+    vb = tiny_branch()
+    gen = MaskFeatureGenerator(vb.dim, vb.num_patches, num_heads=2)
+    images = torch.randn(4, 3, 32, 32)
+    view = vb.forward_masked(images)
+    _, z = vb.forward_full(images)
+    target = z.gather(1, view.ids_hidden[..., None].expand(-1, -1, z.shape[-1]))
+    pred = gen(view.visible, view.ids_hidden, vb.patch_pos_embed())
+    assert pred.shape == target.shape
+    loss = mfm_loss(pred, target)
+    loss.backward()
+    assert gen.mask_query.grad is not None and gen.mask_query.grad.abs().sum() > 0
+    assert vb.backbone.patch_embed.proj.weight.grad.abs().sum() > 0  # through the masked branch
+    # The target is detached inside mfm_loss: a loss on the target alone has no gradient path.
+    vb.zero_grad()
+    t_only = mfm_loss(torch.zeros_like(target), target)
+    assert t_only.grad_fn is None
+    assert float(mfm_loss(target, target, "cosine").detach()) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch32_224"])
+def test_any_timm_vit_name(name):
+    # Depth/width shrunk so the test is quick; the ViT family structure stays that of ``name``.
+    kw = dict(depth=1, embed_dim=32, num_heads=2)
+    vb = VisionBranch(create_backbone(name, 64, **kw), 0.5)
+    p = vb.num_patches
+    assert p == (64 // vb.backbone.patch_embed.patch_size[0]) ** 2
+    gen = MaskFeatureGenerator(vb.dim, p, num_heads=2)
+    with torch.no_grad():
+        view = vb.forward_masked(torch.randn(2, 3, 64, 64))
+        pred = gen(view.visible, view.ids_hidden, vb.patch_pos_embed())
+    assert view.visible.shape == (2, vb.num_prefix + vb.n_keep, 32)
+    assert pred.shape == (2, p - vb.n_keep, 32)
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "pth"])
+def test_local_pretrained_weights(tmp_path, suffix):
+    torch.manual_seed(3)
+    ref = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=0, **TINY)
+    path = tmp_path / f"weights.{suffix}"
+    if suffix == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(ref.state_dict(), str(path))
+    else:
+        torch.save(ref.state_dict(), path)
+    torch.manual_seed(99)  # a different random init, so equality can only come from the file
+    loaded = create_backbone("vit_tiny_patch16_224", 32, checkpoint_path=str(path), **TINY)
+    sd_ref, sd = ref.state_dict(), loaded.state_dict()
+    assert sd.keys() == sd_ref.keys()
+    assert all(torch.equal(sd[k], sd_ref[k]) for k in sd)
+    fresh = create_backbone("vit_tiny_patch16_224", 32, **TINY)
+    assert not torch.equal(fresh.state_dict()["pos_embed"], sd_ref["pos_embed"])
+
+
+def test_pretrained_without_local_file_never_downloads(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        create_backbone("vit_tiny_patch16_224", 32, checkpoint_path=str(tmp_path / "missing.pth"), **TINY)
