@@ -24,7 +24,6 @@ import platform
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from comtip_sc._atomic import atomic_path
 from comtip_sc.model import ComtipConfig, build_network
 
 
@@ -208,9 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         out
         / f"train_step_{'cuda' if torch.cuda.is_available() else 'cpu'}{'_quick' if args.quick else ''}.md"
     )
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     print(f"Wrote {target}")
     return 0
 

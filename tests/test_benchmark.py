@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from comtip_sc._benchmark import method_names
-from comtip_sc._benchmark_data import subset_sections
 from comtip_sc._benchmark_report import METRICS
 from comtip_sc.cli import main
+from comtip_sc.pp import subset_sections
 
 ROOT = Path(__file__).parents[1]
 

@@ -73,7 +73,6 @@ def python3_kernel(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv(
         "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     )
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     return "python3"
 

@@ -18,12 +18,14 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, replace_existing: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write into, then rename it over ``path``.
 
     The temporary file or folder lives in the same directory, so the final ``os.replace`` is a
     rename on one file system. If the block raises, the temporary is removed and ``path`` is left as
-    it was. An existing ``path`` is replaced only once the new content is complete.
+    it was. An existing ``path`` is replaced only once the new content is complete; with
+    ``replace_existing=False`` a ``path`` that appeared meanwhile (another process wrote the same
+    content first, e.g. every DDP rank building one tile cache) is kept and the new copy dropped.
 
     Examples
     --------
@@ -40,6 +42,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
+        if path.exists() and not replace_existing:
+            return
         if path.is_dir() and tmp.is_dir():
             # os.replace cannot replace a non-empty folder: move the old one aside first.
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")

@@ -25,7 +25,7 @@ from spatialdata import SpatialData
 
 from ._benchmark_baselines import fit_regression, frozen_features, ridge_on_features, train_mean
 from ._benchmark_data import Fold, load_folds
-from ._benchmark_report import write_results
+from ._benchmark_report import git_commit, write_results
 from ._constants import TABLE_KEY
 from .model import FLAG_PRESETS, ComtipConfig
 from .model._gene_names import resolve_text_encoder
@@ -287,6 +287,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     meta = {
         "preset": preset.name,
+        # Read now: other commits may land while a long run goes on, and the run keeps the code it imported.
+        "git_commit": git_commit(),
         "config": preset.config.to_dict(),
         "text_encoder": resolve_text_encoder(preset.config.text_encoder),
         "tile_um": preset.tile_um,

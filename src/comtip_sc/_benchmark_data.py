@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from anndata import AnnData
 from spatialdata import SpatialData
-from spatialdata.transformations import get_transformation
-from xarray import DataTree
 
-from ._constants import REGION_KEY, SAMPLE_KEY, TABLE_KEY
+from ._constants import SAMPLE_KEY, TABLE_KEY
+from .pp._subset import subset_sections
 from .tl._datamodule import normalized_values
 
 if TYPE_CHECKING:
@@ -34,37 +33,6 @@ class Fold:
     test: SpatialData
     panel: list[str]
     tile_um: float
-
-
-def full_resolution_only(sdata: SpatialData) -> SpatialData:
-    """The same SpatialData with each multiscale image replaced by its full-resolution level.
-
-    Why: the readers' pyramids are lazy dask graphs over the in-memory scan, so a tile read at a coarser
-    level recomputes that level's 1024² chunks each time (~0.9 s per tile on her2st C2 at 64 px, measured),
-    whereas slicing level 0 and letting PIL resample the window takes ~3 ms; the tiles differ by ~2 grey
-    levels on average (antialiased resampling of the same field).
-    """
-    images = {}
-    for name, image in sdata.images.items():
-        if isinstance(image, DataTree):
-            image = next(iter(image["scale0"].values()))
-        images[name] = image
-    return SpatialData(images=images, shapes=dict(sdata.shapes), tables=dict(sdata.tables))
-
-
-def subset_sections(sdata: SpatialData, keep: np.ndarray, table_key: str = TABLE_KEY) -> SpatialData:
-    """A SpatialData with the table rows ``keep`` (bool mask) and only the shapes/images they use.
-
-    The table's ``region`` categories and ``uns["spatialdata_attrs"]["region"]`` are narrowed to the
-    shapes that remain, so spatialdata's table–region links stay valid.
-    """
-    table = sdata.tables[table_key][np.asarray(keep, bool)].copy()
-    regions = table.obs[REGION_KEY].astype(str).unique().tolist()
-    table.uns["spatialdata_attrs"]["region"] = regions
-    table.obs[REGION_KEY] = table.obs[REGION_KEY].astype(str).astype("category")
-    systems = {cs for r in regions for cs in get_transformation(sdata.shapes[r], get_all=True)}
-    images = {k: v for k, v in sdata.images.items() if systems & set(get_transformation(v, get_all=True))}
-    return SpatialData(images=images, shapes={r: sdata.shapes[r] for r in regions}, tables={table_key: table})
 
 
 def choose_panel(train: AnnData, test: AnnData, n_genes: int) -> list[str]:
@@ -87,7 +55,7 @@ def choose_panel(train: AnnData, test: AnnData, n_genes: int) -> list[str]:
 def _patient_folds(name: str, sdata: SpatialData, column: str, preset: BenchPreset) -> Iterator[Fold]:
     import comtip_sc as cs
 
-    sdata = full_resolution_only(cs.pp.filter_spots(sdata, min_counts=preset.min_counts, copy=True))
+    sdata = cs.pp.filter_spots(sdata, min_counts=preset.min_counts, copy=True)
     labels = sdata.tables[TABLE_KEY].obs[column].astype(str).to_numpy()
     groups = sorted(set(labels))
     if len(groups) != 2:

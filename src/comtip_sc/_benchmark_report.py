@@ -7,11 +7,12 @@ import os
 import platform
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+from ._atomic import atomic_path
 
 METRICS = ["PCC-ALL", "PCC-HEG", "PCC-HVG", "MSE", "MAE"]
 COLUMNS = ["dataset", "fold", "method", *METRICS, "n_train", "n_test", "n_genes", "fit_s", "predict_s"]
@@ -51,7 +52,8 @@ def machine() -> dict[str, str]:
     }
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """Short HEAD commit of the source tree, marked when it has uncommitted changes (call it at start)."""
     try:
         here = Path(__file__).parent
         rev = subprocess.run(
@@ -66,13 +68,8 @@ def _git_commit() -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _md_table(df: pd.DataFrame, floats: dict[str, str]) -> str:
@@ -119,7 +116,6 @@ def write_results(
     info = {
         **meta,
         "machine": machine(),
-        "git_commit": _git_commit(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "status": "complete" if final else "partial (run still going)",
         "total_wall_s": round(wall_s, 1),
@@ -134,7 +130,7 @@ def write_results(
         f"- machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads "
         f"{meta['threads'] if meta['threads'] is not None else torch.get_num_threads()}, python {m['python']}, "
         f"torch {m['torch']}, device {m['device']}",
-        f"- code: commit {info['git_commit']}, finished {info['finished']}",
+        f"- code: commit {meta['git_commit']} (read when the run started), finished {info['finished']}",
         f"- backbone: `{backbone}`, pretrained={cfg['pretrained']}; tile_px {cfg['tile_px']}; tile_um "
         + ", ".join(f"{k} {v:g} µm" for k, v in meta["tile_um"].items()),
         f"- CoMTIP: embed_dim {cfg['embed_dim']}, gene_dim {cfg['gene_dim']}, mask_ratio {cfg['mask_ratio']}, "

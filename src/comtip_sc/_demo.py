@@ -10,25 +10,17 @@ from ._constants import EMBED_KEY, SAMPLE_KEY
 
 def _split(sdata, table_key: str):
     """Train on every section but the last, test on the last (by the table's ``sample`` column)."""
-    import spatialdata as sd
+    import comtip_sc as cs
 
-    table = sdata.tables[table_key]
-    samples = list(table.obs[SAMPLE_KEY].astype(str).unique())
-    if len(samples) < 2:
+    samples = sdata.tables[table_key].obs[SAMPLE_KEY].astype(str).to_numpy()
+    if len(set(samples)) < 2:
         return None
-    held_out = samples[-1]
-    keep = table.obs[SAMPLE_KEY].astype(str) != held_out
-
-    def part(mask):
-        sub = table[mask.to_numpy()].copy()
-        regions = sub.obs["region"].astype(str).unique().tolist()
-        sub.uns["spatialdata_attrs"]["region"] = regions
-        sub.obs["region"] = sub.obs["region"].astype(str).astype("category")
-        return sd.SpatialData(
-            images=dict(sdata.images), shapes={r: sdata.shapes[r] for r in regions}, tables={table_key: sub}
-        )
-
-    return part(keep), part(~keep), held_out
+    held_out = list(dict.fromkeys(samples))[-1]
+    return (
+        cs.pp.subset_sections(sdata, samples != held_out, table_key=table_key),
+        cs.pp.subset_sections(sdata, samples == held_out, table_key=table_key),
+        held_out,
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:

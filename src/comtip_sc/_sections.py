@@ -200,7 +200,11 @@ def resolve_sections(
                 "(finite) coordinates."
             )
         image, cs = _pick_image(sdata, region)
-        to_px = get_transformation_between_coordinate_systems(sdata, shapes, sdata.images[image])
+        # Visium puts spots and images in several coordinate systems; going through the shared one
+        # keeps the path unique.
+        to_px = get_transformation_between_coordinate_systems(
+            sdata, shapes, sdata.images[image], intermediate_coordinate_systems=cs
+        )
         m_px = to_px.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
         centers = (np.column_stack([xy, np.ones(len(xy))]) @ m_px.T)[:, :2]
         # µm per coordinate-system unit comes from the known physical spot diameter, so any

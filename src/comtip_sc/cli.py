@@ -211,10 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    # Third-party libraries stay at WARNING (spatialdata's readers log every element at INFO);
+    # our own loggers and Lightning's rank-zero messages (devices, precision) follow --verbose/--quiet.
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
-    logging.getLogger("comtip_sc").setLevel(level)
+    for name in ("comtip_sc", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(level)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:

@@ -60,8 +60,10 @@ class ComtipNetwork(nn.Module):
         :class:`~comtip_sc.model._vision.VisionBranch`.
     gene_encoder
         :class:`~comtip_sc.model._gene_text.GeneTextEncoder`.
-    mfm_generator, discriminator
-        Present only when ``config.mfm`` / ``config.paat``.
+    mfm_generator
+        The Mask Feature Generator; present only when ``config.mfm``.
+    discriminator
+        The PAAT pair discriminator; present only when ``config.paat``.
 
     Examples
     --------
@@ -211,7 +213,7 @@ class ComtipNetwork(nn.Module):
 
 
 def build_network(config: ComtipConfig | dict[str, Any], gene_names: Sequence[str]) -> ComtipNetwork:
-    """Build a :class:`ComtipNetwork` from a config and the gene vocabulary.
+    """Build a :class:`~comtip_sc.model.ComtipNetwork` from a config and the gene vocabulary.
 
     ``config.text_encoder="auto"`` is resolved here (MiniLM when installed, else character n-grams) and
     the resolved name is stored in ``network.config``, so a saved ``network.config.to_dict()`` rebuilds the

@@ -1,6 +1,7 @@
-"""Preprocessing: gene panel, normalisation, spot filtering and physical-size tiles."""
+"""Preprocessing: gene panel, normalisation, spot filtering, section splits and physical-size tiles."""
 
 from ._genes import filter_spots, normalize, select_genes
+from ._subset import subset_sections
 from ._tile_cache import CachedTiles, cache_tiles
 from ._tiles import SpotTiles, extract_tiles
 
@@ -12,4 +13,5 @@ __all__ = [
     "filter_spots",
     "normalize",
     "select_genes",
+    "subset_sections",
 ]

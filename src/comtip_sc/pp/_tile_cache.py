@@ -21,7 +21,7 @@ _CHUNK = 16
 
 
 class CachedTiles:
-    """Tiles read back from a cache written by :func:`cache_tiles`; indexable like :class:`SpotTiles`.
+    """Tiles read back from a cache written by :func:`~comtip_sc.pp.cache_tiles`; indexable like :class:`~comtip_sc.pp.SpotTiles`.
 
     The zarr store is opened lazily in each process, so instances pickle cheaply into data-loader
     workers.
@@ -137,7 +137,9 @@ def cache_tiles(
             f"The tile cache at {path} was built for other settings or spots (tile_um={cached.tile_um}, "
             f"tile_px={cached.tile_px}, {len(cached)} spots); pass overwrite=True to rebuild it."
         )
-    with atomic_path(path) as tmp:
+    # Without overwrite, a cache another process (DDP rank) finished first is kept, never swapped
+    # under its readers.
+    with atomic_path(path, replace_existing=overwrite) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         n = len(source)
         arr = group.create_array(

@@ -62,8 +62,8 @@ class SpotTiles:
     table_key
         Table whose rows define the spots (and their order).
     spot_diameter_um
-        Physical spot diameter, when the table does not record it (see
-        :func:`comtip_sc._sections.resolve_sections`).
+        Physical spot diameter in µm, when the table does not record it in
+        ``uns["comtip"]["spot_diameter_um"]`` (Visium: 55).
 
     Examples
     --------
