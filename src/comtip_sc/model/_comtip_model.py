@@ -147,6 +147,25 @@ class ComtipModel:
             f"{len(self.panel)} panel genes, {flags}, reference={ref})"
         )
 
+    def tiles(self, sdata, *, table_key: str = "table", spot_diameter_um: float | None = None):
+        """The :class:`~comtip_sc.pp.SpotTiles` of ``sdata`` cut the way this model was trained (µm and px).
+
+        Examples
+        --------
+        >>> model.tiles(sdata)[0].shape  # doctest: +SKIP
+        (112, 112, 3)
+
+        """
+        from ..pp._tiles import SpotTiles
+
+        return SpotTiles(
+            sdata,
+            tile_um=self.tile_um,
+            tile_px=self.tile_px,
+            table_key=table_key,
+            spot_diameter_um=spot_diameter_um,
+        )
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the model to the folder ``path`` (atomically).

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from spatialdata import SpatialData
+from tqdm.auto import tqdm
 
 from .._atomic import atomic_path
 from .._constants import DEFAULT_TILE_PX, DEFAULT_TILE_UM, TABLE_KEY
@@ -145,7 +146,8 @@ def cache_tiles(
         arr = group.create_array(
             "tiles", shape=(n, tile_px, tile_px, 3), chunks=(_CHUNK, tile_px, tile_px, 3), dtype="uint8"
         )
-        for start in range(0, n, _CHUNK):
+        # disable=None: a bar on terminals and notebooks, silence in logs and CI.
+        for start in tqdm(range(0, n, _CHUNK), desc="Cutting tiles", unit="chunk", disable=None):
             stop = min(start + _CHUNK, n)
             arr[start:stop] = source.take(range(start, stop))
         group.attrs.update(

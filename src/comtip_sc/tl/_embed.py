@@ -9,7 +9,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._constants import EMBED_KEY, TABLE_KEY
 from ..model._comtip_model import ComtipModel
-from ..pp._tiles import SpotTiles
 from ._datamodule import SentenceCollate
 from ._inference import encode_images
 from ._utils import record, resolve_device, target
@@ -41,13 +40,7 @@ def image_embeddings(
     spot_diameter_um: float | None = None,
 ) -> np.ndarray:
     """``(n_spots, embed_dim)`` L2-normalised image embeddings of the table's spots, in table order."""
-    tiles = SpotTiles(
-        sdata,
-        tile_um=model.tile_um,
-        tile_px=model.tile_px,
-        table_key=table_key,
-        spot_diameter_um=spot_diameter_um,
-    )
+    tiles = model.tiles(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
     mean, std = model.network.image_mean, model.network.image_std
     loader = DataLoader(
         _TileItems(tiles),

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 
 def _device(network: nn.Module) -> torch.device:
@@ -17,7 +18,9 @@ def encode_images(network: nn.Module, loader: DataLoader) -> np.ndarray:
     """L2-normalised image embeddings ``(n, embed_dim)`` of every batch of ``loader``, in order."""
     network.eval()
     device = _device(network)
-    out = [network.encode_image(batch["image"].to(device)).float().cpu() for batch in loader]
+    # disable=None: a progress bar on terminals and notebooks, silence in logs and CI.
+    batches = tqdm(loader, desc="Embedding images", unit="batch", disable=None)
+    out = [network.encode_image(batch["image"].to(device)).float().cpu() for batch in batches]
     return torch.cat(out).numpy() if out else np.zeros((0, network.config.embed_dim), np.float32)
 
 

@@ -39,20 +39,12 @@ def reference_from(
     >>> bank = reference_from(ref_sdata, model)  # doctest: +SKIP
 
     """
-    from ..pp._tiles import SpotTiles
-
     table = get_table(sdata, table_key)
     genes = [g for g in model.panel if g in table.var_names]
     if not genes:
         raise ValueError(f"Reference table {table_key!r} shares no gene with the model's panel.")
     values = normalized_values(table, genes)
-    tiles = SpotTiles(
-        sdata,
-        tile_um=model.tile_um,
-        tile_px=model.tile_px,
-        table_key=table_key,
-        spot_diameter_um=spot_diameter_um,
-    )
+    tiles = model.tiles(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
     net = model.network
     ds = SpotSentences(tiles, values, net.gene_index(genes).numpy(), group=0)
     loader = SpotDataModule(

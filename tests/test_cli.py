@@ -1,0 +1,76 @@
+import argparse
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from comtip_sc.cli import EXIT_DATA, EXIT_OK, EXIT_USAGE, build_parser, main
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", ["fit", "embed", "predict", "demo", "benchmark"])
+def test_every_option_is_documented(command, capsys):
+    sub = _subparsers(build_parser())[command]
+    for action in sub._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and len(action.help) > 10, (
+            f"{command} {action.option_strings or action.dest} has no help"
+        )
+    assert main([command, "--help"]) == EXIT_OK
+    out = capsys.readouterr().out
+    for action in sub._actions:
+        for flag in action.option_strings:
+            assert flag in out, f"{flag} missing from `comtip {command} --help`"
+
+
+def test_exit_codes(tmp_path, capsys):
+    assert main(["no-such-command"]) == EXIT_USAGE
+    assert main(["fit", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "m")]) == EXIT_DATA
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "m").mkdir()
+    assert main(["fit", "toy", "--out", str(tmp_path / "m")]) == EXIT_DATA
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
+    model = tmp_path / "model"
+    code = main(
+        [
+            "fit",
+            "toy",
+            "--out",
+            str(model),
+            "--tile-px",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--n-top-genes",
+            "40",
+            "--seed",
+            "0",
+            "--log-dir",
+            str(tmp_path),
+            "-q",
+        ]
+    )
+    assert code == EXIT_OK and (model / "model.safetensors").is_file()
+    out = tmp_path / "pred.h5ad"
+    assert (
+        main(["predict", "toy", "--model", str(model), "--out", str(out), "--method", "retrieval", "-q"])
+        == EXIT_OK
+    )
+    table = ad.read_h5ad(out)
+    pred = table.layers["comtip_pred"]
+    assert np.isfinite(pred[:, ~np.isnan(pred).all(axis=0)]).all()
+    assert (~np.isnan(pred).all(axis=0)).sum() == 40
+    emb = tmp_path / "emb.h5ad"
+    assert main(["embed", "toy", "--model", str(model), "--out", str(emb), "-q"]) == EXIT_OK
+    np.testing.assert_allclose(np.linalg.norm(ad.read_h5ad(emb).obsm["X_comtip"], axis=1), 1.0, rtol=1e-5)
+    assert main(["predict", "toy", "--model", str(model), "--out", str(tmp_path / "x.csv")]) == EXIT_DATA
