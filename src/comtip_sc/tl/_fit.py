@@ -34,6 +34,7 @@ class _Registered:
     panel: list[str]
     values: np.ndarray
     sections: list[tuple[str, SpotSentences]]
+    obs_names: np.ndarray
 
 
 def _register(
@@ -87,7 +88,7 @@ def _register(
         (sec.region, subset(full, sec.obs_index))
         for sec in resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
     ]
-    return _Registered(f"dataset{idx}", panel, values, sections)
+    return _Registered(f"dataset{idx}", panel, values, sections, table.obs_names.to_numpy())
 
 
 def _default_precision(accelerator: str) -> str:
@@ -309,11 +310,11 @@ def fit(
         module.load_state_dict(best["state_dict"])
     network = module.network.cpu().eval()
 
-    # Retrieval bank: image-independent sentence embeddings + expression of every training spot.
+    # Retrieval bank: image-independent sentence embeddings + expression of every spot given to fit
+    # (validation sections included: they are the user's data, and retrieval is from all of it).
     panel = genes_vocab
     embeddings, image_embeddings, expression, obs_names = [], [], [], []
     for r in registered:
-        table = get_table(datasets[int(r.name.removeprefix("dataset"))], table_key)
         for _, ds in r.sections:
             loader = dm.predict_loader(ds)
             emb = encode_sentences(network, loader)
@@ -322,7 +323,7 @@ def fit(
             block[:, [vocab[g] for g in r.panel]] = r.values[ds.indices]
             embeddings.append(emb)
             expression.append(block)
-            obs_names.extend(table.obs_names[ds.indices].tolist())
+            obs_names.extend(r.obs_names[ds.indices].tolist())
     expression = np.concatenate(expression)
     reference = ReferenceBank(
         np.concatenate(embeddings), expression, panel, obs_names, np.concatenate(image_embeddings)
