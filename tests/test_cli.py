@@ -74,3 +74,19 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
     assert main(["embed", "toy", "--model", str(model), "--out", str(emb), "-q"]) == EXIT_OK
     np.testing.assert_allclose(np.linalg.norm(ad.read_h5ad(emb).obsm["X_comtip"], axis=1), 1.0, rtol=1e-5)
     assert main(["predict", "toy", "--model", str(model), "--out", str(tmp_path / "x.csv")]) == EXIT_DATA
+    # Backbone arguments reach timm: a 1-block ViT has one transformer block in the saved model.
+    small = tmp_path / "small"
+    args = ["fit", "toy", "--out", str(small), "--tile-px", "32", "--epochs", "1", "--batch-size", "64"]
+    args += [
+        "--backbone-kwargs",
+        '{"depth": 1}',
+        "--spot-diameter-um",
+        "55",
+        "--log-dir",
+        str(tmp_path),
+        "-q",
+    ]
+    assert main(args) == EXIT_OK
+    from comtip_sc.model import ComtipModel
+
+    assert len(ComtipModel.load(small).network.vision.backbone.blocks) == 1

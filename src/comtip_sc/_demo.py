@@ -61,6 +61,7 @@ def run_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         accelerator=args.accelerator,
         num_workers=args.num_workers,
+        spot_diameter_um=args.spot_diameter_um,
         default_root_dir=str(out),
         val_sections=None,
         enable_progress_bar=not args.quiet,
@@ -68,7 +69,13 @@ def run_demo(args: argparse.Namespace) -> int:
     model_dir = out / "model"
     model.save(model_dir, overwrite=True)
     print(f"Trained {model!r}\n  -> saved to {model_dir}")
-    cs.tl.comtip_embed(test, model, table_key=args.table_key, accelerator=args.accelerator)
+    cs.tl.comtip_embed(
+        test,
+        model,
+        table_key=args.table_key,
+        accelerator=args.accelerator,
+        spot_diameter_um=args.spot_diameter_um,
+    )
     print(f"Embedded {test.tables[args.table_key].n_obs} unseen spots -> table.obsm[{EMBED_KEY!r}]")
     for method in ("retrieval", "zero_shot"):
         layer = f"comtip_pred_{method}"

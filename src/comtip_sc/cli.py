@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 unexpected failure, 2 bad command line, 3 bad input dat
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -63,11 +64,22 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--num-workers", type=int, default=0, help="Data-loader workers cutting tiles (default: %(default)s)."
     )
     p.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: %(default)s).")
+    p.add_argument(
+        "--spot-diameter-um",
+        type=float,
+        help="Spot diameter in µm for data that does not record it (spatialdata_io.visium output: 55).",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="Log debugging details.")
     p.add_argument("-q", "--quiet", action="store_true", help="Log only warnings and errors.")
 
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backbone-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON object of extra timm.create_model arguments, e.g. '{\"init_values\": 1e-5}' for UNI.",
+    )
     p.add_argument(
         "--preset",
         default="cpu",
@@ -229,7 +241,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it.")
     sdata = load_data(args.data)
-    cfg = ComtipConfig.preset(args.preset, mfm=not args.no_mfm, paat=not args.no_paat)
+    cfg = ComtipConfig.preset(
+        args.preset, mfm=not args.no_mfm, paat=not args.no_paat, backbone_kwargs=args.backbone_kwargs
+    )
     model = cs.tl.fit(
         sdata,
         table_key=args.table_key,
@@ -240,6 +254,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         checkpoint_path=args.checkpoint_path,
         tile_um=args.tile_um,
         tile_px=args.tile_px,
+        spot_diameter_um=args.spot_diameter_um,
         max_epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -275,6 +290,7 @@ def _cmd_embed_predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             accelerator=args.accelerator,
+            spot_diameter_um=args.spot_diameter_um,
         )
         what = f"obsm[{args.key_added!r}]"
     else:
@@ -288,6 +304,7 @@ def _cmd_embed_predict(args: argparse.Namespace) -> int:
             layer_added=args.layer_added,
             batch_size=args.batch_size,
             accelerator=args.accelerator,
+            spot_diameter_um=args.spot_diameter_um,
         )
         what = f"layers[{args.layer_added!r}]"
     out = write_result(sdata, args.out, args.table_key)
