@@ -20,6 +20,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests on one intra-op torch thread.
+
+    The models in the tests are tiny: one thread is several times faster than two fighting over small
+    kernels (and over the cores with whatever else runs).
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     """A CoMTIP config small enough to train in seconds on a CPU (32 px tiles, one ViT block)."""

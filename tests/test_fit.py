@@ -6,36 +6,28 @@ import spatialdata as sd
 import torch
 
 import comtip_sc as cs
-from comtip_sc.model import ComtipConfig
 from comtip_sc.model._comtip_model import ComtipModel
 
 
-def _cfg(**kw):
-    return ComtipConfig.preset(
-        "cpu",
-        tile_px=32,
-        embed_dim=32,
-        gene_dim=32,
-        n_heads_gene=2,
-        text_encoder="char-ngram",
-        backbone_kwargs=dict(patch_size=8, depth=1, embed_dim=32, num_heads=2),
-        **kw,
-    )
+@pytest.fixture
+def fit(tiny_config):
+    """``cs.tl.fit`` with the tiny test config and quiet, seeded settings."""
 
+    def run(sdata, tmp_path, **kw):
+        kw.setdefault("max_epochs", 1)
+        return cs.tl.fit(
+            sdata,
+            config=kw.pop("config", tiny_config),
+            tile_um=100,
+            batch_size=16,
+            seed=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(tmp_path),
+            **kw,
+        )
 
-def _fit(sdata, tmp_path, **kw):
-    kw.setdefault("max_epochs", 1)
-    return cs.tl.fit(
-        sdata,
-        config=kw.pop("config", _cfg()),
-        tile_um=100,
-        batch_size=16,
-        seed=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        **kw,
-    )
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +46,10 @@ def _snapshot(table):
     )
 
 
-def test_fit_returns_trained_model_with_bank_and_leaves_input_alone(toy, tmp_path):
+def test_fit_returns_trained_model_with_bank_and_leaves_input_alone(toy, tmp_path, fit):
     table = toy.tables["table"]
     before = _snapshot(table)
-    model = _fit(toy, tmp_path, max_epochs=2)
+    model = fit(toy, tmp_path, max_epochs=2)
     assert isinstance(model, ComtipModel)
     assert len(model.panel) == 30 and model.genes[:30] == model.panel
     assert model.reference.embeddings.shape == (table.n_obs, 32)
@@ -69,21 +61,21 @@ def test_fit_returns_trained_model_with_bank_and_leaves_input_alone(toy, tmp_pat
     assert (before[0] != after[0]).nnz == 0 and before[1:] == after[1:]
 
 
-def test_same_seed_same_model(toy, tmp_path):
-    a = _fit(toy, tmp_path / "a")
-    b = _fit(toy, tmp_path / "b")
+def test_same_seed_same_model(toy, tmp_path, fit):
+    a = fit(toy, tmp_path / "a")
+    b = fit(toy, tmp_path / "b")
     for (k, va), (_, vb) in zip(a.network.state_dict().items(), b.network.state_dict().items(), strict=True):
         assert torch.equal(va, vb), k
     np.testing.assert_array_equal(a.reference.embeddings, b.reference.embeddings)
 
 
-def test_several_datasets_with_different_gene_sets_and_section_validation(tmp_path):
+def test_several_datasets_with_different_gene_sets_and_section_validation(tmp_path, fit):
     one = cs.datasets.toy_tissue(n_rows=5, n_cols=5, n_genes=30, seed=1, sample_id="s1")
     two = cs.datasets.toy_tissue(n_rows=5, n_cols=5, n_genes=40, seed=2, sample_id="s2")
     # Make the gene sets really differ: drop some genes from the first dataset.
     t1 = one.tables["table"]
     one.tables["table"] = t1[:, t1.var_names[5:]].copy()
-    model = _fit([one, two], tmp_path, max_epochs=2, genes=None, n_top_genes=20)
+    model = fit([one, two], tmp_path, max_epochs=2, genes=None, n_top_genes=20)
     assert len(model.genes) > 20, "the vocabulary is the union of both panels"
     assert model.history["val_sections"] == ["dataset1:s2_spots"]
     assert "val/loss" in model.history["metrics"]
@@ -92,16 +84,16 @@ def test_several_datasets_with_different_gene_sets_and_section_validation(tmp_pa
     assert np.isnan(expr).any() and np.isfinite(expr[~np.isnan(expr)]).all()
 
 
-def test_resume_from_lightning_checkpoint(toy, tmp_path):
-    first = _fit(toy, tmp_path, max_epochs=1, val_sections=None)
+def test_resume_from_lightning_checkpoint(toy, tmp_path, fit):
+    first = fit(toy, tmp_path, max_epochs=1, val_sections=None)
     last = tmp_path / "comtip_logs"
     ckpts = sorted(last.rglob("last.ckpt"))
     assert ckpts, "fit must leave a resumable checkpoint"
-    resumed = _fit(toy, tmp_path / "r", max_epochs=2, ckpt_path=str(ckpts[0]))
+    resumed = fit(toy, tmp_path / "r", max_epochs=2, ckpt_path=str(ckpts[0]))
     assert resumed.history["global_steps"] == 2 * first.history["global_steps"]
 
 
-def test_fit_rejects_bad_input_naming_it(toy, tmp_path):
+def test_fit_rejects_bad_input_naming_it(toy, tmp_path, fit):
     bad = sd.SpatialData(
         images=dict(toy.images), shapes=dict(toy.shapes), tables={"table": toy.tables["table"].copy()}
     )
@@ -110,15 +102,15 @@ def test_fit_rejects_bad_input_naming_it(toy, tmp_path):
     bad.tables["table"].X = X.tocsr()
     name = bad.tables["table"].obs_names[3]
     with pytest.raises(ValueError, match=name):
-        _fit(bad, tmp_path)
+        fit(bad, tmp_path)
     with pytest.raises(ValueError, match="val_sections"):
-        _fit(toy, tmp_path, val_sections=["nope"])
+        fit(toy, tmp_path, val_sections=["nope"])
     with pytest.raises(KeyError, match="no table 'other'"):
-        _fit(toy, tmp_path, table_key="other")
+        fit(toy, tmp_path, table_key="other")
 
 
-def test_save_load_roundtrip_and_corruption(toy, tmp_path):
-    model = _fit(toy, tmp_path)
+def test_save_load_roundtrip_and_corruption(toy, tmp_path, fit):
+    model = fit(toy, tmp_path)
     model.save(tmp_path / "m")
     with pytest.raises(FileExistsError):
         model.save(tmp_path / "m")
@@ -143,16 +135,16 @@ def test_save_load_roundtrip_and_corruption(toy, tmp_path):
         ComtipModel.load(tmp_path / "m")
 
 
-def test_tile_cache_is_used_by_fit(toy, tmp_path):
-    _fit(toy, tmp_path, tile_cache=str(tmp_path / "cache"))
+def test_tile_cache_is_used_by_fit(toy, tmp_path, fit):
+    fit(toy, tmp_path, tile_cache=str(tmp_path / "cache"))
     assert (tmp_path / "cache" / "dataset0.zarr").is_dir()
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(toy, tmp_path):
+def test_ddp_two_cpu_processes(toy, tmp_path, fit):
     """Real Lightning DDP (gloo, 2 CPU processes); the trained weights come back to this process."""
-    init = _fit(toy, tmp_path / "init", max_epochs=1, limit_train_batches=0)
-    model = _fit(toy, tmp_path / "ddp", max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn")
+    init = fit(toy, tmp_path / "init", max_epochs=1, limit_train_batches=0)
+    model = fit(toy, tmp_path / "ddp", max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn")
     changed = [
         k for k, v in model.network.state_dict().items() if not torch.equal(v, init.network.state_dict()[k])
     ]
@@ -162,11 +154,11 @@ def test_ddp_two_cpu_processes(toy, tmp_path):
 
 
 @pytest.mark.realdata
-def test_fit_on_real_her2st(shared_data, tmp_path):
+def test_fit_on_real_her2st(shared_data, tmp_path, tiny_config):
     sdata = cs.datasets.her2st(shared_data / "her2st", sections=["A1", "C2"])
     model = cs.tl.fit(
         sdata,
-        config=_cfg(),
+        config=tiny_config,
         tile_um=150,
         batch_size=32,
         max_epochs=1,

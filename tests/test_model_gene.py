@@ -24,14 +24,7 @@ from comtip_sc.model import (
 PANEL = ["CD3E", "CD3D", "EPCAM", "KRT19", "ALB", "MKI67", "PTPRC", "COL1A1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The models here are tiny: one intra-op thread is several times faster than two fighting over
-    # small kernels (and over the cores with whatever else runs).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def encoder(**kw) -> GeneTextEncoder:

@@ -16,14 +16,7 @@ GENES = (
 ).split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The models here are tiny: one intra-op thread is several times faster than two fighting over
-    # small kernels (and over the cores with whatever else runs).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**overrides) -> ComtipConfig:
