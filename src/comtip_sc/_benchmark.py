@@ -30,6 +30,7 @@ from ._constants import TABLE_KEY
 from .model import FLAG_PRESETS, ComtipConfig
 from .model._gene_names import resolve_text_encoder
 from .tl._datamodule import normalized_values
+from .tl._fit import _default_precision
 
 log = logging.getLogger("comtip_sc.benchmark")
 
@@ -227,7 +228,7 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
         lr=preset.lr,
         weight_decay=preset.weight_decay,
         seed=seed,
-        precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
+        precision=_default_precision("auto"),
         default_root_dir=str(work / "lightning"),
     )
     emit(STNET, _score(fold.test, panel, pred), time.perf_counter() - t, 0.0)
