@@ -9,11 +9,13 @@ that the ratios compare like with like:
    Encoder is meant to be linear in the gene count, so time per step should grow at most linearly.
 
 Full CoMTIP objective (InfoNCE + MFM + PAAT). Gene names use the dependency-free char-ngram backend: the
-text model only runs once per gene outside the loop, so the backend does not change step time. With CUDA,
-each row also gets samples/s under bf16 autocast. Writes ``benchmarks/results/train_step_<device>.md``.
+text model only runs once per gene outside the loop, so the backend does not change step time. With
+``--device cuda`` the steps run on the GPU (fp32, plus a bf16-autocast column) with larger batches. Writes
+``benchmarks/results/train_step_<device>.md``.
 
-    python benchmarks/train_step.py            # ~10 min on 2 CPU cores
-    python benchmarks/train_step.py --quick    # ~1 min
+    python benchmarks/train_step.py                  # ~10 min on 2 CPU cores
+    python benchmarks/train_step.py --quick          # ~1 min
+    python benchmarks/train_step.py --device cuda    # ~2 min on one H100/H200
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Row:
     batch: int
     genes: int
     step_s: float
-    cuda_samples_s: float | None = None
+    bf16_step_s: float | None = None
 
 
 def _batch(b: int, g: int, tile_px: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -69,6 +71,8 @@ def time_step(
     torch.manual_seed(0)
     dev = torch.device(device)
     net = build_network(cfg, [f"GENE{i}" for i in range(genes)]).to(dev).train()
+    # Panel statistics as fit sets them (values below are uniform on [0, 4]), so the value-query term runs.
+    net.set_gene_max([4.0] * genes)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     data = _batch(batch, genes, cfg.tile_px, dev)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -97,21 +101,24 @@ def run(
     gene_batch: int,
     repeats: int,
     warmup: int,
-    cuda: bool | None = None,
+    device: str = "cpu",
     log=print,
 ) -> list[Row]:
-    """Run the batch-size sweeps (every config, 250 genes) and the gene-count sweep (the first config)."""
-    cuda = torch.cuda.is_available() if cuda is None else cuda
+    """Run the batch-size sweeps (every config, 250 genes) and the gene-count sweep (the first config).
+
+    On ``device="cuda"`` each row is timed in fp32 and again under bf16 autocast.
+    """
     first = next(iter(configs))
     plan = [("batch", name, b, 250) for name in configs for b in batch_sizes]
     plan += [("genes", first, gene_batch, g) for g in gene_counts]
     rows = []
     for sweep, name, b, g in plan:
-        t = time_step(configs[name], b, g, repeats=repeats, warmup=warmup)
+        t = time_step(configs[name], b, g, repeats=repeats, warmup=warmup, device=device)
         row = Row(sweep, name, b, g, t)
-        if cuda:
-            s = time_step(configs[name], b, g, repeats=repeats, warmup=warmup, device="cuda", bf16=True)
-            row.cuda_samples_s = b / s
+        if device == "cuda":
+            row.bf16_step_s = time_step(
+                configs[name], b, g, repeats=repeats, warmup=warmup, device=device, bf16=True
+            )
         log(f"  {name:<32} batch {b:>3}  genes {g:>6}: {t:.3f} s/step")
         rows.append(row)
     return rows
@@ -119,18 +126,21 @@ def run(
 
 def to_markdown(rows: list[Row], header: list[str]) -> str:
     """Markdown tables with per-sample times and ratios taken from this same run."""
-    cuda = any(r.cuda_samples_s is not None for r in rows)
-    extra = " CUDA bf16 samples/s |" if cuda else ""
+    cuda = any(r.bf16_step_s is not None for r in rows)
+    extra = " bf16 samples/s | fp32 samples/s |" if cuda else ""
     out = [*header, "", "## Batch size", ""]
     first_b = min(r.batch for r in rows if r.sweep == "batch")
     out += [f"| setting | batch | genes | s/step | ms/sample | ms/sample ratio to batch {first_b} |" + extra]
-    out += ["|---|---:|---:|---:|---:|---:|" + ("---:|" if cuda else "")]
+    out += ["|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else "")]
+
+    def cell(r: Row) -> str:
+        return f" {r.batch / r.bf16_step_s:.0f} | {r.batch / r.step_s:.0f} |" if cuda else ""
+
     for r in (r for r in rows if r.sweep == "batch"):
         ref = next(x for x in rows if x.sweep == "batch" and x.setting == r.setting)
-        cell = f" {r.cuda_samples_s:.0f} |" if cuda else ""
         out.append(
             f"| {r.setting} | {r.batch} | {r.genes} | {r.step_s:.3f} | {1e3 * r.step_s / r.batch:.1f} | "
-            f"{(r.step_s / r.batch) / (ref.step_s / ref.batch):.2f} |{cell}"
+            f"{(r.step_s / r.batch) / (ref.step_s / ref.batch):.2f} |{cell(r)}"
         )
     gene_rows = [r for r in rows if r.sweep == "genes"]
     if gene_rows:
@@ -139,12 +149,11 @@ def to_markdown(rows: list[Row], header: list[str]) -> str:
         out += [
             f"| genes | s/step | ms/sample | time ratio to {ref.genes} genes | gene-count ratio |" + extra
         ]
-        out += ["|---:|---:|---:|---:|---:|" + ("---:|" if cuda else "")]
+        out += ["|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else "")]
         for r in gene_rows:
-            cell = f" {r.cuda_samples_s:.0f} |" if cuda else ""
             out.append(
                 f"| {r.genes} | {r.step_s:.3f} | {1e3 * r.step_s / r.batch:.1f} | {r.step_s / ref.step_s:.2f} | "
-                f"{r.genes / ref.genes:.0f} |{cell}"
+                f"{r.genes / ref.genes:.0f} |{cell(r)}"
             )
     return "\n".join(out) + "\n"
 
@@ -173,7 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, help="Timed steps per row (median; default 3, quick 2).")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice).")
     p.add_argument("--out", default="benchmarks/results", help="Folder for train_step_<device>.md.")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="Where steps run (cuda: fp32 and bf16 columns).",
+    )
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible.")
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = ComtipConfig.preset("cpu", text_encoder="char-ngram")
@@ -181,22 +198,31 @@ def main(argv: list[str] | None = None) -> int:
     configs = {"cpu preset (ViT-Ti/16, 112 px)": cpu, "ViT-B/32, 224 px": vitb}
     if args.quick:
         batch_sizes, genes, gene_batch, repeats = [8], [250, 1000, 5000], 4, args.repeats or 2
+    elif args.device == "cuda":
+        batch_sizes, genes, gene_batch, repeats = (
+            [32, 64, 128, 256],
+            [250, 1000, 5000, 20000],
+            32,
+            args.repeats or 5,
+        )
     else:
         batch_sizes, genes, gene_batch, repeats = [8, 16, 32], [250, 1000, 5000, 20000], 8, args.repeats or 3
     start = time.perf_counter()
     print(
         f"Timing {len(configs) * len(batch_sizes) + len(genes)} settings ({repeats} repeats after 1 warm-up)..."
     )
-    rows = run(configs, batch_sizes, genes, gene_batch=gene_batch, repeats=repeats, warmup=1)
+    rows = run(
+        configs, batch_sizes, genes, gene_batch=gene_batch, repeats=repeats, warmup=2, device=args.device
+    )
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     command = " ".join(["python benchmarks/train_step.py", *(argv if argv is not None else sys.argv[1:])])
     header = [
         f"# Training-step time ({'quick' if args.quick else 'full'} run)",
         "",
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), device for s/step: cpu; CUDA: {device}",
-        f"- one step = forward + backward + AdamW step of the full CoMTIP loss (InfoNCE + MFM + PAAT), fp32 on "
-        f"CPU; median of {repeats} steps after 1 warm-up; synthetic images and values; char-ngram gene names",
+        f"({torch.get_num_threads()} threads), device for s/step: {args.device} (fp32); CUDA: {device}",
+        f"- one step = forward + backward + AdamW step of the full CoMTIP loss (InfoNCE + MFM + PAAT + value "
+        f"query); median of {repeats} steps after 2 warm-ups; synthetic images and values; char-ngram gene names",
         f"- total time of this run: {time.perf_counter() - start:.0f} s; command: `{command}`",
     ]
     text = to_markdown(rows, header)
@@ -204,10 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # A quick run never overwrites the full table.
-    target = (
-        out
-        / f"train_step_{'cuda' if torch.cuda.is_available() else 'cpu'}{'_quick' if args.quick else ''}.md"
-    )
+    target = out / f"train_step_{args.device}{'_quick' if args.quick else ''}.md"
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
     print(f"Wrote {target}")

@@ -65,7 +65,7 @@ def test_train_step_tiny_table() -> None:
         gene_batch=2,
         repeats=1,
         warmup=1,
-        cuda=False,
+        device="cpu",
         log=lambda *_: None,
     )
     assert all(math.isfinite(r.step_s) and r.step_s > 0 for r in rows)

@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from comtip_sc.model import (
     LogitScale,
     _losses,
+    candidate_values,
     info_nce,
     mfm_loss,
     paat_losses,
     pair_detection_loss,
     pair_ranking_loss,
+    value_query_loss,
 )
 
 B, D, WORLD = 8, 16, 2
@@ -62,6 +64,34 @@ def test_mfm_loss_kinds_and_stop_gradient():
     assert torch.allclose(cos, (1 - F.cosine_similarity(pred, target, dim=-1)).mean())
     with pytest.raises(ValueError):
         mfm_loss(pred, target, "l1")
+
+
+def test_value_query_loss_definition_and_skips():
+    torch.manual_seed(0)
+    cands = candidate_values(torch.tensor([3.0, 6.0]), 4)  # steps 1 and 2
+    assert torch.allclose(cands, torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 2.0, 4.0, 6.0]]))
+    txt = F.normalize(torch.randn(2, 4, D), dim=-1)
+    img = F.normalize(torch.randn(3, D), dim=-1)
+    true = torch.tensor([[1.0, 6.0], [2.5, 0.0], [0.0, 3.0]])
+    valid = torch.tensor([[True, True], [True, False], [False, True]])
+    # By hand: Gaussian soft target over the candidates (bandwidth = grid step), cross-entropy of the softmax.
+    terms = []
+    for i in range(3):
+        for q in range(2):
+            if not valid[i, q]:
+                continue
+            step = cands[q, 1] - cands[q, 0]
+            target = torch.softmax(-0.5 * ((cands[q] - true[i, q]) / step) ** 2, dim=0)
+            logp = torch.log_softmax(10.0 * txt[q] @ img[i], dim=0)
+            terms.append(-(target * logp).sum())
+    got = value_query_loss(img, txt, cands, true, valid, 10.0)
+    assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-6)
+    # Changing a skipped entry changes nothing; no valid entry at all gives a zero that keeps the graph.
+    assert torch.allclose(value_query_loss(img, txt, cands, torch.where(valid, true, 9.0), valid, 10.0), got)
+    img.requires_grad_(True)
+    zero = value_query_loss(img, txt, cands, true, torch.zeros_like(valid), 10.0)
+    zero.backward()
+    assert float(zero) == 0.0 and img.grad is not None
 
 
 def test_paat_terms():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from comtip_sc.model import ComtipConfig, ComtipNetwork, build_network, corrupt_pairs
+from comtip_sc.model import ComtipConfig, ComtipNetwork, build_network, candidate_values, corrupt_pairs
 
 N_CLASSES, N_GENES, TILE = 4, 24, 32
 # Real symbols: their character n-grams are as varied as in a real panel (unlike GENE0, GENE1, ...).
@@ -80,13 +80,14 @@ def trained() -> tuple[ComtipNetwork, list[dict], ToyTissue]:
     torch.manual_seed(0)
     data = ToyTissue(0)
     net = build_network(tiny_config(), GENES)
+    net.set_gene_max((data.mu.max(0).values + 1.0).tolist())  # what fit sets from its data
     hist = train(net, 100, data)
     return net, hist, data
 
 
 def test_each_loss_term_finite_and_falls(trained):
     _, hist, _ = trained
-    for key in ("loss", "info_nce", "mfm", "paat_bce", "paat_rank"):
+    for key in ("loss", "info_nce", "mfm", "paat_bce", "paat_rank", "value_query"):
         vals = np.array([h[key] for h in hist])
         assert np.isfinite(vals).all(), key
         first, last = vals[:3].mean(), vals[-3:].mean()
@@ -128,16 +129,22 @@ def test_trained_embeddings_retrieve_matching_class(trained):
         (dict(mfm=False), {"mfm"}),
         (dict(paat=False), {"paat", "paat_bce", "paat_rank", "paat_acc"}),
         (dict(mfm=False, paat=False), {"mfm", "paat", "paat_bce", "paat_rank", "paat_acc"}),
-        (dict(use_values=False, paat=False), {"paat", "paat_bce", "paat_rank", "paat_acc"}),
+        (
+            dict(use_values=False, paat=False, value_query=False),
+            {"paat", "paat_bce", "paat_rank", "paat_acc", "value_query"},
+        ),
         (dict(use_names=False), set()),
+        (dict(value_query=False), {"value_query"}),
     ],
 )
 def test_flags_switch_terms_off(flags, absent):
     torch.manual_seed(0)
     net = build_network(tiny_config(**flags), GENES)
+    net.set_gene_max([5.0] * len(GENES))
     out = net(ToyTissue(0).batch(4, seed=1))
     assert absent.isdisjoint(out), set(out) & absent
     assert {"loss", "info_nce"} <= set(out)
+    assert ("value_query" in out) == net.config.value_query
     names = dict(net.named_parameters())
     assert any(k.startswith("mfm_generator") for k in names) == net.config.mfm
     assert any(k.startswith("discriminator") for k in names) == net.config.paat
@@ -147,6 +154,29 @@ def test_flags_switch_terms_off(flags, absent):
     # Nothing that exists is left out of the graph (DDP would otherwise need find_unused_parameters).
     unused = [k for k, p in names.items() if p.grad is None]
     assert not unused, unused
+
+
+def test_value_query_needs_gene_max():
+    # A bare network does not know the value range of its genes: no term (fit sets it, so does load).
+    net = build_network(tiny_config(), GENES)
+    assert "value_query" not in net(ToyTissue(0).batch(4, seed=1))
+
+
+def test_zero_shot_read_out_tracks_true_values(trained):
+    net, _, data = trained
+    net.eval()
+    b = data.batch(64, seed=777_777)  # never seen in training
+    with torch.no_grad():
+        img = net.encode_image(b["image"])
+        genes = torch.arange(len(GENES))
+        pred = net.read_values(img, genes, candidate_values(net.stat_max, 16))
+    # True value of every gene at every spot, back in vocabulary order (batches shuffle genes per spot).
+    true = data.mu[b["cls"]]
+    r = [np.corrcoef(pred[:, g].numpy(), true[:, g].numpy())[0, 1] for g in range(len(GENES))]
+    r = np.nan_to_num(r)
+    # The class sets each gene's mean; a gene whose level does not depend on the class has r ~ 0 by design.
+    varies = (data.mu.max(0).values - data.mu.min(0).values) > 0
+    assert np.mean(r[varies.numpy()]) > 0.5, np.round(r, 2)
 
 
 def test_mfm_off_generator_gets_no_grad():
@@ -195,7 +225,7 @@ def test_same_seed_same_losses_and_weights():
 
 def test_embeddings_normalised_and_names_only_uses_topk():
     torch.manual_seed(0)
-    net = build_network(tiny_config(use_values=False, paat=False, top_k_names=5), GENES)
+    net = build_network(tiny_config(use_values=False, paat=False, value_query=False, top_k_names=5), GENES)
     b = ToyTissue(0).batch(3, seed=2)
     img = net.encode_image(b["image"])
     txt = net.encode_genes(b["gene_idx"], b["values"], b["mask"])
@@ -218,4 +248,6 @@ def test_config_roundtrip_and_resolved_text_backend():
     cfg = ComtipConfig.from_dict(net.config.to_dict())
     assert cfg == net.config
     with pytest.raises(ValueError, match="paat"):
-        tiny_config(use_values=False, paat=True)
+        tiny_config(use_values=False, paat=True, value_query=False)
+    with pytest.raises(ValueError, match="value_query"):
+        tiny_config(use_values=False, paat=False, value_query=True)

@@ -164,3 +164,17 @@ def test_montage_renders(toy, tmp_path):
     assert out.stat().st_size > 1000
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 6 and all(t.split("\n")[0] in toy.tables["table"].obs_names for t in titles)
+
+
+def test_montage_takes_spot_diameter_when_table_lacks_it():
+    bare = cs.datasets.toy_tissue(n_rows=4, n_cols=4, n_genes=20)
+    del bare.tables["table"].uns["comtip"]["spot_diameter_um"]
+    with pytest.raises(ValueError, match="spot_diameter_um="):
+        cs.pl.tiles(bare, n=4, tile_um=100, tile_px=32, show=False)
+    # The toy records 55 µm spots; passing the same diameter gives the same spots, tiles and pixels.
+    fig = cs.pl.tiles(bare, n=4, tile_um=100, tile_px=32, spot_diameter_um=55.0, show=False, return_fig=True)
+    full = cs.datasets.toy_tissue(n_rows=4, n_cols=4, n_genes=20)
+    ref = cs.pl.tiles(full, n=4, tile_um=100, tile_px=32, show=False, return_fig=True)
+    got = [im.get_array() for ax in fig.axes for im in ax.get_images()]
+    want = [im.get_array() for ax in ref.axes for im in ax.get_images()]
+    assert len(got) == 4 and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))

@@ -20,12 +20,17 @@ COLUMNS = ["dataset", "fold", "method", *METRICS, "n_train", "n_test", "n_genes"
 NOTES = [
     "Rows marked ≈ are the peer *families* rebuilt in this package on the same backbone, tiles, epochs and "
     "seed (DESIGN §1/§4), not the published models or checkpoints.",
-    "`CoMTIP −MFM` / `−PAAT`: the full model with one term switched off. `values-only ≈BLEEP` = "
+    "`CoMTIP −MFM` / `−PAAT` / `−value query`: the full model with one term switched off (the value-query "
+    "term trains the zero-shot read-out; see docs/model.md). `values-only ≈BLEEP` = "
     "`FLAG_PRESETS['bleep']` (learned gene identities + values, no names, no MFM/PAAT); `names-only ≈OmiCLIP` = "
     "`FLAG_PRESETS['omiclip']` (top-k gene names, no values, no MFM/PAAT).",
     "retrieval: mean of the 50 training spots whose gene-sentence embeddings are closest to the test spot's "
     "image embedding; zero-shot: no bank, expected value over candidate-value sentences; head: ridge "
     "(alpha by LOO-CV) on CoMTIP's frozen image embeddings of the training spots.",
+    "Held-out genes: every 5th panel gene (50 of 250) is left out of a second full-CoMTIP fit; its zero-shot "
+    "rows score only those genes (n_genes 50), predicted from their names by the model that never saw them, "
+    "beside the same genes predicted by the main model that trained on them. Their PCC is over those 50 "
+    "genes, so compare these two rows with each other, not with the 250-gene rows.",
     "`image→expr regression ≈ST-Net`: the same ViT + a linear head trained end to end with MSE on the panel "
     "(head bias initialised at the training mean).",
     "`frozen ViT + PCA + ridge ≈HEST`: the *same backbone at its initial weights* (pretrained=False, seeded): "
@@ -134,7 +139,8 @@ def write_results(
         f"- backbone: `{backbone}`, pretrained={cfg['pretrained']}; tile_px {cfg['tile_px']}; tile_um "
         + ", ".join(f"{k} {v:g} µm" for k, v in meta["tile_um"].items()),
         f"- CoMTIP: embed_dim {cfg['embed_dim']}, gene_dim {cfg['gene_dim']}, mask_ratio {cfg['mask_ratio']}, "
-        f"λ_mfm {cfg['lambda_mfm']}, λ_paat {cfg['lambda_paat']}, text encoder {meta['text_encoder']}",
+        f"λ_mfm {cfg['lambda_mfm']}, λ_paat {cfg['lambda_paat']}, λ_value_query {cfg.get('lambda_value_query')}, "
+        f"text encoder {meta['text_encoder']}",
         f"- training (every row): {meta['epochs']} epochs, batch {meta['batch_size']}, AdamW lr {meta['lr']} "
         f"(wd {meta['weight_decay']}, 5% warm-up + cosine), seed {meta['seed']}, no validation/early stopping",
         f"- protocol: leave-one-patient-out; spots with ≥{meta['min_counts']} UMI; 1e4 + log1p; panel = top "
@@ -152,7 +158,8 @@ def write_results(
         parts.append(_md_table(summary(df), floats | {"n_folds": "d"}))
     parts += ["", "## Every fold", ""]
     if len(df):
-        shown = df[["dataset", "fold", "method", *METRICS, "n_train", "n_test", "fit_s", "predict_s"]]
+        cols = ["dataset", "fold", "method", *METRICS, "n_train", "n_test", "n_genes", "fit_s", "predict_s"]
+        shown = df[[c for c in cols if c in df.columns]]
         parts.append(_md_table(shown, floats))
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(stem.with_suffix(".md"), "\n".join(parts) + "\n")

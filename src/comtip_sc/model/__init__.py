@@ -7,7 +7,16 @@ from ._config import FLAG_PRESETS, ComtipConfig
 from ._gene_names import char_ngram_embedding, embed_gene_names, minilm_available, resolve_text_encoder
 from ._gene_text import AttentionPool, GeneTextEncoder
 from ._lightning import ComtipLightningModule
-from ._losses import LogitScale, info_nce, mfm_loss, paat_losses, pair_detection_loss, pair_ranking_loss
+from ._losses import (
+    LogitScale,
+    candidate_values,
+    info_nce,
+    mfm_loss,
+    paat_losses,
+    pair_detection_loss,
+    pair_ranking_loss,
+    value_query_loss,
+)
 from ._network import ComtipNetwork, ProjectionHead, build_network
 from ._paat import PairDiscriminator, corrupt_pairs
 from ._vision import MaskedView, MaskFeatureGenerator, VisionBranch, create_backbone
@@ -28,6 +37,7 @@ __all__ = [
     "ReferenceBank",
     "VisionBranch",
     "build_network",
+    "candidate_values",
     "char_ngram_embedding",
     "corrupt_pairs",
     "create_backbone",
@@ -39,4 +49,5 @@ __all__ = [
     "pair_detection_loss",
     "pair_ranking_loss",
     "resolve_text_encoder",
+    "value_query_loss",
 ]

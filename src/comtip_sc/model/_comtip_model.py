@@ -127,6 +127,10 @@ class ComtipModel:
         self.reference = reference
         self.history = history or {}
         self.gene_stats = gene_stats or {"mean": {}, "max": {}}
+        if gene_stats:
+            # The network's copy (value range of the zero-shot read-out) is not in the weights file.
+            vmax = gene_stats.get("max", {})
+            network.set_gene_max([vmax.get(g, float("nan")) for g in network.gene_names])
 
     @property
     def config(self) -> ComtipConfig:

@@ -97,6 +97,15 @@ class ComtipConfig:
         Attention heads of the Mask Feature Generator; ``None`` = ``max(1, backbone_dim // 64)``.
     dropout
         Dropout in the projection heads.
+    value_query
+        Train the zero-shot read-out with the value-query term (see :func:`~comtip_sc.model.value_query_loss`
+        and ``docs/model.md``): sentences of the panel at its training means with one gene set to candidate
+        values, scored by the image. Needs ``use_values``. Our addition to the paper's losses; ablated in the
+        benchmark.
+    lambda_value_query
+        Weight of the value-query term.
+    value_query_genes, value_query_candidates
+        Genes queried per training step and candidate values per gene.
 
     Examples
     --------
@@ -135,6 +144,10 @@ class ComtipConfig:
     mfm_loss: Literal["mse", "cosine"] = "mse"
     mfm_heads: int | None = None
     dropout: float = 0.0
+    value_query: bool = True
+    lambda_value_query: float = 0.5
+    value_query_genes: int = 256
+    value_query_candidates: int = 8
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,6 +163,12 @@ class ComtipConfig:
             raise ValueError(
                 "paat=True needs use_values=True (names-only sentences have no gene-value pairs)."
             )
+        if self.value_query and not self.use_values:
+            raise ValueError(
+                "value_query=True needs use_values=True (it queries a gene's value in the sentence)."
+            )
+        if self.value_query_genes < 1 or self.value_query_candidates < 2:
+            raise ValueError("value_query_genes must be >= 1 and value_query_candidates >= 2.")
         if not 0.0 < self.paat_corrupt_frac <= 1.0:
             raise ValueError(f"paat_corrupt_frac must be in (0, 1], got {self.paat_corrupt_frac}.")
         if self.value_encoding != "mlp":
@@ -221,8 +240,8 @@ class ComtipConfig:
 
 #: The ablation flags of the benchmark's peer families (see ``docs/model.md``).
 FLAG_PRESETS: dict[str, dict[str, bool]] = {
-    "comtip": {"use_names": True, "use_values": True, "mfm": True, "paat": True},
-    "clip": {"use_names": True, "use_values": True, "mfm": False, "paat": False},
-    "bleep": {"use_names": False, "use_values": True, "mfm": False, "paat": False},
-    "omiclip": {"use_names": True, "use_values": False, "mfm": False, "paat": False},
+    "comtip": {"use_names": True, "use_values": True, "mfm": True, "paat": True, "value_query": True},
+    "clip": {"use_names": True, "use_values": True, "mfm": False, "paat": False, "value_query": False},
+    "bleep": {"use_names": False, "use_values": True, "mfm": False, "paat": False, "value_query": False},
+    "omiclip": {"use_names": True, "use_values": False, "mfm": False, "paat": False, "value_query": False},
 }

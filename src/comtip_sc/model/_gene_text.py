@@ -130,10 +130,14 @@ class SentenceCentering(nn.Module):
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
 
-    def forward(self, x: torch.Tensor, n_ref: int | None = None) -> torch.Tensor:
-        """Centre ``x [B, d]``; in training the mean is taken over the first ``n_ref`` rows (default all)."""
+    def forward(self, x: torch.Tensor, n_ref: int | None = None, running: bool = False) -> torch.Tensor:
+        """Centre ``x [B, d]``; in training the mean is taken over the first ``n_ref`` rows (default all).
+
+        ``running=True`` subtracts the running mean even in training (and leaves it unchanged): for sentences
+        that are not a sample of spots, such as the zero-shot query sentences.
+        """
         ref = x if n_ref is None else x[:n_ref]
-        if not self.training or ref.shape[0] < 2:
+        if running or not self.training or ref.shape[0] < 2:
             return x - self.running_mean
         mean = ref.mean(0)
         with torch.no_grad():
@@ -332,6 +336,7 @@ class GeneTextEncoder(nn.Module):
         mask: torch.Tensor,
         select: bool = True,
         n_ref: int | None = None,
+        running_center: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Encode a batch of sentences.
 
@@ -348,6 +353,8 @@ class GeneTextEncoder(nn.Module):
         n_ref
             In training, centre sentences on the mean of the first ``n_ref`` rows only (PAAT stacks the
             corrupted copies after the true sentences, which must not shift the centre).
+        running_center
+            Centre on the running mean of training sentences even in training (zero-shot query sentences).
 
         Returns
         -------
@@ -368,7 +375,9 @@ class GeneTextEncoder(nn.Module):
         ctx = self.ctx_proj(self.pool_ctx(x, mask).flatten(1))  # [B, d] summary of the whole sentence
         x = x + self.mix_mlp(self.mix_norm(x + ctx[:, None, :]))  # token states now see the spot's context
         x = x * mask[..., None].to(x.dtype)
-        sentence = self.center(self.out_norm(self.out_proj(self.pool_out(x, mask).flatten(1))), n_ref)
+        sentence = self.center(
+            self.out_norm(self.out_proj(self.pool_out(x, mask).flatten(1))), n_ref, running_center
+        )
         return {"tokens": x, "sentence": sentence, "mask": mask, "gene_idx": gene_idx}
 
 

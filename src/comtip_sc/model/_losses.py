@@ -237,3 +237,73 @@ def paat_losses(
     bce, acc = pair_detection_loss(disc_logits, labels, mask)
     rank = pair_ranking_loss(img, txt, txt_corrupt, logit_scale)
     return {"paat": bce + rank, "paat_bce": bce, "paat_rank": rank, "paat_acc": acc}
+
+
+def candidate_values(vmax: torch.Tensor, n: int) -> torch.Tensor:
+    """The value grid of the zero-shot read-out: ``n`` evenly spaced values from 0 to ``vmax`` per gene.
+
+    Training (:func:`value_query_loss`) and prediction (``cs.tl.comtip_predict(method="zero_shot")``) use
+    this one definition, so the read-out is trained on the grid it is later read on.
+
+    Examples
+    --------
+    >>> candidate_values(torch.tensor([2.0, 4.0]), 3)
+    tensor([[0., 1., 2.],
+            [0., 2., 4.]])
+
+    """
+    steps = torch.linspace(0.0, 1.0, n, device=vmax.device, dtype=vmax.dtype)
+    return vmax[:, None].clamp(min=1e-6) * steps
+
+
+def value_query_loss(
+    img: torch.Tensor,
+    query_txt: torch.Tensor,
+    candidates: torch.Tensor,
+    true_values: torch.Tensor,
+    valid: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+) -> torch.Tensor:
+    """Train the zero-shot read-out: each image picks the candidate value of a gene nearest its true value.
+
+    For query gene ``q`` the sentences ``t_{q1..qM}`` are the panel's context with ``q`` set to the
+    candidate values ``c_{q1..qM}``. Image ``i`` scores them, ``p_{iqm} = softmax_m(s · i·t_{qm})``, and is
+    trained towards a Gaussian soft target centred on its true value ``x_{iq}`` (bandwidth = the grid
+    step), i.e. cross-entropy ``−Σ_m y_{iqm} log p_{iqm}``. This is exactly the quantity zero-shot
+    prediction reads (``Σ_m p_{iqm} c_{qm}``), so the contrastive space learns to answer it.
+
+    Parameters
+    ----------
+    img
+        L2-normalised image embeddings ``[B, d]``.
+    query_txt
+        L2-normalised query-sentence embeddings ``[Q, M, d]``.
+    candidates
+        Candidate values ``[Q, M]`` (increasing, evenly spaced; see :func:`candidate_values`).
+    true_values
+        ``[B, Q]`` value of each query gene at each spot.
+    valid
+        ``[B, Q]`` False where a spot does not measure the gene (its term is skipped).
+    logit_scale
+        Inverse temperature (the shared InfoNCE one, so prediction reads the same softmax).
+
+    Examples
+    --------
+    >>> torch.manual_seed(0) and None
+    >>> t = F.normalize(torch.randn(1, 3, 8), dim=-1)
+    >>> c = torch.tensor([[0.0, 1.0, 2.0]])
+    >>> ok = torch.ones(1, 1, dtype=torch.bool)
+    >>> right = value_query_loss(t[:, 2], t, c, torch.tensor([[2.0]]), ok, 20.0)
+    >>> wrong = value_query_loss(t[:, 0], t, c, torch.tensor([[2.0]]), ok, 20.0)
+    >>> bool(right < wrong)
+    True
+
+    """
+    if not bool(valid.any()):
+        return img.sum() * 0.0 + query_txt.sum() * 0.0
+    logits = logit_scale * torch.einsum("bd,qmd->bqm", img, query_txt)
+    step = (candidates[:, 1:] - candidates[:, :-1]).mean(-1).clamp(min=1e-6)  # [Q]
+    dist = (candidates[None] - true_values[..., None]) / step[None, :, None]  # [B, Q, M]
+    target = torch.softmax(-0.5 * dist.square(), dim=-1)
+    nll = -(target * torch.log_softmax(logits.float(), dim=-1)).sum(-1)  # [B, Q]
+    return nll[valid].mean()

@@ -12,7 +12,7 @@ from torch import nn
 from ._config import ComtipConfig
 from ._gene_names import resolve_text_encoder
 from ._gene_text import GeneTextEncoder
-from ._losses import LogitScale, info_nce, mfm_loss, paat_losses
+from ._losses import LogitScale, candidate_values, info_nce, mfm_loss, paat_losses, value_query_loss
 from ._paat import PairDiscriminator, corrupt_pairs
 from ._vision import MaskFeatureGenerator, VisionBranch, create_backbone
 
@@ -112,6 +112,10 @@ class ComtipNetwork(nn.Module):
         self.image_head = ProjectionHead(d_vis, config.embed_dim, config.dropout)
         self.gene_head = ProjectionHead(config.gene_dim, config.embed_dim, config.dropout)
         self.logit_scale = LogitScale(config.init_temperature)
+        # Largest normalised value of each vocabulary gene in the training data (NaN = unknown): the range of
+        # the value-query candidates. Not part of the weights: fit sets it from its data, ComtipModel from
+        # the saved gene_stats.
+        self.register_buffer("stat_max", torch.full((len(gene_names),), float("nan")), persistent=False)
 
     # -- vocabulary & preprocessing facts ----------------------------------------------------------
     @property
@@ -128,6 +132,60 @@ class ComtipNetwork(nn.Module):
     ) -> torch.LongTensor:
         """Add genes outside the panel (embedded from their names); returns their indices."""
         return self.gene_encoder.add_genes(names, descriptions)
+
+    def set_gene_max(self, vmax: Sequence[float]) -> None:
+        """Set the largest training value of each vocabulary gene (NaN where unknown)."""
+        if len(vmax) != len(self.gene_names):
+            raise ValueError(f"gene_max needs one entry per vocabulary gene ({len(self.gene_names)}).")
+        self.stat_max = torch.as_tensor(vmax, dtype=torch.float32, device=self.stat_max.device).clone()
+
+    def query_sentences(
+        self, genes: torch.Tensor, candidates: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Zero-shot query sentences: one sentence per (gene, candidate value), holding that single pair.
+
+        ``genes`` are vocabulary indices ``[Q]``, ``candidates`` their values ``[Q, M]``; returns
+        ``(gene_idx, values, mask)`` of ``Q·M`` one-token sentences, query-major. A one-pair sentence makes
+        the score depend on that gene's value alone (in a sentence of the whole panel, one token among
+        hundreds barely moves the pooled embedding) and costs one token, so every training step can query
+        the whole panel.
+        """
+        m = candidates.shape[1]
+        idx = genes.repeat_interleave(m)[:, None]
+        val = candidates.reshape(-1, 1).to(torch.float32)
+        return idx, val, torch.ones_like(idx, dtype=torch.bool)
+
+    def read_values(
+        self,
+        img: torch.Tensor,
+        genes: torch.Tensor,
+        candidates: torch.Tensor,
+        encoder: GeneTextEncoder | None = None,
+    ) -> torch.Tensor:
+        """Zero-shot read-out: expected value of each gene under the softmax over its candidate sentences.
+
+        Parameters
+        ----------
+        img
+            L2-normalised image embeddings ``[N, embed_dim]``.
+        genes
+            Vocabulary indices ``[Q]`` (of ``encoder``'s vocabulary when given).
+        candidates
+            Candidate values ``[Q, M]`` (see :func:`~comtip_sc.model.candidate_values`).
+        encoder
+            Gene-Text Encoder to use instead of the network's own (e.g. a copy with genes added).
+
+        Returns
+        -------
+        ``[N, Q]``: ``Σ_m softmax_m(s · img·t_{qm}) · c_{qm}`` with the learned inverse temperature ``s``.
+
+        """
+        encoder = self.gene_encoder if encoder is None else encoder
+        idx, val, mask = self.query_sentences(genes, candidates)
+        sent = encoder(idx, val.to(img.dtype), mask)["sentence"]
+        txt = F.normalize(self.gene_head(sent), dim=-1).view(*candidates.shape, -1)
+        probs = torch.softmax(self.logit_scale() * torch.einsum("nd,qmd->nqm", img, txt), dim=-1)
+        return (probs * candidates.to(probs.dtype)).sum(-1)
 
     @property
     def image_mean(self) -> tuple[float, ...]:
@@ -175,19 +233,13 @@ class ComtipNetwork(nn.Module):
             generator=generator,
         )
         b = values.shape[0]
+        # Extra sentences go through the encoder in the same pass, stacked after the true ones; the centring
+        # statistics come from the true sentences only (n_ref).
+        parts = [(gene_idx, values, mask)]
         if cfg.paat:
-            # The mismatched copies go through the encoder in the same pass, stacked after the true
-            # sentences; the centring statistics come from the true sentences only (n_ref).
             bad_values, labels = corrupt_pairs(values, mask, cfg.paat_corrupt_frac, generator)
-            enc = self.gene_encoder(
-                gene_idx.repeat(2, 1),
-                torch.cat([values, bad_values]),
-                mask.repeat(2, 1),
-                select=False,
-                n_ref=b,
-            )
-        else:
-            enc = self.gene_encoder(gene_idx, values, mask, select=False)
+            parts.append((gene_idx, bad_values, mask))
+        enc = self.gene_encoder(*_stack_sentences(parts), select=False, n_ref=b)
         txt_all = F.normalize(self.gene_head(enc["sentence"]), dim=-1)
         txt = txt_all[:b]
 
@@ -204,12 +256,62 @@ class ComtipNetwork(nn.Module):
             loss = loss + cfg.lambda_mfm * out["mfm"]
 
         if cfg.paat:
-            logits = self.discriminator(enc["tokens"][b:])
-            out.update(paat_losses(logits, labels, mask, img, txt, txt_all[b:], scale))
+            g = gene_idx.shape[1]
+            logits = self.discriminator(enc["tokens"][b : 2 * b, :g])
+            out.update(paat_losses(logits, labels, mask, img, txt, txt_all[b : 2 * b], scale))
             loss = loss + cfg.lambda_paat * out["paat"]
+
+        query = self._sample_queries(batch, generator) if cfg.value_query else None
+        if query is not None:
+            cands = query["candidates"]
+            # One-token sentences: a pass of their own (stacked with full sentences they would be padded to
+            # the panel's width), centred like prediction centres them, on the running mean.
+            q_enc = self.gene_encoder(
+                *self.query_sentences(query["genes"], cands), select=False, running_center=True
+            )
+            q_txt = F.normalize(self.gene_head(q_enc["sentence"]), dim=-1).view(*cands.shape, -1)
+            # The temperature is InfoNCE's; this term trains the embeddings to use it, not the other way.
+            out["value_query"] = value_query_loss(
+                img, q_txt, cands, query["true"], query["valid"], scale.detach()
+            )
+            loss = loss + cfg.lambda_value_query * out["value_query"]
 
         out["loss"] = loss
         return out
+
+    def _sample_queries(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor] | None:
+        """Pick the value-query genes of one step and read their true values off the batch."""
+        known = torch.nonzero(torch.isfinite(self.stat_max) & (self.stat_max > 0)).squeeze(1)
+        if known.numel() == 0:  # stats not set (a bare network outside fit): no term
+            return None
+        cfg = self.config
+        n = min(cfg.value_query_genes, known.numel())
+        pick = torch.randperm(known.numel(), generator=generator, device="cpu")[:n].to(known.device)
+        genes = known[pick]
+        match = (batch["gene_idx"][..., None] == genes) & batch["mask"].bool()[..., None]  # [B, G, Q]
+        true = (batch["values"][..., None].float() * match).sum(1)
+        return {
+            "genes": genes,
+            "candidates": candidate_values(self.stat_max[genes], cfg.value_query_candidates),
+            "true": true,
+            "valid": match.any(1),
+        }
+
+
+def _stack_sentences(
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate padded sentence batches of different widths (extra columns are padding)."""
+    width = max(p[0].shape[1] for p in parts)
+    padded = [
+        tuple(
+            F.pad(t, (0, width - t.shape[1]), value=fill) for t, fill in zip(p, (0, 0.0, False), strict=True)
+        )
+        for p in parts
+    ]
+    return tuple(torch.cat(ts) for ts in zip(*padded, strict=True))
 
 
 def build_network(config: ComtipConfig | dict[str, Any], gene_names: Sequence[str]) -> ComtipNetwork:

@@ -22,6 +22,7 @@ def tiles(
     tile_um: float = DEFAULT_TILE_UM,
     tile_px: int = DEFAULT_TILE_PX,
     table_key: str = TABLE_KEY,
+    spot_diameter_um: float | None = None,
     color: str | None = None,
     ncols: int = 8,
     seed: int = 0,
@@ -43,6 +44,9 @@ def tiles(
         Physical tile side in µm and its resampled side in pixels, as used for training.
     table_key
         Table whose rows are the spots.
+    spot_diameter_um
+        Spot diameter in µm when the table does not record it (Visium: 55), as in
+        :func:`~comtip_sc.pp.extract_tiles`.
     color
         Optional ``obs`` column appended to each title (e.g. a tissue annotation).
     ncols
@@ -70,7 +74,14 @@ def tiles(
         spots = table.obs_names[pick].tolist()
     if color is not None and color not in table.obs:
         raise KeyError(f"color={color!r} is not an obs column of table {table_key!r}.")
-    images = extract_tiles(sdata, tile_um=tile_um, tile_px=tile_px, table_key=table_key, spots=spots)
+    images = extract_tiles(
+        sdata,
+        tile_um=tile_um,
+        tile_px=tile_px,
+        table_key=table_key,
+        spots=spots,
+        spot_diameter_um=spot_diameter_um,
+    )
     ncols = max(1, min(ncols, len(spots)))
     nrows = int(np.ceil(len(spots) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.8 * nrows), squeeze=False)

@@ -259,6 +259,8 @@ def fit(
     )
 
     module = ComtipLightningModule(cfg.to_dict(), genes_vocab, lr=lr, weight_decay=weight_decay)
+    gene_stats = _gene_stats(registered, vocab)
+    module.network.set_gene_max([gene_stats["max"][g] for g in genes_vocab])
     mean, std = module.network.image_mean, module.network.image_std
     dm = SpotDataModule(
         [ds for _, ds in sections],
@@ -328,11 +330,6 @@ def fit(
     reference = ReferenceBank(
         np.concatenate(embeddings), expression, panel, obs_names, np.concatenate(image_embeddings)
     )
-    with np.errstate(all="ignore"):
-        gene_stats = {
-            "mean": dict(zip(panel, np.nanmean(expression, 0).tolist(), strict=True)),
-            "max": dict(zip(panel, np.nanmax(expression, 0).tolist(), strict=True)),
-        }
     history = {
         "sections": names,
         "val_sections": [names[i] for i in val_idx],
@@ -356,3 +353,22 @@ def fit(
     )
     log.info("Trained %r.", model)
     return model
+
+
+def _gene_stats(registered: list[_Registered], vocab: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Mean and maximum normalised value of every vocabulary gene over all spots given to fit (NaN if none)."""
+    total = np.zeros(len(vocab))
+    count = np.zeros(len(vocab))
+    vmax = np.full(len(vocab), -np.inf)
+    for r in registered:
+        cols = [vocab[g] for g in r.panel]
+        total[cols] += r.values.sum(0)
+        count[cols] += len(r.values)
+        vmax[cols] = np.maximum(vmax[cols], r.values.max(0, initial=-np.inf))
+    with np.errstate(all="ignore"):
+        mean = np.where(count > 0, total / count, np.nan)
+    vmax = np.where(count > 0, vmax, np.nan)
+    return {
+        "mean": dict(zip(vocab, mean.tolist(), strict=True)),
+        "max": dict(zip(vocab, vmax.tolist(), strict=True)),
+    }

@@ -9,12 +9,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from spatialdata import SpatialData
 
 from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, TABLE_KEY
 from .._sections import get_table
 from ..model._comtip_model import ComtipModel, ReferenceBank
+from ..model._losses import candidate_values
 from ._datamodule import SpotDataModule, SpotSentences, normalized_values
 from ._embed import image_embeddings
 from ._inference import encode_images, encode_sentences
@@ -87,13 +87,15 @@ def _head(img: np.ndarray, bank: ReferenceBank) -> np.ndarray:
 
 
 @torch.no_grad()
-def _zero_shot(img: np.ndarray, model: ComtipModel, genes: list[str], batch: int = 512) -> np.ndarray:
-    """Expected value of each gene under the softmax over candidate-value sentences.
+def _zero_shot(img: np.ndarray, model: ComtipModel, genes: list[str], chunk: int = 64) -> np.ndarray:
+    """Expected value of each gene under the softmax over its candidate-value sentences.
 
-    For gene ``g`` and candidate values ``v_1..v_M`` the sentence is the panel at its training mean
-    (the model's context, a statistic of the panel rather than a bank of spots) with ``g`` set to
-    ``v_m`` (appended when ``g`` is outside the panel). The image embedding scores every candidate
-    sentence with the learned temperature; the prediction is ``Σ softmax_m · v_m``.
+    For gene ``g`` the candidates ``v_1..v_M`` run from 0 to the gene's largest training value (the largest
+    over the panel for a gene outside it); sentence ``m`` holds the single pair ``(g, v_m)``
+    (the sentences the value-query term trains on). The image embedding scores the ``M`` sentences with the
+    learned temperature; the prediction is ``Σ_m softmax_m · v_m``
+    (:meth:`~comtip_sc.model.ComtipNetwork.read_values`). No reference spot is used: only the gene's name
+    and the panel's value range.
     """
     net = model.network
     encoder = net.gene_encoder
@@ -103,35 +105,18 @@ def _zero_shot(img: np.ndarray, model: ComtipModel, genes: list[str], batch: int
         encoder = _copy.deepcopy(encoder)
         encoder.add_genes(new)
     device = next(net.parameters()).device
-    means = model.gene_stats.get("mean", {})
-    maxes = model.gene_stats.get("max", {})
-    context = [g for g in model.panel if g in means and np.isfinite(means[g])]
-    ctx_idx = encoder.gene_index(context)
-    ctx_val = torch.tensor([means[g] for g in context], dtype=torch.float32)
-    global_max = max([v for v in maxes.values() if np.isfinite(v)], default=8.0)
-    scale = float(net.logit_scale())
+    maxes = {g: v for g, v in model.gene_stats.get("max", {}).items() if np.isfinite(v) and v > 0}
+    global_max = max(maxes.values(), default=8.0)
+    vmax = torch.tensor([maxes.get(g, global_max) for g in genes], dtype=torch.float32)
+    cands = candidate_values(vmax, N_CANDIDATES)  # [Q, M]
+    gene_idx = encoder.gene_index(genes).to(device)
     img_t = torch.from_numpy(img).to(device)
     pred = np.zeros((len(img), len(genes)), np.float32)
-    pos = {g: i for i, g in enumerate(context)}
-    for j, g in enumerate(genes):
-        vmax = maxes.get(g, global_max)
-        cands = torch.linspace(
-            0.0, float(vmax if np.isfinite(vmax) and vmax > 0 else global_max), N_CANDIDATES
+    for lo in range(0, len(genes), chunk):
+        sl = slice(lo, lo + chunk)
+        pred[:, sl] = (
+            net.read_values(img_t, gene_idx[sl], cands[sl].to(device), encoder=encoder).cpu().numpy()
         )
-        if g in pos:
-            idx = ctx_idx.expand(N_CANDIDATES, -1).clone()
-            val = ctx_val.expand(N_CANDIDATES, -1).clone()
-            val[:, pos[g]] = cands
-        else:
-            gi = encoder.gene_index([g])
-            idx = torch.cat([ctx_idx, gi]).expand(N_CANDIDATES, -1).clone()
-            val = torch.cat([ctx_val.expand(N_CANDIDATES, -1), cands[:, None]], dim=1)
-        mask = torch.ones_like(idx, dtype=torch.bool)
-        txt = F.normalize(
-            net.gene_head(encoder(idx.to(device), val.to(device), mask.to(device))["sentence"]), dim=-1
-        )
-        probs = torch.softmax(scale * img_t @ txt.T, dim=1)
-        pred[:, j] = (probs @ cands.to(device)).cpu().numpy()
     return pred
 
 
