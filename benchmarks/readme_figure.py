@@ -16,7 +16,8 @@ from comtip_sc.model import ComtipConfig
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-root", default="../shared/data")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", default="docs/_static/her2st_A1_observed_vs_predicted.png")
     args = parser.parse_args()
     sdata = cs.datasets.her2st(Path(args.data_root) / "her2st")
@@ -29,6 +30,7 @@ def main() -> None:
         config=cfg,
         tile_um=150,
         max_epochs=args.epochs,
+        lr=args.lr,
         batch_size=32,
         seed=0,
         val_sections=None,

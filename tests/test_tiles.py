@@ -4,6 +4,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import spatialdata as sd
+import torch
 from spatialdata.models import TableModel
 from spatialdata.transformations import Identity, get_transformation, set_transformation
 
@@ -178,3 +179,39 @@ def test_montage_takes_spot_diameter_when_table_lacks_it():
     got = [im.get_array() for ax in fig.axes for im in ax.get_images()]
     want = [im.get_array() for ax in ref.axes for im in ax.get_images()]
     assert len(got) == 4 and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_tile_cache_in_memory_and_on_disk_agree(toy, tmp_path):
+    path = tmp_path / "tiles.zarr"
+    cs.pp.cache_tiles(toy, path, tile_um=150, tile_px=24)
+    from comtip_sc.pp._tile_cache import CachedTiles
+
+    memory, disk = CachedTiles(path, in_memory=True), CachedTiles(path, in_memory=False)
+    np.testing.assert_array_equal(memory.take([4, 1]), disk.take([4, 1]))
+    np.testing.assert_array_equal(memory[2], disk[2])
+    assert isinstance(memory._tiles(), np.ndarray) and not isinstance(disk._tiles(), np.ndarray)
+    tile = memory[2]
+    tile[:] = 0  # a caller's edit must not reach the cache
+    np.testing.assert_array_equal(memory[2], disk[2])
+    # Pickling (data-loader workers, spawned DDP ranks) ships the path, not the loaded array.
+    assert pickle.loads(pickle.dumps(memory))._array is None
+
+
+def test_training_augmentation_is_a_tile_symmetry():
+    from comtip_sc.tl._datamodule import SentenceCollate
+
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    items = [(t, np.zeros(2, np.float32), np.arange(2), 0) for t in tiles]
+    plain = SentenceCollate((0.5,) * 3, (0.25,) * 3)(items)["image"]
+    torch.manual_seed(0)
+    augmented = SentenceCollate((0.5,) * 3, (0.25,) * 3, augment=True)(items)["image"]
+    np.testing.assert_allclose(plain[0, :, 0, 0].numpy(), (tiles[0, 0, 0] / 255 - 0.5) / 0.25, rtol=1e-5)
+    seen = set()
+    for p, a in zip(plain, augmented, strict=True):
+        variants = [torch.rot90(p, k, dims=(1, 2)) for k in range(4)]
+        variants += [torch.flip(v, dims=(2,)) for v in variants]
+        hits = [i for i, v in enumerate(variants) if torch.allclose(v, a)]
+        assert hits, "an augmented tile is not a rotation/flip of its input"
+        seen.add(hits[0])
+    assert len(seen) > 2  # the 8 symmetries are actually drawn

@@ -21,16 +21,25 @@ logger = logging.getLogger(__name__)
 _CHUNK = 16
 
 
+#: Caches up to this size are read into memory by :class:`CachedTiles` (``in_memory=None``).
+IN_MEMORY_MAX_BYTES = 2 * 1024**3
+
+
 class CachedTiles:
     """Tiles read back from a cache written by :func:`~comtip_sc.pp.cache_tiles`; indexable like :class:`~comtip_sc.pp.SpotTiles`.
 
     The zarr store is opened lazily in each process, so instances pickle cheaply into data-loader
-    workers.
+    workers. A cache up to ``IN_MEMORY_MAX_BYTES`` (2 GiB) is read into memory at the first access:
+    reading tiles one by one from zarr cost ~2.6 ms per 224-px tile (≈ 170 ms per batch of 64, more than
+    a ViT-B/32 training step on a GPU), a slice of an in-memory array costs microseconds.
 
     Parameters
     ----------
     path
         Folder of the zarr cache.
+    in_memory
+        ``True``: always load the whole cache into memory; ``False``: always read tile by tile from disk;
+        ``None`` (default): load it when it is at most ``IN_MEMORY_MAX_BYTES``.
 
     Examples
     --------
@@ -43,8 +52,9 @@ class CachedTiles:
 
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, in_memory: bool | None = None) -> None:
         self.path = str(path)
+        self.in_memory = in_memory
         group = zarr.open_group(self.path, mode="r")
         self.tile_um = float(group.attrs["tile_um"])
         self.tile_px = int(group.attrs["tile_px"])
@@ -59,18 +69,26 @@ class CachedTiles:
         state["_array"] = None
         return state
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def _tiles(self):
         if self._array is None:
-            self._array = zarr.open_group(self.path, mode="r")["tiles"]
-        return np.asarray(self._array[int(i)])
+            arr = zarr.open_group(self.path, mode="r")["tiles"]
+            load = arr.nbytes <= IN_MEMORY_MAX_BYTES if self.in_memory is None else self.in_memory
+            self._array = arr[:] if load else arr
+        return self._array
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        # A copy: callers may modify the tile, and an in-memory cache must not change under them.
+        return np.array(self._tiles()[int(i)])
 
     def take(self, indices=None) -> np.ndarray:
         """Stack the tiles at ``indices`` (all when ``None``)."""
-        if self._array is None:
-            self._array = zarr.open_group(self.path, mode="r")["tiles"]
+        tiles = self._tiles()
         if indices is None:
-            return np.asarray(self._array[:])
-        return np.asarray(self._array.get_orthogonal_selection((np.asarray(indices, dtype=int),)))
+            return np.array(tiles[:])
+        idx = np.asarray(indices, dtype=int)
+        if isinstance(tiles, np.ndarray):
+            return tiles[idx]
+        return np.asarray(tiles.get_orthogonal_selection((idx,)))
 
 
 def cache_tiles(

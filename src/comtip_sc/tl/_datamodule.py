@@ -87,18 +87,18 @@ class SentenceCollate:
     augment: bool = False
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
-        tiles = torch.from_numpy(np.stack([it[0] for it in items])).permute(0, 3, 1, 2).float().div_(255.0)
+        arrs = [it[0] for it in items]  # uint8 [H, W, 3]
         if self.augment:
-            out = []
-            for t in tiles:
-                k = int(torch.randint(0, 4, ()))
-                t = torch.rot90(t, k, dims=(1, 2))
-                if torch.rand(()) < 0.5:
-                    t = torch.flip(t, dims=(2,))
-                out.append(t)
-            tiles = torch.stack(out)
+            # On the uint8 arrays (views, no copy) before the float conversion: 4x less memory traffic.
+            ks = torch.randint(0, 4, (len(arrs),)).tolist()
+            flips = (torch.rand(len(arrs)) < 0.5).tolist()
+            arrs = [np.rot90(a, k, axes=(0, 1)) for a, k in zip(arrs, ks, strict=True)]
+            arrs = [a[:, ::-1] if f else a for a, f in zip(arrs, flips, strict=True)]
+        tiles = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std in one multiply-add.
+        tiles = tiles.mul_(1.0 / (255.0 * std)).sub_(mean / std)
         g_max = max(len(it[1]) for it in items)
         values = torch.zeros(len(items), g_max)
         gene_idx = torch.zeros(len(items), g_max, dtype=torch.long)
@@ -107,7 +107,7 @@ class SentenceCollate:
             values[b, : len(v)] = torch.from_numpy(np.asarray(v))
             gene_idx[b, : len(v)] = torch.from_numpy(idx)
             mask[b, : len(v)] = True
-        return {"image": (tiles - mean) / std, "values": values, "gene_idx": gene_idx, "mask": mask}
+        return {"image": tiles, "values": values, "gene_idx": gene_idx, "mask": mask}
 
 
 class SpotDataModule(L.LightningDataModule):

@@ -166,7 +166,9 @@ def fit(
         Spot diameter in µm, for tables that do not record it in ``uns["comtip"]["spot_diameter_um"]``
         (e.g. ``spatialdata_io.visium`` output: 55). It fixes the µm scale of each section.
     max_epochs, batch_size, lr, weight_decay
-        Optimisation settings.
+        Optimisation settings. The default ``lr=1e-4`` suits pretrained backbones; a backbone trained from
+        scratch on a few hundred spots needs more: on her2st/MOB with 12 epochs, ``1e-4`` left the PAAT
+        discriminator and the zero-shot read-out at chance, ``1e-3`` trained them (``docs/benchmarks.md``).
     val_sections
         Shapes elements held out for validation and early stopping. ``"auto"`` holds out the last
         section when there are several and none when there is one; ``None`` disables validation.
