@@ -251,3 +251,27 @@ def test_config_roundtrip_and_resolved_text_backend():
         tiny_config(use_values=False, paat=True, value_query=False)
     with pytest.raises(ValueError, match="value_query"):
         tiny_config(use_values=False, paat=False, value_query=True)
+
+
+def test_added_genes_extend_the_value_range_with_unknowns():
+    net = build_network(tiny_config(), GENES)
+    net.set_gene_max([5.0] * len(GENES))
+    net.add_genes(["NEWGENE1", "NEWGENE2"])
+    assert len(net.stat_max) == len(GENES) + 2 and torch.isnan(net.stat_max[-2:]).all()
+    # Training still queries only genes with a known range, and runs with the grown vocabulary.
+    assert "value_query" in net(ToyTissue(0).batch(4, seed=1))
+
+
+def test_value_queries_read_each_spots_true_values():
+    torch.manual_seed(0)
+    net = build_network(tiny_config(value_query_genes=5), GENES)
+    net.set_gene_max([5.0] * len(GENES))
+    b = ToyTissue(0).batch(6, seed=3)  # genes shuffled per spot, some padded away
+    q = net._sample_queries(b, None)
+    assert len(q["genes"]) == 5 and q["candidates"].shape == (5, net.config.value_query_candidates)
+    for i in range(6):
+        for j, g in enumerate(q["genes"].tolist()):
+            where = (b["gene_idx"][i] == g) & b["mask"][i]
+            assert bool(q["valid"][i, j]) == bool(where.any())
+            if where.any():
+                assert float(q["true"][i, j]) == pytest.approx(float(b["values"][i][where]))

@@ -131,7 +131,11 @@ class ComtipNetwork(nn.Module):
         self, names: Sequence[str], descriptions: Sequence[str | None] | None = None
     ) -> torch.LongTensor:
         """Add genes outside the panel (embedded from their names); returns their indices."""
-        return self.gene_encoder.add_genes(names, descriptions)
+        idx = self.gene_encoder.add_genes(names, descriptions)
+        grow = len(self.gene_names) - len(self.stat_max)
+        if grow > 0:  # new genes have no training values: their range is unknown
+            self.stat_max = torch.cat([self.stat_max, self.stat_max.new_full((grow,), float("nan"))])
+        return idx
 
     def set_gene_max(self, vmax: Sequence[float]) -> None:
         """Set the largest training value of each vocabulary gene (NaN where unknown)."""
@@ -233,13 +237,19 @@ class ComtipNetwork(nn.Module):
             generator=generator,
         )
         b = values.shape[0]
-        # Extra sentences go through the encoder in the same pass, stacked after the true ones; the centring
-        # statistics come from the true sentences only (n_ref).
-        parts = [(gene_idx, values, mask)]
         if cfg.paat:
+            # The mismatched copies go through the encoder in the same pass, stacked after the true
+            # sentences; the centring statistics come from the true sentences only (n_ref).
             bad_values, labels = corrupt_pairs(values, mask, cfg.paat_corrupt_frac, generator)
-            parts.append((gene_idx, bad_values, mask))
-        enc = self.gene_encoder(*_stack_sentences(parts), select=False, n_ref=b)
+            enc = self.gene_encoder(
+                gene_idx.repeat(2, 1),
+                torch.cat([values, bad_values]),
+                mask.repeat(2, 1),
+                select=False,
+                n_ref=b,
+            )
+        else:
+            enc = self.gene_encoder(gene_idx, values, mask, select=False)
         txt_all = F.normalize(self.gene_head(enc["sentence"]), dim=-1)
         txt = txt_all[:b]
 
@@ -256,16 +266,15 @@ class ComtipNetwork(nn.Module):
             loss = loss + cfg.lambda_mfm * out["mfm"]
 
         if cfg.paat:
-            g = gene_idx.shape[1]
-            logits = self.discriminator(enc["tokens"][b : 2 * b, :g])
-            out.update(paat_losses(logits, labels, mask, img, txt, txt_all[b : 2 * b], scale))
+            logits = self.discriminator(enc["tokens"][b:])
+            out.update(paat_losses(logits, labels, mask, img, txt, txt_all[b:], scale))
             loss = loss + cfg.lambda_paat * out["paat"]
 
         query = self._sample_queries(batch, generator) if cfg.value_query else None
         if query is not None:
             cands = query["candidates"]
-            # One-token sentences: a pass of their own (stacked with full sentences they would be padded to
-            # the panel's width), centred like prediction centres them, on the running mean.
+            # One-token sentences: a pass of their own (stacked with the full sentences they would be padded
+            # to the panel's width), centred like prediction centres them, on the running mean.
             q_enc = self.gene_encoder(
                 *self.query_sentences(query["genes"], cands), select=False, running_center=True
             )
@@ -290,28 +299,18 @@ class ComtipNetwork(nn.Module):
         n = min(cfg.value_query_genes, known.numel())
         pick = torch.randperm(known.numel(), generator=generator, device="cpu")[:n].to(known.device)
         genes = known[pick]
-        match = (batch["gene_idx"][..., None] == genes) & batch["mask"].bool()[..., None]  # [B, G, Q]
-        true = (batch["values"][..., None].float() * match).sum(1)
+        # Spot × vocabulary tables by scatter-add (padding adds zeros), then the queried columns: O(B·(G+V)).
+        real = batch["mask"].bool()
+        idx = batch["gene_idx"].clamp(min=0)
+        dense = torch.zeros(len(idx), len(self.stat_max), device=idx.device)
+        dense.scatter_add_(1, idx, batch["values"].float() * real)
+        seen = torch.zeros_like(dense).scatter_add_(1, idx, real.float())
         return {
             "genes": genes,
             "candidates": candidate_values(self.stat_max[genes], cfg.value_query_candidates),
-            "true": true,
-            "valid": match.any(1),
+            "true": dense[:, genes],
+            "valid": seen[:, genes] > 0,
         }
-
-
-def _stack_sentences(
-    parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Concatenate padded sentence batches of different widths (extra columns are padding)."""
-    width = max(p[0].shape[1] for p in parts)
-    padded = [
-        tuple(
-            F.pad(t, (0, width - t.shape[1]), value=fill) for t, fill in zip(p, (0, 0.0, False), strict=True)
-        )
-        for p in parts
-    ]
-    return tuple(torch.cat(ts) for ts in zip(*padded, strict=True))
 
 
 def build_network(config: ComtipConfig | dict[str, Any], gene_names: Sequence[str]) -> ComtipNetwork:
