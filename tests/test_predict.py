@@ -156,6 +156,15 @@ def test_predict_bad_inputs(tiny_model, unseen_embedded):
         )
 
 
+def test_zero_shot_refused_for_names_only_model(tiny_config, unseen_embedded):
+    from comtip_sc.model import build_network
+
+    cfg = tiny_config.replace(use_values=False, paat=False, value_query=False)
+    names_only = ComtipModel(build_network(cfg, ["G1", "G2"]), panel=["G1", "G2"], tile_um=100, tile_px=32)
+    with pytest.raises(ValueError, match="use_values=True"):
+        cs.tl.comtip_predict(unseen_embedded, names_only, method="zero_shot", copy=True)
+
+
 # ------------------------------------------------------------------ evaluate
 def _hand_metrics(true, pred, n_heg, n_hvg):
     r = np.array(

@@ -34,7 +34,8 @@ from .tl._fit import _default_precision
 
 log = logging.getLogger("comtip_sc.benchmark")
 
-#: The CoMTIP variants trained per fold: (row label, ablation flags). Each gives a retrieval and a zero-shot row.
+#: The CoMTIP variants trained per fold: (row label, ablation flags). Each gives a retrieval row, and a zero-shot
+#: row when its sentences carry values.
 VARIANTS: list[tuple[str, dict[str, bool]]] = [
     ("CoMTIP", FLAG_PRESETS["comtip"]),
     ("CoMTIP −MFM", {**FLAG_PRESETS["comtip"], "mfm": False}),
@@ -55,8 +56,8 @@ MEAN = "train mean"
 def method_names() -> list[str]:
     """Every method row of one fold, in table order."""
     names = []
-    for label, _ in VARIANTS:
-        names += [f"{label} · retrieval", f"{label} · zero-shot"]
+    for label, flags in VARIANTS:
+        names += [f"{label} · retrieval"] + ([f"{label} · zero-shot"] if flags["use_values"] else [])
         if label == "CoMTIP":
             names += ["CoMTIP · head (ridge on its image emb.)", SEEN]
     return [*names, UNSEEN, STNET, RIDGE, MEAN]
@@ -255,7 +256,7 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
             )
             emit(UNSEEN, _score(fold.test, held, None), fit_s, time.perf_counter() - t + emb_s, len(held))
         for m in ["retrieval", "zero_shot", "head"] if label != UNSEEN else []:
-            if m == "head" and label != "CoMTIP":
+            if (m == "head" and label != "CoMTIP") or (m == "zero_shot" and not flags["use_values"]):
                 continue
             t = time.perf_counter()
             cs.tl.comtip_predict(

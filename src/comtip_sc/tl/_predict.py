@@ -186,6 +186,12 @@ def comtip_predict(
     """
     if method not in ("retrieval", "zero_shot", "head"):
         raise ValueError(f"method must be 'retrieval', 'zero_shot' or 'head', got {method!r}.")
+    if method == "zero_shot" and not model.config.use_values:
+        # Its sentences are gene names only: every candidate value gives the same sentence.
+        raise ValueError(
+            "method='zero_shot' needs a model trained with use_values=True; this names-only model cannot "
+            "tell one candidate value from another. Use method='retrieval' or 'head'."
+        )
     out, table = target(sdata, table_key, copy)
     device = resolve_device(accelerator)
     if use_rep is not None:
