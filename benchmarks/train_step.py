@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_sizes, genes, gene_batch, repeats = [8, 16, 32], [250, 1000, 5000, 20000], 8, args.repeats or 3
     start = time.perf_counter()
     print(
-        f"Timing {len(configs) * len(batch_sizes) + len(genes)} settings ({repeats} repeats after 1 warm-up)..."
+        f"Timing {len(configs) * len(batch_sizes) + len(genes)} settings ({repeats} repeats after 2 warm-ups)..."
     )
     rows = run(
         configs, batch_sizes, genes, gene_batch=gene_batch, repeats=repeats, warmup=2, device=args.device
