@@ -1,0 +1,104 @@
+"""Seed spread of the ``cpu`` benchmark preset on one fold: full CoMTIP (retrieval / zero-shot / head), the
+ST-Net-like regressor and the random-init ViT + PCA + ridge probe, each retrained per seed.
+
+    python benchmarks/seed_spread.py 'her2st:A→C' 0,1,2    # ~6 min per seed on one CPU core
+    python benchmarks/seed_spread.py 'mob:1→2' 0,1,2
+
+Prints one ``SEED fold seed {...}`` line of PCC-ALL per seed (the main benchmark trains with seed 0 only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+import comtip_sc as cs
+from comtip_sc._benchmark import _score, get_preset
+from comtip_sc._benchmark_baselines import fit_regression, frozen_features, ridge_on_features
+from comtip_sc._benchmark_data import load_folds
+from comtip_sc.model import FLAG_PRESETS
+from comtip_sc.pp import cache_tiles
+from comtip_sc.tl._datamodule import normalized_values
+from comtip_sc.tl._fit import _default_precision
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("fold", help="dataset:fold, e.g. 'her2st:A→C' or 'mob:1→2'")
+    parser.add_argument("seeds", help="comma-separated seeds, e.g. 0,1,2")
+    parser.add_argument("--data-root", default="../shared/data")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "comtip_sc"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    p = get_preset("cpu")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for fold in load_folds(p, args.data_root):
+        if f"{fold.dataset}:{fold.name}" != args.fold:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            kw = {"tile_um": fold.tile_um, "tile_px": p.config.tile_px}
+            train = cache_tiles(fold.train, Path(tmp) / "train" / "dataset0.zarr", **kw)
+            test = cache_tiles(fold.test, Path(tmp) / "test.zarr", **kw)
+            y = normalized_values(fold.train.tables["table"], fold.panel)
+            for seed in seeds:
+                row = {}
+                model = cs.tl.fit(
+                    fold.train,
+                    genes=fold.panel,
+                    config=p.config.replace(**FLAG_PRESETS["comtip"]),
+                    tile_um=fold.tile_um,
+                    max_epochs=p.epochs,
+                    batch_size=p.batch_size,
+                    lr=p.lr,
+                    weight_decay=p.weight_decay,
+                    seed=seed,
+                    val_sections=None,
+                    tile_cache=str(Path(tmp) / "train"),
+                    default_root_dir=tmp,
+                    logger=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                )
+                cs.tl.comtip_embed(fold.test, model, key_added="X_seed")
+                for method in ("retrieval", "zero_shot", "head"):
+                    cs.tl.comtip_predict(
+                        fold.test,
+                        model,
+                        method=method,
+                        genes=fold.panel,
+                        use_rep="X_seed",
+                        layer_added="bench_pred",
+                    )
+                    row[method] = round(_score(fold.test, fold.panel, None)["PCC-ALL"], 3)
+                pred = fit_regression(
+                    p.config,
+                    train,
+                    y,
+                    test,
+                    max_epochs=p.epochs,
+                    batch_size=p.batch_size,
+                    lr=p.lr,
+                    weight_decay=p.weight_decay,
+                    seed=seed,
+                    precision=_default_precision("auto"),
+                    default_root_dir=tmp,
+                )
+                row["st_net_like"] = round(_score(fold.test, fold.panel, pred)["PCC-ALL"], 3)
+                train_x, test_x = frozen_features(p.config, [train, test], seed=seed)
+                row["random_vit_ridge"] = round(
+                    _score(fold.test, fold.panel, ridge_on_features(train_x, y, test_x))["PCC-ALL"], 3
+                )
+                print("SEED", args.fold, seed, row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
