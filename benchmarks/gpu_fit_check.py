@@ -8,6 +8,7 @@ section by retrieval, zero-shot and ridge head. Prints one ``GPU_FIT_CHECK {json
 import json
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,9 +29,8 @@ out = {
 train = cs.datasets.toy_tissue(n_rows=16, n_cols=16, n_genes=80, seed=0)
 test = cs.datasets.toy_tissue(n_rows=10, n_cols=10, n_genes=80, seed=1)
 t = time.perf_counter()
-model = cs.tl.fit(
-    train,
-    max_epochs=30,
+# Both runs share every setting but the epoch count; the second resumes the first from last.ckpt.
+fit_kw = dict(
     batch_size=64,
     lr=1e-3,
     accelerator="gpu",
@@ -40,25 +40,14 @@ model = cs.tl.fit(
     enable_progress_bar=False,
     val_sections=None,
 )
+model = cs.tl.fit(train, max_epochs=30, **fit_kw)
 out["fit_s"] = round(time.perf_counter() - t, 1)
 out["fit_metrics"] = {
     k: round(float(v), 4) for k, v in model.history["metrics"].items() if k.endswith("_epoch")
 }
 ckpt = model.history["best_checkpoint"]
 t = time.perf_counter()
-resumed = cs.tl.fit(
-    train,
-    max_epochs=32,
-    batch_size=64,
-    lr=1e-3,
-    accelerator="gpu",
-    devices=1,
-    seed=0,
-    default_root_dir="/tmp/gpufit",
-    enable_progress_bar=False,
-    val_sections=None,
-    ckpt_path=ckpt.replace(ckpt.split("/")[-1], "last.ckpt"),
-)
+resumed = cs.tl.fit(train, max_epochs=32, ckpt_path=str(Path(ckpt).with_name("last.ckpt")), **fit_kw)
 out["resume_epochs"] = resumed.history["epochs"]
 out["resume_s"] = round(time.perf_counter() - t, 1)
 cs.tl.comtip_embed(test, model, accelerator="gpu")

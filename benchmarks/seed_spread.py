@@ -10,6 +10,7 @@ Prints one ``SEED fold seed {...}`` line of PCC-ALL per seed (the main benchmark
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import tempfile
 import warnings
@@ -18,13 +19,12 @@ from pathlib import Path
 import torch
 
 import comtip_sc as cs
-from comtip_sc._benchmark import _score, get_preset
-from comtip_sc._benchmark_baselines import fit_regression, frozen_features, ridge_on_features
+from comtip_sc._benchmark import _score, fit_comtip, fit_stnet, get_preset
+from comtip_sc._benchmark_baselines import frozen_features, ridge_on_features
 from comtip_sc._benchmark_data import load_folds
 from comtip_sc.model import FLAG_PRESETS
 from comtip_sc.pp import cache_tiles
 from comtip_sc.tl._datamodule import normalized_values
-from comtip_sc.tl._fit import _default_precision
 
 
 def main() -> None:
@@ -50,24 +50,9 @@ def main() -> None:
             test = cache_tiles(fold.test, Path(tmp) / "test.zarr", **kw)
             y = normalized_values(fold.train.tables["table"], fold.panel)
             for seed in seeds:
+                ps = dataclasses.replace(p, seed=seed)
                 row = {}
-                model = cs.tl.fit(
-                    fold.train,
-                    genes=fold.panel,
-                    config=p.config.replace(**FLAG_PRESETS["comtip"]),
-                    tile_um=fold.tile_um,
-                    max_epochs=p.epochs,
-                    batch_size=p.batch_size,
-                    lr=p.lr,
-                    weight_decay=p.weight_decay,
-                    seed=seed,
-                    val_sections=None,
-                    tile_cache=str(Path(tmp) / "train"),
-                    default_root_dir=tmp,
-                    logger=False,
-                    enable_progress_bar=False,
-                    enable_model_summary=False,
-                )
+                model = fit_comtip(fold, ps, FLAG_PRESETS["comtip"], fold.panel, Path(tmp), Path(tmp))
                 cs.tl.comtip_embed(fold.test, model, key_added="X_seed")
                 for method in ("retrieval", "zero_shot", "head"):
                     cs.tl.comtip_predict(
@@ -79,19 +64,7 @@ def main() -> None:
                         layer_added="bench_pred",
                     )
                     row[method] = round(_score(fold.test, fold.panel, None)["PCC-ALL"], 3)
-                pred = fit_regression(
-                    p.config,
-                    train,
-                    y,
-                    test,
-                    max_epochs=p.epochs,
-                    batch_size=p.batch_size,
-                    lr=p.lr,
-                    weight_decay=p.weight_decay,
-                    seed=seed,
-                    precision=_default_precision("auto"),
-                    default_root_dir=tmp,
-                )
+                pred = fit_stnet(ps, train, y, test, Path(tmp))
                 row["st_net_like"] = round(_score(fold.test, fold.panel, pred)["PCC-ALL"], 3)
                 train_x, test_x = frozen_features(p.config, [train, test], seed=seed)
                 row["random_vit_ridge"] = round(

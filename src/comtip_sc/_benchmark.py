@@ -27,7 +27,7 @@ from ._benchmark_baselines import fit_regression, frozen_features, ridge_on_feat
 from ._benchmark_data import Fold, load_folds
 from ._benchmark_report import git_commit, write_results
 from ._constants import TABLE_KEY
-from .model import FLAG_PRESETS, ComtipConfig
+from .model import FLAG_PRESETS, ComtipConfig, ComtipModel
 from .model._gene_names import resolve_text_encoder
 from .tl._datamodule import normalized_values
 from .tl._fit import _default_precision
@@ -176,6 +176,52 @@ def _score(
     return row
 
 
+def fit_comtip(
+    fold: Fold, preset: BenchPreset, flags: dict[str, bool], genes: list[str], work: Path, root: Path
+) -> ComtipModel:
+    """Train one CoMTIP row's model with the preset's settings on ``fold.train``.
+
+    The training tiles come from the cache at ``work/train/dataset0.zarr`` (built once per fold);
+    Lightning writes under ``root``.
+    """
+    import comtip_sc as cs
+
+    return cs.tl.fit(
+        fold.train,
+        genes=genes,
+        config=preset.config.replace(**flags),
+        tile_um=fold.tile_um,
+        max_epochs=preset.epochs,
+        batch_size=preset.batch_size,
+        lr=preset.lr,
+        weight_decay=preset.weight_decay,
+        seed=preset.seed,
+        val_sections=None,
+        tile_cache=str(work / "train"),
+        default_root_dir=str(root),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+def fit_stnet(preset: BenchPreset, train_tiles, train_y: np.ndarray, test_tiles, root: Path) -> np.ndarray:
+    """The ST-Net-like row: the preset's backbone + a linear head trained end to end; test predictions."""
+    return fit_regression(
+        preset.config,
+        train_tiles,
+        train_y,
+        test_tiles,
+        max_epochs=preset.epochs,
+        batch_size=preset.batch_size,
+        lr=preset.lr,
+        weight_decay=preset.weight_decay,
+        seed=preset.seed,
+        precision=_default_precision("auto"),
+        default_root_dir=str(root),
+    )
+
+
 def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
     """Train every method on ``fold.train``, score it on ``fold.test``; ``on_row(dict)`` per finished row."""
     import comtip_sc as cs
@@ -216,27 +262,12 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
         )
 
     held = held_out_genes(panel)
+    held_set = set(held)
     fits = [(label, flags, panel) for label, flags in VARIANTS]
-    fits.append((UNSEEN, FLAG_PRESETS["comtip"], [g for g in panel if g not in set(held)]))
+    fits.append((UNSEEN, FLAG_PRESETS["comtip"], [g for g in panel if g not in held_set]))
     for k, (label, flags, genes) in enumerate(fits):
         t = time.perf_counter()
-        model = cs.tl.fit(
-            fold.train,
-            genes=genes,
-            config=cfg.replace(**flags),
-            tile_um=fold.tile_um,
-            max_epochs=preset.epochs,
-            batch_size=preset.batch_size,
-            lr=preset.lr,
-            weight_decay=preset.weight_decay,
-            seed=seed,
-            val_sections=None,
-            tile_cache=str(work / "train"),
-            default_root_dir=str(work / f"lightning{k}"),
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
+        model = fit_comtip(fold, preset, flags, genes, work, work / f"lightning{k}")
         fit_s = time.perf_counter() - t
         t = time.perf_counter()
         net = model.network
@@ -275,19 +306,7 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
         del fold.test.tables[TABLE_KEY].obsm["X_bench"]
 
     t = time.perf_counter()
-    pred = fit_regression(
-        cfg,
-        train_tiles,
-        train_y,
-        test_tiles,
-        max_epochs=preset.epochs,
-        batch_size=preset.batch_size,
-        lr=preset.lr,
-        weight_decay=preset.weight_decay,
-        seed=seed,
-        precision=_default_precision("auto"),
-        default_root_dir=str(work / "lightning"),
-    )
+    pred = fit_stnet(preset, train_tiles, train_y, test_tiles, work / "lightning")
     emit(STNET, _score(fold.test, panel, pred), time.perf_counter() - t, 0.0)
 
     t = time.perf_counter()

@@ -99,7 +99,8 @@ def _zero_shot(img: np.ndarray, model: ComtipModel, genes: list[str], chunk: int
     """
     net = model.network
     encoder = net.gene_encoder
-    new = [g for g in genes if g not in set(net.gene_names)]
+    known = set(net.gene_names)
+    new = [g for g in genes if g not in known]
     if new:
         # A private copy: adding genes must not change the user's model.
         encoder = _copy.deepcopy(encoder)
