@@ -3,14 +3,19 @@ ST-Net-like regressor and the random-init ViT + PCA + ridge probe, each retraine
 
     python benchmarks/seed_spread.py 'her2st:A→C' 0,1,2    # ~6 min per seed on one CPU core
     python benchmarks/seed_spread.py 'mob:1→2' 0,1,2
+    python benchmarks/seed_spread.py 'mob:1→2' 0,1 --set init_temperature=0.2 --no-baselines
 
 Prints one ``SEED fold seed {...}`` line of PCC-ALL per seed (the main benchmark trains with seed 0 only).
+``--set field=value`` (repeatable; value parsed as JSON, else kept as a string) changes the CoMTIP config of
+the preset for this run only, to measure one setting over seeds; ``--no-baselines`` skips the ST-Net-like and
+ridge rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import tempfile
 import warnings
@@ -27,6 +32,14 @@ from comtip_sc.pp import cache_tiles
 from comtip_sc.tl._datamodule import normalized_values
 
 
+def _override(text: str) -> tuple[str, object]:
+    field, _, value = text.partition("=")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -34,18 +47,21 @@ def main() -> None:
     parser.add_argument("fold", help="dataset:fold, e.g. 'her2st:A→C' or 'mob:1→2'")
     parser.add_argument("seeds", help="comma-separated seeds, e.g. 0,1,2")
     parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--no-baselines", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "comtip_sc"):
         logging.getLogger(name).setLevel(logging.ERROR)
     p = get_preset("cpu")
+    p = dataclasses.replace(p, config=p.config.replace(**dict(_override(s) for s in args.set)))
     seeds = [int(s) for s in args.seeds.split(",")]
     for fold in load_folds(p, args.data_root):
         if f"{fold.dataset}:{fold.name}" != args.fold:
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            kw = {"tile_um": fold.tile_um, "tile_px": p.config.tile_px}
+            kw = {"tile_um": fold.tile_um, "tile_px": p.config.tile_px, "colour_norm": fold.colour_norm}
             train = cache_tiles(fold.train, Path(tmp) / "train" / "dataset0.zarr", **kw)
             test = cache_tiles(fold.test, Path(tmp) / "test.zarr", **kw)
             y = normalized_values(fold.train.tables["table"], fold.panel)
@@ -53,6 +69,7 @@ def main() -> None:
                 ps = dataclasses.replace(p, seed=seed)
                 row = {}
                 model = fit_comtip(fold, ps, FLAG_PRESETS["comtip"], fold.panel, Path(tmp), Path(tmp))
+                row["T"] = round(1.0 / float(model.network.logit_scale()), 4)
                 cs.tl.comtip_embed(fold.test, model, key_added="X_seed")
                 for method in ("retrieval", "zero_shot", "head"):
                     cs.tl.comtip_predict(
@@ -64,13 +81,16 @@ def main() -> None:
                         layer_added="bench_pred",
                     )
                     row[method] = round(_score(fold.test, fold.panel, None)["PCC-ALL"], 3)
+                if args.no_baselines:
+                    print("SEED", args.fold, seed, args.set, row, flush=True)
+                    continue
                 pred = fit_stnet(ps, train, y, test, Path(tmp))
                 row["st_net_like"] = round(_score(fold.test, fold.panel, pred)["PCC-ALL"], 3)
                 train_x, test_x = frozen_features(p.config, [train, test], seed=seed)
                 row["random_vit_ridge"] = round(
                     _score(fold.test, fold.panel, ridge_on_features(train_x, y, test_x))["PCC-ALL"], 3
                 )
-                print("SEED", args.fold, seed, row, flush=True)
+                print("SEED", args.fold, seed, args.set, row, flush=True)
 
 
 if __name__ == "__main__":

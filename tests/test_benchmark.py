@@ -21,17 +21,25 @@ ROOT = Path(__file__).parents[1]
 
 @pytest.mark.slow
 def test_benchmark_smoke_writes_every_row(tmp_path: Path) -> None:
-    assert main(["benchmark", "--preset", "smoke", "--out", str(tmp_path), "-q"]) == 0
+    # Two seeds on two spawned worker processes: the path `comtip benchmark --preset cpu --jobs 2` takes.
+    args = ["benchmark", "--preset", "smoke", "--out", str(tmp_path), "-q", "--seeds", "0,1", "--jobs", "2"]
+    assert main(args) == 0
     df = pd.read_csv(tmp_path / "expression_prediction_smoke.csv")
     folds = sorted(df["fold"].unique())
     assert folds == ["toyA→toyB", "toyB→toyA"]
     for fold in folds:
-        assert sorted(df.loc[df["fold"] == fold, "method"]) == sorted(method_names())
+        for seed in (0, 1):
+            rows = df[(df["fold"] == fold) & (df["seed"] == seed)]
+            assert sorted(rows["method"]) == sorted(method_names())
     assert np.isfinite(df[METRICS].to_numpy(float)).all()
     # The constant predictor scores exactly 0 by the protocol's rule for constant genes.
     assert (df.loc[df["method"] == "train mean", "PCC-ALL"] == 0).all()
+    # Different seeds train different models: a per-seed spread exists for the trained rows.
+    pcc = df[df["method"] == "CoMTIP · retrieval"].pivot(index="fold", columns="seed", values="PCC-ALL")
+    assert not np.allclose(pcc[0], pcc[1])
     md = (tmp_path / "expression_prediction_smoke.md").read_text()
-    assert "Mean over folds" in md and "torch" in md and "seed 0" in md
+    assert "Mean over folds and seeds" in md and "torch" in md and "seeds 0, 1" in md
+    assert "2 worker process(es)" in md
     assert not list(tmp_path.glob(".*tmp*")), "temporary files must be renamed into place"
 
 
@@ -72,3 +80,33 @@ def test_train_step_tiny_table() -> None:
     assert [r.genes for r in rows if r.sweep == "genes"] == [16, 64]
     text = ts.to_markdown(rows, ["# t"])
     assert "## Genes per sentence" in text and "| 64 |" in text
+
+
+def test_summary_means_over_folds_and_seeds() -> None:
+    from comtip_sc._benchmark_report import per_fold, summary
+
+    rows = []
+    for fold, seed, pcc in [("a", 0, 0.1), ("b", 0, 0.3), ("a", 1, 0.2), ("b", 1, 0.6)]:
+        rows.append(
+            {
+                "dataset": "d",
+                "fold": fold,
+                "seed": seed,
+                "method": "m",
+                "n_train": 1,
+                "n_test": 1,
+                "n_genes": 1,
+                "fit_s": 1.0,
+                "predict_s": 0.0,
+                **dict.fromkeys(METRICS, pcc),
+            }
+        )
+    df = pd.DataFrame(rows)
+    row = summary(df).iloc[0]
+    assert row["PCC-ALL"] == pytest.approx(0.3)
+    # Seed 0 averages 0.2 over folds, seed 1 0.4: their sample sd is 0.1414.
+    assert row["PCC-ALL sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert (row["n_folds"], row["n_seeds"]) == (2, 2)
+    folds = per_fold(df).set_index("fold")
+    assert folds.loc["b", "PCC-ALL by seed"] == "0.300 / 0.600"
+    assert folds.loc["b", "PCC-ALL"] == pytest.approx(0.45)

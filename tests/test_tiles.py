@@ -9,7 +9,7 @@ from spatialdata.models import TableModel
 from spatialdata.transformations import Identity, get_transformation, set_transformation
 
 import comtip_sc as cs
-from comtip_sc._constants import INSTANCE_KEY, REGION_KEY
+from comtip_sc._constants import COLOUR_REF_MEAN, COLOUR_REF_STD, INSTANCE_KEY, REGION_KEY
 from comtip_sc._sections import check_counts, resolve_sections
 
 
@@ -215,3 +215,58 @@ def test_training_augmentation_is_a_tile_symmetry():
         assert hits, "an augmented tile is not a rotation/flip of its input"
         seen.add(hits[0])
     assert len(seen) > 2  # the 8 symmetries are actually drawn
+
+
+def _rescanned(sdata, gain, offset):
+    """``sdata`` with its image re-scanned darker/brighter: every pixel ``gain·x + offset`` (uint8)."""
+    from spatialdata.models import Image2DModel
+
+    name = next(iter(sdata.images))
+    arr = _image_array(sdata, name).astype(np.float64)
+    image = Image2DModel.parse(
+        np.clip(gain * arr + offset, 0, 255).astype(np.uint8),
+        dims=("c", "y", "x"),
+        scale_factors=[2],
+        transformations=get_transformation(sdata.images[name], get_all=True),
+    )
+    return sd.SpatialData(images={name: image}, shapes=dict(sdata.shapes), tables=dict(sdata.tables))
+
+
+def test_section_colour_norm_undoes_a_scan_brightness_change(toy):
+    kw = {"tile_um": 100, "tile_px": 24, "colour_norm": "section"}
+    base = cs.pp.SpotTiles(toy, **kw).take().astype(float)
+    darker = cs.pp.SpotTiles(_rescanned(toy, 0.7, 20.0), **kw).take().astype(float)
+    raw = cs.pp.SpotTiles(_rescanned(toy, 0.7, 20.0), tile_um=100, tile_px=24).take().astype(float)
+    plain = cs.pp.SpotTiles(toy, tile_um=100, tile_px=24).take().astype(float)
+    assert np.abs(raw - plain).mean() > 10  # the re-scan really changed the tiles ...
+    assert np.abs(darker - base).mean() < 1.5  # ... and the normalised tiles agree up to uint8 rounding
+    # The tiles of the image land on the reference colour.
+    pix = base.reshape(-1, 3)
+    np.testing.assert_allclose(pix.mean(0), COLOUR_REF_MEAN, atol=2)
+    np.testing.assert_allclose(pix.std(0), COLOUR_REF_STD, rtol=0.05)
+
+
+def test_colour_norm_is_part_of_the_tile_cache(toy, tmp_path):
+    path = tmp_path / "tiles.zarr"
+    cached = cs.pp.cache_tiles(toy, path, tile_um=100, tile_px=16, colour_norm="section")
+    assert cached.colour_norm == "section"
+    np.testing.assert_array_equal(
+        cached.take(), cs.pp.extract_tiles(toy, tile_um=100, tile_px=16, colour_norm="section")
+    )
+    with pytest.raises(ValueError, match="colour_norm='section'"):
+        cs.pp.cache_tiles(toy, path, tile_um=100, tile_px=16)
+    with pytest.raises(ValueError, match="colour_norm must be one of"):
+        cs.pp.SpotTiles(toy, tile_um=100, tile_px=16, colour_norm="macenko")
+
+
+def test_model_applies_its_colour_norm_after_save_and_load(toy, tiny_config, tmp_path):
+    from comtip_sc.model import ComtipModel, build_network
+
+    genes = toy.tables["table"].var_names[:5].tolist()
+    cfg = tiny_config.replace(colour_norm="section")
+    ComtipModel(build_network(cfg, genes), panel=genes, tile_um=100, tile_px=32).save(tmp_path / "m")
+    model = ComtipModel.load(tmp_path / "m")
+    assert model.config.colour_norm == "section" and model.tiles(toy).colour_norm == "section"
+    a = cs.tl.comtip_embed(toy, model, copy=True).tables["table"].obsm["X_comtip"]
+    b = cs.tl.comtip_embed(_rescanned(toy, 0.7, 20.0), model, copy=True).tables["table"].obsm["X_comtip"]
+    assert (a * b).sum(1).min() > 0.99  # the darker scan embeds (almost) like the original

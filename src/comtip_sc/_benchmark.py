@@ -10,11 +10,14 @@ Results go to ``<out>/expression_prediction_<preset>.{md,csv,json}``, rewritten 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import multiprocessing
 import os
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,10 +86,15 @@ class BenchPreset:
     config: ComtipConfig
     tile_um: dict[str, float]
     epochs: int
+    #: Per dataset: ``ComtipConfig.colour_norm`` of its tiles, for every row (missing: tiles as scanned).
+    colour_norm: dict[str, str | None] = dataclasses.field(default_factory=dict)
     batch_size: int = 32
     lr: float = 1e-4
     weight_decay: float = 0.05
+    #: The seed of one fit; a run sets it to each of ``seeds`` in turn.
     seed: int = 0
+    #: Every row is trained once per seed; the tables report the mean over folds and seeds.
+    seeds: tuple[int, ...] = (0,)
     n_genes: int = 250
     min_counts: int = 100
     #: Torch CPU threads (None: leave torch's default). See ``cpu`` below.
@@ -137,17 +145,22 @@ def get_preset(name: str) -> BenchPreset:
             _smoke_config(),
             {"toy": 100.0},
             epochs=1,
+            colour_norm={"toy": "section"},
             batch_size=16,
             lr=1e-3,
             n_genes=40,
             threads=threads,
         )
     tile_um = {"her2st": 150.0, "mob": 200.0}
+    colour = {"her2st": None, "mob": "section"}
     if name == "cpu":
         cfg = ComtipConfig.preset("cpu", tile_px=64, gene_dim=64, backbone_kwargs={"depth": 4})
-        return BenchPreset("cpu", cfg, tile_um, epochs=12, lr=1e-3, threads=threads)
+        return BenchPreset(
+            "cpu", cfg, tile_um, epochs=12, colour_norm=colour, lr=1e-3, seeds=(0, 1), threads=threads
+        )
     if name == "gpu":
-        return BenchPreset("gpu", ComtipConfig.preset("paper"), tile_um, epochs=20, batch_size=64, lr=5e-4)
+        cfg = ComtipConfig.preset("paper")
+        return BenchPreset("gpu", cfg, tile_um, epochs=20, colour_norm=colour, batch_size=64, lr=5e-4)
     raise ValueError(f"Unknown benchmark preset {name!r}; choose smoke, cpu or gpu.")
 
 
@@ -189,7 +202,7 @@ def fit_comtip(
     return cs.tl.fit(
         fold.train,
         genes=genes,
-        config=preset.config.replace(**flags),
+        config=preset.config.replace(**flags, colour_norm=fold.colour_norm),
         tile_um=fold.tile_um,
         max_epochs=preset.epochs,
         batch_size=preset.batch_size,
@@ -231,7 +244,7 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
     from .tl._inference import encode_images
 
     cfg, panel, seed = preset.config, fold.panel, preset.seed
-    tile_kw = {"tile_um": fold.tile_um, "tile_px": cfg.tile_px}
+    tile_kw = {"tile_um": fold.tile_um, "tile_px": cfg.tile_px, "colour_norm": fold.colour_norm}
     t0 = time.perf_counter()
     # fit() caches the training tiles at <tile_cache>/dataset0.zarr; build it here once for every row.
     train_tiles = cache_tiles(fold.train, work / "train" / "dataset0.zarr", **tile_kw)
@@ -348,17 +361,87 @@ def _quiet_lightning(verbose: bool) -> Iterator[None]:
             logging.getLogger(n).setLevel(lvl)
 
 
+def fold_keys(preset: BenchPreset) -> list[tuple[str, int]]:
+    """``(dataset, fold index)`` of every fold of a run, the largest training sets first.
+
+    With several workers the long folds start first, so the workers finish close together.
+    """
+    if preset.name == "smoke":
+        return [("toy", 0), ("toy", 1)]
+    # her2st C→A trains on five sections, MOB 1→2 on two, MOB 2→1 and her2st A→C on one each.
+    return [("her2st", 1), ("mob", 0), ("mob", 1), ("her2st", 0)]
+
+
+def _fold_job(
+    preset: BenchPreset,
+    data_root: str,
+    key: tuple[str, int],
+    seed: int,
+    work: str,
+    log_level: int,
+    verbose: bool,
+) -> list[dict]:
+    """One fold at one seed, in a worker process or in this one; returns the fold's rows."""
+    import warnings
+
+    logging.getLogger("comtip_sc").setLevel(log_level)
+    if not logging.getLogger().handlers:  # a fresh worker process
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    preset = dataclasses.replace(preset, seed=seed)
+    dataset, index = key
+    fold = next(f for i, f in enumerate(load_folds(preset, data_root, only=dataset)) if i == index)
+    rows: list[dict] = []
+    n_methods = len(method_names())
+
+    def on_row(row: dict) -> None:
+        rows.append({**row, "seed": seed})
+        log.info(
+            "[%s %s seed %d, %d/%d] %-45s PCC-ALL %.3f  HEG %.3f  HVG %.3f  MSE %.3f  (fit %.0f s)",
+            fold.dataset,
+            fold.name,
+            seed,
+            len(rows),
+            n_methods,
+            row["method"],
+            row["PCC-ALL"],
+            row["PCC-HEG"],
+            row["PCC-HVG"],
+            row["MSE"],
+            row["fit_s"],
+        )
+
+    t = time.perf_counter()
+    with _torch_threads(preset.threads), _quiet_lightning(verbose), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*sync_dist.*")
+        warnings.filterwarnings("ignore", message=".*treespec.*")
+        run_fold(fold, preset, Path(work), on_row)
+    log.info("%s %s seed %d done in %.0f s.", fold.dataset, fold.name, seed, time.perf_counter() - t)
+    return rows
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    """Rows in table order (dataset, fold, seed, method) whatever order the workers finished in."""
+    order = {m: i for i, m in enumerate(method_names())}
+    return sorted(rows, key=lambda r: (r["dataset"], r["fold"], r["seed"], order.get(r["method"], 99)))
+
+
 def run_benchmark(args: argparse.Namespace) -> int:
     """Run the benchmark for ``args.preset`` on ``args.data_root``; write tables under ``args.out``.
+
+    ``args.seeds`` (comma-separated, default: the preset's) and ``args.jobs`` (worker processes; each
+    trains one fold at one seed at a time, on the preset's torch threads) are optional.
 
     Returns
     -------
     Exit code 0 on success (errors raise; the CLI maps them to its exit codes).
 
     """
-    import warnings
-
     preset = get_preset(args.preset)
+    seeds_arg = getattr(args, "seeds", None)
+    if seeds_arg:
+        preset = dataclasses.replace(preset, seeds=tuple(int(x) for x in str(seeds_arg).split(",")))
+    jobs = max(1, int(getattr(args, "jobs", 1) or 1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -369,50 +452,42 @@ def run_benchmark(args: argparse.Namespace) -> int:
         "config": preset.config.to_dict(),
         "text_encoder": resolve_text_encoder(preset.config.text_encoder),
         "tile_um": preset.tile_um,
+        "colour_norm": preset.colour_norm,
         "epochs": preset.epochs,
         "batch_size": preset.batch_size,
         "lr": preset.lr,
         "weight_decay": preset.weight_decay,
-        "seed": preset.seed,
+        "seeds": list(preset.seeds),
         "n_genes": preset.n_genes,
         "min_counts": preset.min_counts,
         "threads": preset.threads if not torch.cuda.is_available() else None,
+        "jobs": jobs,
     }
+    tasks = [(key, seed) for seed in preset.seeds for key in fold_keys(preset)]
     start = time.perf_counter()
-    n_methods = len(method_names())
-    with (
-        _torch_threads(preset.threads),
-        _quiet_lightning(bool(getattr(args, "verbose", False))),
-        warnings.catch_warnings(),
-        tempfile.TemporaryDirectory(prefix="comtip_bench_") as tmp,
-    ):
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*sync_dist.*")
-        warnings.filterwarnings("ignore", message=".*treespec.*")
-        for i, fold in enumerate(load_folds(preset, args.data_root)):
+    level = logging.getLogger("comtip_sc").getEffectiveLevel()
+    verbose = bool(getattr(args, "verbose", False))
+    with tempfile.TemporaryDirectory(prefix="comtip_bench_") as tmp:
 
-            def on_row(row: dict, fold: Fold = fold) -> None:
-                rows.append(row)
-                log.info(
-                    "[%s %s %d/%d] %-45s PCC-ALL %.3f  HEG %.3f  HVG %.3f  MSE %.3f  (fit %.0f s, predict %.0f s)",
-                    fold.dataset,
-                    fold.name,
-                    sum(r["fold"] == fold.name and r["dataset"] == fold.dataset for r in rows),
-                    n_methods,
-                    row["method"],
-                    row["PCC-ALL"],
-                    row["PCC-HEG"],
-                    row["PCC-HVG"],
-                    row["MSE"],
-                    row["fit_s"],
-                    row["predict_s"],
-                )
+        def job_args(i: int) -> tuple:
+            key, seed = tasks[i]
+            return (preset, str(args.data_root), key, seed, str(Path(tmp) / f"task{i}"), level, verbose)
 
-            t = time.perf_counter()
-            run_fold(fold, preset, Path(tmp) / f"fold{i}", on_row)
-            log.info("%s %s done in %.0f s.", fold.dataset, fold.name, time.perf_counter() - t)
-            paths = write_results(rows, meta, out, preset.name, time.perf_counter() - start, final=False)
-    paths = write_results(rows, meta, out, preset.name, time.perf_counter() - start, final=True)
+        def done(part: list[dict]) -> None:
+            rows.extend(part)
+            write_results(_ordered(rows), meta, out, preset.name, time.perf_counter() - start, final=False)
+
+        if jobs == 1:
+            for i in range(len(tasks)):
+                done(_fold_job(*job_args(i)))
+        else:
+            # spawn, not fork: the parent may hold torch/OpenMP threads, which a forked child inherits broken.
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = [pool.submit(_fold_job, *job_args(i)) for i in range(len(tasks))]
+                for fut in as_completed(futures):
+                    done(fut.result())
+    paths = write_results(_ordered(rows), meta, out, preset.name, time.perf_counter() - start, final=True)
     log.info(
         "Benchmark %s finished in %.0f s: %s", preset.name, time.perf_counter() - start, ", ".join(paths)
     )

@@ -33,6 +33,8 @@ class Fold:
     test: SpatialData
     panel: list[str]
     tile_um: float
+    #: ``ComtipConfig.colour_norm`` of every row's tiles on this dataset.
+    colour_norm: str | None = None
 
 
 def choose_panel(train: AnnData, test: AnnData, n_genes: int) -> list[str]:
@@ -63,11 +65,15 @@ def _patient_folds(name: str, sdata: SpatialData, column: str, preset: BenchPres
     for a, b in (groups, groups[::-1]):
         train, test = subset_sections(sdata, labels == a), subset_sections(sdata, labels == b)
         panel = choose_panel(train.tables[TABLE_KEY], test.tables[TABLE_KEY], preset.n_genes)
-        yield Fold(name, f"{a}→{b}", train, test, panel, preset.tile_um[name])
+        colour = preset.colour_norm.get(name)
+        yield Fold(name, f"{a}→{b}", train, test, panel, preset.tile_um[name], colour)
 
 
-def load_folds(preset: BenchPreset, data_root: str | os.PathLike) -> Iterator[Fold]:
-    """The folds of a preset: two toy sections for ``smoke``, her2st and MOB patients otherwise."""
+def load_folds(preset: BenchPreset, data_root: str | os.PathLike, only: str | None = None) -> Iterator[Fold]:
+    """The folds of a preset: two toy sections for ``smoke``, her2st and MOB patients otherwise.
+
+    ``only`` (``"her2st"`` or ``"mob"``) reads just that dataset.
+    """
     import comtip_sc as cs
 
     if preset.name == "smoke":
@@ -77,7 +83,8 @@ def load_folds(preset: BenchPreset, data_root: str | os.PathLike) -> Iterator[Fo
             tr = cs.pp.filter_spots(tr, min_counts=preset.min_counts, copy=True)
             te = cs.pp.filter_spots(te, min_counts=preset.min_counts, copy=True)
             panel = choose_panel(tr.tables[TABLE_KEY], te.tables[TABLE_KEY], preset.n_genes)
-            yield Fold("toy", f"{trn}→{ten}", tr, te, panel, preset.tile_um["toy"])
+            colour = preset.colour_norm.get("toy")
+            yield Fold("toy", f"{trn}→{ten}", tr, te, panel, preset.tile_um["toy"], colour)
         return
     root = Path(data_root)
     for sub in ("her2st", "stutility_mob"):
@@ -85,7 +92,9 @@ def load_folds(preset: BenchPreset, data_root: str | os.PathLike) -> Iterator[Fo
             raise FileNotFoundError(
                 f"{root / sub} not found; pass --data-root with her2st/ and stutility_mob/."
             )
-    log.info("Loading her2st from %s ...", root / "her2st")
-    yield from _patient_folds("her2st", cs.datasets.her2st(root / "her2st"), "patient", preset)
-    log.info("Loading MOB from %s ...", root / "stutility_mob")
-    yield from _patient_folds("mob", cs.datasets.mob(root / "stutility_mob"), "individual", preset)
+    if only in (None, "her2st"):
+        log.info("Loading her2st from %s ...", root / "her2st")
+        yield from _patient_folds("her2st", cs.datasets.her2st(root / "her2st"), "patient", preset)
+    if only in (None, "mob"):
+        log.info("Loading MOB from %s ...", root / "stutility_mob")
+        yield from _patient_folds("mob", cs.datasets.mob(root / "stutility_mob"), "individual", preset)

@@ -15,7 +15,18 @@ import torch
 from ._atomic import atomic_path
 
 METRICS = ["PCC-ALL", "PCC-HEG", "PCC-HVG", "MSE", "MAE"]
-COLUMNS = ["dataset", "fold", "method", *METRICS, "n_train", "n_test", "n_genes", "fit_s", "predict_s"]
+COLUMNS = [
+    "dataset",
+    "fold",
+    "seed",
+    "method",
+    *METRICS,
+    "n_train",
+    "n_test",
+    "n_genes",
+    "fit_s",
+    "predict_s",
+]
 
 NOTES = [
     "Rows marked ≈ are the peer *families* rebuilt in this package on the same backbone, tiles, epochs and "
@@ -39,6 +50,9 @@ NOTES = [
     "`train mean`: every spot gets the training mean of each gene; its PCC is 0 by construction, its MSE/MAE "
     "are the floor to beat.",
     "MOB genes are Ensembl ids without symbols, so gene-name text embeddings carry little meaning there.",
+    "colour_norm `section` (MOB): every section's tiles standardised per RGB channel onto one reference "
+    "colour, for every row. Individual 2 (MOB3) was scanned much brighter than individual 1; see "
+    "docs/benchmarks.md for the runs with and without it on both datasets.",
     "fit_s: training time of the model a row uses (shared by its retrieval / zero-shot / head rows); "
     "predict_s: embedding the test tiles + predicting.",
 ]
@@ -90,20 +104,43 @@ def _md_table(df: pd.DataFrame, floats: dict[str, str]) -> str:
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean of every metric over the folds of each dataset, then over all folds (``dataset="all"``).
+    """Mean of every metric over the folds and seeds of each dataset, then over all folds (``dataset="all"``).
 
-    The ``"all"`` block is only added when there are several datasets.
+    ``PCC-ALL sd`` is the standard deviation over seeds of each seed's mean PCC-ALL (empty with one seed):
+    how much of a difference between two rows one retraining can move. The ``"all"`` block is only added
+    when there are several datasets.
     """
     blocks = []
     datasets = list(dict.fromkeys(df["dataset"]))
     for dataset in datasets + (["all"] if len(datasets) > 1 else []):
         part = df if dataset == "all" else df[df["dataset"] == dataset]
         agg = part.groupby("method", sort=False).agg(
-            **{m: (m, "mean") for m in METRICS}, n_folds=("fold", "count")
+            **{m: (m, "mean") for m in METRICS}, n_folds=("fold", "nunique"), n_seeds=("seed", "nunique")
         )
+        by_seed = part.groupby(["method", "seed"], sort=False)["PCC-ALL"].mean()
+        agg["PCC-ALL sd"] = by_seed.groupby(level="method", sort=False).std(ddof=1)
         blocks.append(agg.reset_index().assign(dataset=dataset))
     out = pd.concat(blocks, ignore_index=True)
-    return out[["dataset", "method", *METRICS, "n_folds"]]
+    return out[["dataset", "method", "PCC-ALL", "PCC-ALL sd", *METRICS[1:], "n_folds", "n_seeds"]]
+
+
+def per_fold(df: pd.DataFrame) -> pd.DataFrame:
+    """Every fold's rows, averaged over seeds, with each seed's PCC-ALL listed beside the mean."""
+    keys = ["dataset", "fold", "method"]
+    agg = df.groupby(keys, sort=False).agg(
+        **{m: (m, "mean") for m in METRICS},
+        **{c: (c, "first") for c in ("n_train", "n_test", "n_genes")},
+        fit_s=("fit_s", "mean"),
+        predict_s=("predict_s", "mean"),
+    )
+    agg.insert(
+        1,
+        "PCC-ALL by seed",
+        df.groupby(keys, sort=False).apply(
+            lambda g: " / ".join(f"{v:.3f}" for v in g.sort_values("seed")["PCC-ALL"]), include_groups=False
+        ),
+    )
+    return agg.reset_index()
 
 
 def write_results(
@@ -137,12 +174,16 @@ def write_results(
         f"torch {m['torch']}, device {m['device']}",
         f"- code: commit {meta['git_commit']} (read when the run started), finished {info['finished']}",
         f"- backbone: `{backbone}`, pretrained={cfg['pretrained']}; tile_px {cfg['tile_px']}; tile_um "
-        + ", ".join(f"{k} {v:g} µm" for k, v in meta["tile_um"].items()),
+        + ", ".join(f"{k} {v:g} µm" for k, v in meta["tile_um"].items())
+        + "; colour_norm (every row) "
+        + ", ".join(f"{k} {meta.get('colour_norm', {}).get(k)}" for k in meta["tile_um"]),
         f"- CoMTIP: embed_dim {cfg['embed_dim']}, gene_dim {cfg['gene_dim']}, mask_ratio {cfg['mask_ratio']}, "
         f"λ_mfm {cfg['lambda_mfm']}, λ_paat {cfg['lambda_paat']}, λ_value_query {cfg.get('lambda_value_query')}, "
         f"text encoder {meta['text_encoder']}",
         f"- training (every row): {meta['epochs']} epochs, batch {meta['batch_size']}, AdamW lr {meta['lr']} "
-        f"(wd {meta['weight_decay']}, 5% warm-up + cosine), seed {meta['seed']}, no validation/early stopping",
+        f"(wd {meta['weight_decay']}, 5% warm-up + cosine), seeds {', '.join(map(str, meta['seeds']))} "
+        "(every row trained once per seed), no validation/early stopping; "
+        f"{meta.get('jobs', 1)} worker process(es)",
         f"- protocol: leave-one-patient-out; spots with ≥{meta['min_counts']} UMI; 1e4 + log1p; panel = top "
         f"{meta['n_genes']} genes by mean over training spots among genes detected in every section; "
         "PCC-ALL = mean per-gene Pearson over the panel (constant → 0), PCC-HEG/HVG over the 50 genes with the "
@@ -153,14 +194,12 @@ def write_results(
         *[f"- {n}" for n in NOTES],
     ]
     floats = {c: ".3f" for c in METRICS} | {"fit_s": ".0f", "predict_s": ".0f"}
-    parts = [*header, "", "## Mean over folds", ""]
+    parts = [*header, "", "## Mean over folds and seeds", ""]
     if len(df):
-        parts.append(_md_table(summary(df), floats | {"n_folds": "d"}))
-    parts += ["", "## Every fold", ""]
+        parts.append(_md_table(summary(df), floats | {"PCC-ALL sd": ".3f", "n_folds": "d", "n_seeds": "d"}))
+    parts += ["", "## Every fold (mean over seeds)", ""]
     if len(df):
-        cols = ["dataset", "fold", "method", *METRICS, "n_train", "n_test", "n_genes", "fit_s", "predict_s"]
-        shown = df[[c for c in cols if c in df.columns]]
-        parts.append(_md_table(shown, floats))
+        parts.append(_md_table(per_fold(df), floats))
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(stem.with_suffix(".md"), "\n".join(parts) + "\n")
     _atomic_write(stem.with_suffix(".csv"), df.to_csv(index=False, float_format="%.6g"))

@@ -49,3 +49,11 @@ DEFAULT_TILE_PX = 112
 
 #: Target sum for the per-spot normalisation.
 NORM_TARGET_SUM = 1e4
+
+#: ``colour_norm="section"``: each section's tiles are standardised per RGB channel (mean/std over up to
+#: COLOUR_NORM_SPOTS of its spot tiles) and mapped onto this mean and std, a typical H&E tissue colour.
+COLOUR_REF_MEAN = (160.0, 150.0, 195.0)
+COLOUR_REF_STD = (45.0, 40.0, 30.0)
+COLOUR_NORM_SPOTS = 256
+#: The values ``colour_norm`` accepts.
+COLOUR_NORMS = (None, "section")

@@ -216,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="benchmarks/results",
         help="Folder for the markdown table and CSV (default: %(default)s).",
     )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="Comma-separated seeds; every row is trained once per seed (default: the preset's, cpu: 0,1).",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="Worker processes, each training one fold at one seed at a time on the preset's torch threads "
+        "(default: %(default)s; 2 on a 2-core machine halves the wall time).",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="Log debugging details.")
     p.add_argument("-q", "--quiet", action="store_true", help="Log only warnings and errors.")
     return parser

@@ -152,7 +152,7 @@ class ComtipModel:
         )
 
     def tiles(self, sdata, *, table_key: str = "table", spot_diameter_um: float | None = None):
-        """The :class:`~comtip_sc.pp.SpotTiles` of ``sdata`` cut the way this model was trained (µm and px).
+        """The :class:`~comtip_sc.pp.SpotTiles` of ``sdata`` cut the way this model was trained (µm, px, colour).
 
         Examples
         --------
@@ -168,6 +168,7 @@ class ComtipModel:
             tile_px=self.tile_px,
             table_key=table_key,
             spot_diameter_um=spot_diameter_um,
+            colour_norm=self.config.colour_norm,
         )
 
     # ------------------------------------------------------------------ persistence

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._constants import COLOUR_NORMS
+
 TextEncoderName = str  # "auto" | "minilm" | "char-ngram" | path to a local sentence-transformers model
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -50,6 +52,11 @@ class ComtipConfig:
         Extra keyword arguments for :func:`timm.create_model` (e.g. ``depth=2, embed_dim=64`` for tests).
     tile_px
         Tile side in pixels; the ViT is built with ``img_size=tile_px``.
+    colour_norm
+        Tile colour handling, applied the same way in training and prediction: ``None`` (tiles as
+        scanned) or ``"section"`` (each image's tiles standardised per RGB channel onto a fixed H&E
+        reference colour; see :class:`~comtip_sc.pp.SpotTiles`). ``"section"`` removes scan-to-scan
+        brightness and stain shifts but also real differences in a section's mean tissue colour.
     embed_dim
         Dimension of the shared, L2-normalised image/gene space.
     gene_dim
@@ -122,6 +129,7 @@ class ComtipConfig:
     checkpoint_path: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     tile_px: int = 224
+    colour_norm: str | None = None
     embed_dim: int = 256
     gene_dim: int = 256
     mask_ratio: float = 0.5
@@ -154,6 +162,8 @@ class ComtipConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` on inconsistent settings."""
+        if self.colour_norm not in COLOUR_NORMS:
+            raise ValueError(f"colour_norm must be one of {COLOUR_NORMS}, got {self.colour_norm!r}.")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}.")
         if not self.use_names and not self.use_values:

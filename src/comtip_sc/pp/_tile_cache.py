@@ -58,6 +58,8 @@ class CachedTiles:
         group = zarr.open_group(self.path, mode="r")
         self.tile_um = float(group.attrs["tile_um"])
         self.tile_px = int(group.attrs["tile_px"])
+        # Caches written before colour_norm existed hold tiles as scanned.
+        self.colour_norm = group.attrs.get("colour_norm")
         self.obs_names = np.asarray(group.attrs["obs_names"], dtype=str)
         self._array = None
 
@@ -99,6 +101,7 @@ def cache_tiles(
     tile_px: int = DEFAULT_TILE_PX,
     table_key: str = TABLE_KEY,
     spot_diameter_um: float | None = None,
+    colour_norm: str | None = None,
     overwrite: bool = False,
 ) -> CachedTiles:
     """Cut every spot's tile once and store them in a zarr array at ``path``.
@@ -119,6 +122,9 @@ def cache_tiles(
         Table whose rows are the spots.
     spot_diameter_um
         Physical spot diameter when the table does not record it.
+    colour_norm
+        ``None`` or ``"section"`` (per-image colour standardisation, see :class:`SpotTiles`); recorded
+        in the cache and part of its match.
     overwrite
         Rebuild even when a matching cache exists; replace a non-matching one instead of raising.
 
@@ -137,7 +143,12 @@ def cache_tiles(
     """
     path = Path(path)
     source = SpotTiles(
-        sdata, tile_um=tile_um, tile_px=tile_px, table_key=table_key, spot_diameter_um=spot_diameter_um
+        sdata,
+        tile_um=tile_um,
+        tile_px=tile_px,
+        table_key=table_key,
+        spot_diameter_um=spot_diameter_um,
+        colour_norm=colour_norm,
     )
     if path.exists() and not overwrite:
         try:
@@ -147,6 +158,7 @@ def cache_tiles(
         same = (
             cached.tile_um == float(tile_um)
             and cached.tile_px == int(tile_px)
+            and cached.colour_norm == colour_norm
             and np.array_equal(cached.obs_names, source.obs_names)
         )
         if same:
@@ -154,7 +166,8 @@ def cache_tiles(
             return cached
         raise ValueError(
             f"The tile cache at {path} was built for other settings or spots (tile_um={cached.tile_um}, "
-            f"tile_px={cached.tile_px}, {len(cached)} spots); pass overwrite=True to rebuild it."
+            f"tile_px={cached.tile_px}, colour_norm={cached.colour_norm!r}, {len(cached)} spots); pass "
+            "overwrite=True to rebuild it."
         )
     # Without overwrite, a cache another process (DDP rank) finished first is kept, never swapped
     # under its readers.
@@ -169,7 +182,12 @@ def cache_tiles(
             stop = min(start + _CHUNK, n)
             arr[start:stop] = source.take(range(start, stop))
         group.attrs.update(
-            {"tile_um": float(tile_um), "tile_px": int(tile_px), "obs_names": source.obs_names.tolist()}
+            {
+                "tile_um": float(tile_um),
+                "tile_px": int(tile_px),
+                "colour_norm": colour_norm,
+                "obs_names": source.obs_names.tolist(),
+            }
         )
     logger.info("Cached %d tiles of %g µm at %d px in %s.", n, tile_um, tile_px, path)
     return CachedTiles(path)

@@ -17,7 +17,15 @@ from PIL import Image
 from spatialdata import SpatialData
 from xarray import DataArray, DataTree
 
-from .._constants import DEFAULT_TILE_PX, DEFAULT_TILE_UM, TABLE_KEY
+from .._constants import (
+    COLOUR_NORM_SPOTS,
+    COLOUR_NORMS,
+    COLOUR_REF_MEAN,
+    COLOUR_REF_STD,
+    DEFAULT_TILE_PX,
+    DEFAULT_TILE_UM,
+    TABLE_KEY,
+)
 from .._sections import get_table, resolve_sections
 
 logger = logging.getLogger(__name__)
@@ -64,6 +72,12 @@ class SpotTiles:
     spot_diameter_um
         Physical spot diameter in µm, when the table does not record it in
         ``uns["comtip"]["spot_diameter_um"]`` (Visium: 55).
+    colour_norm
+        ``None`` (default): the tiles as scanned. ``"section"``: standardise each image's tiles per RGB
+        channel with the mean and standard deviation of (up to 256 of) that image's spot tiles, mapped
+        onto a fixed H&E reference colour (RGB Reinhard-style normalisation). It removes brightness and
+        stain shifts between scans, and also any real difference in the sections' mean tissue colour
+        (see ``docs/benchmarks.md`` for where it helped and where it hurt).
 
     Examples
     --------
@@ -83,9 +97,15 @@ class SpotTiles:
         tile_px: int = DEFAULT_TILE_PX,
         table_key: str = TABLE_KEY,
         spot_diameter_um: float | None = None,
+        colour_norm: str | None = None,
     ) -> None:
         if tile_um <= 0 or tile_px <= 0:
             raise ValueError(f"tile_um and tile_px must be positive, got {tile_um} and {tile_px}.")
+        if colour_norm not in COLOUR_NORMS:
+            raise ValueError(f"colour_norm must be one of {COLOUR_NORMS}, got {colour_norm!r}.")
+        self.colour_norm = colour_norm
+        #: Per image: (mean, std) of its spot tiles' RGB, filled on first use when colour_norm="section".
+        self._colour_stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         table = get_table(sdata, table_key)
         sections = resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
         self.tile_um = float(tile_um)
@@ -122,6 +142,27 @@ class SpotTiles:
         )
 
     def __getitem__(self, i: int) -> np.ndarray:
+        tile = self._read(i)
+        if self.colour_norm is None:
+            return tile
+        k = int(self._image_of[i])
+        if k not in self._colour_stats:
+            self._colour_stats[k] = self._image_colour(k)
+        mean, std = self._colour_stats[k]
+        out = (tile - mean) * (np.asarray(COLOUR_REF_STD) / std) + np.asarray(COLOUR_REF_MEAN)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def _image_colour(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """RGB mean and std over (a fixed sample of) the spot tiles of image ``k``."""
+        spots = np.flatnonzero(self._image_of == k)
+        if len(spots) > COLOUR_NORM_SPOTS:
+            # Evenly spaced, not random: the same spots whichever process asks (data-loader workers, DDP).
+            spots = spots[np.linspace(0, len(spots) - 1, COLOUR_NORM_SPOTS).astype(int)]
+        px = np.concatenate([self._read(int(j)).reshape(-1, 3) for j in spots]).astype(np.float64)
+        # A floor on the std keeps a flat (e.g. blank) image from being blown up to noise.
+        return px.mean(0), np.maximum(px.std(0), 1.0)
+
+    def _read(self, i: int) -> np.ndarray:
         img = self._images[self._image_of[i]]
         half = self._half_px[i]
         # Coarsest level whose tile is still at least tile_px wide: saves reading and resampling.
@@ -168,6 +209,7 @@ def extract_tiles(
     table_key: str = TABLE_KEY,
     spots: list[str] | None = None,
     spot_diameter_um: float | None = None,
+    colour_norm: str | None = None,
 ) -> np.ndarray:
     """Cut tiles of ``tile_um`` µm around spots, resampled to ``tile_px`` pixels.
 
@@ -185,6 +227,9 @@ def extract_tiles(
         ``obs_names`` of the spots to cut; all spots when ``None``.
     spot_diameter_um
         Physical spot diameter when the table does not record it.
+    colour_norm
+        ``None`` or ``"section"``: see :class:`SpotTiles` (statistics over all of the image's spots, also
+        when ``spots`` picks a few).
 
     Returns
     -------
@@ -199,7 +244,12 @@ def extract_tiles(
 
     """
     tiles = SpotTiles(
-        sdata, tile_um=tile_um, tile_px=tile_px, table_key=table_key, spot_diameter_um=spot_diameter_um
+        sdata,
+        tile_um=tile_um,
+        tile_px=tile_px,
+        table_key=table_key,
+        spot_diameter_um=spot_diameter_um,
+        colour_norm=colour_norm,
     )
     if spots is None:
         return tiles.take()

@@ -47,6 +47,7 @@ def _register(
     n_top_genes: int,
     tile_um: float,
     tile_px: int,
+    colour_norm: str | None,
     tile_cache: str | None,
     vocab: dict[str, int],
     spot_diameter_um: float | None,
@@ -76,6 +77,7 @@ def _register(
     tile_kw = {
         "tile_um": tile_um,
         "tile_px": tile_px,
+        "colour_norm": colour_norm,
         "table_key": table_key,
         "spot_diameter_um": spot_diameter_um,
     }
@@ -225,6 +227,7 @@ def fit(
             n_top_genes=n_top_genes,
             tile_um=tile_um,
             tile_px=cfg.tile_px,
+            colour_norm=cfg.colour_norm,
             tile_cache=tile_cache,
             vocab=vocab,
             spot_diameter_um=spot_diameter_um,
