@@ -5,10 +5,11 @@ ST-Net-like regressor and the random-init ViT + PCA + ridge probe, each retraine
     python benchmarks/seed_spread.py 'mob:1→2' 0,1,2
     python benchmarks/seed_spread.py 'mob:1→2' 0,1 --set init_temperature=0.2 --no-baselines
 
-Prints one ``SEED fold seed {...}`` line of PCC-ALL per seed (the main benchmark trains with seed 0 only).
+Prints one ``SEED fold seed [settings] {...}`` line of PCC-ALL per seed.
 ``--set field=value`` (repeatable; value parsed as JSON, else kept as a string) changes the CoMTIP config of
 the preset for this run only, to measure one setting over seeds; ``--no-baselines`` skips the ST-Net-like and
-ridge rows.
+ridge rows; ``--epochs N`` and ``--tile-um UM`` override the preset's training length and tile size (every
+row).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--tile-um", type=float, default=None, help="override the fold's tile size (µm)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -56,7 +59,12 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     p = get_preset("cpu")
     p = dataclasses.replace(p, config=p.config.replace(**dict(_override(s) for s in args.set)))
+    if args.epochs is not None:
+        p = dataclasses.replace(p, epochs=args.epochs)
+    if args.tile_um is not None:
+        p = dataclasses.replace(p, tile_um=dict.fromkeys(p.tile_um, args.tile_um))
     seeds = [int(s) for s in args.seeds.split(",")]
+    settings = [*args.set, f"epochs={p.epochs}", f"tile_um={p.tile_um}"]
     for fold in load_folds(p, args.data_root):
         if f"{fold.dataset}:{fold.name}" != args.fold:
             continue
@@ -82,7 +90,7 @@ def main() -> None:
                     )
                     row[method] = round(_score(fold.test, fold.panel, None)["PCC-ALL"], 3)
                 if args.no_baselines:
-                    print("SEED", args.fold, seed, args.set, row, flush=True)
+                    print("SEED", args.fold, seed, settings, row, flush=True)
                     continue
                 pred = fit_stnet(ps, train, y, test, Path(tmp))
                 row["st_net_like"] = round(_score(fold.test, fold.panel, pred)["PCC-ALL"], 3)
@@ -90,7 +98,7 @@ def main() -> None:
                 row["random_vit_ridge"] = round(
                     _score(fold.test, fold.panel, ridge_on_features(train_x, y, test_x))["PCC-ALL"], 3
                 )
-                print("SEED", args.fold, seed, args.set, row, flush=True)
+                print("SEED", args.fold, seed, settings, row, flush=True)
 
 
 if __name__ == "__main__":
