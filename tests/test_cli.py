@@ -55,12 +55,17 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
             "40",
             "--seed",
             "0",
+            "--colour-norm",
+            "section",
             "--log-dir",
             str(tmp_path),
             "-q",
         ]
     )
     assert code == EXIT_OK and (model / "model.safetensors").is_file()
+    from comtip_sc.model import ComtipModel
+
+    assert ComtipModel.load(model).config.colour_norm == "section"
     out = tmp_path / "pred.h5ad"
     assert (
         main(["predict", "toy", "--model", str(model), "--out", str(out), "--method", "retrieval", "-q"])

@@ -104,6 +104,13 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mfm", action="store_true", help="Switch off Masked Feature Modeling.")
     p.add_argument("--no-paat", action="store_true", help="Switch off Pair-aware Adversarial Training.")
     p.add_argument(
+        "--colour-norm",
+        choices=["none", "section"],
+        default="none",
+        help="section: standardise each section's tile colour (scans of different brightness or stain), "
+        "in training and in every prediction with the model (default: %(default)s).",
+    )
+    p.add_argument(
         "--devices",
         default="auto",
         help="Devices per node: a number, a list like 0,1 or auto (default: %(default)s).",
@@ -254,7 +261,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it.")
     sdata = load_data(args.data)
     cfg = ComtipConfig.preset(
-        args.preset, mfm=not args.no_mfm, paat=not args.no_paat, backbone_kwargs=args.backbone_kwargs
+        args.preset,
+        mfm=not args.no_mfm,
+        paat=not args.no_paat,
+        backbone_kwargs=args.backbone_kwargs,
+        colour_norm=None if args.colour_norm == "none" else args.colour_norm,
     )
     model = cs.tl.fit(
         sdata,

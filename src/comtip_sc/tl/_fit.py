@@ -159,7 +159,9 @@ def fit(
     preset
         Starting configuration: ``"cpu"`` (ViT-Ti/16, 112 px) or ``"paper"`` (ViT-B/32, 224 px).
     config
-        A full :class:`~comtip_sc.model.ComtipConfig`; overrides ``preset``.
+        A full :class:`~comtip_sc.model.ComtipConfig`; overrides ``preset``. Its ``colour_norm="section"``
+        standardises each section's tile colour, in training and in every later prediction (for
+        sections scanned with different brightness or stain; see the data-layout docs).
     backbone, pretrained, checkpoint_path, tile_px
         Override the corresponding config fields (any timm ViT name; local weights only).
     tile_um
