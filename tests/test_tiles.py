@@ -270,3 +270,14 @@ def test_model_applies_its_colour_norm_after_save_and_load(toy, tiny_config, tmp
     a = cs.tl.comtip_embed(toy, model, copy=True).tables["table"].obsm["X_comtip"]
     b = cs.tl.comtip_embed(_rescanned(toy, 0.7, 20.0), model, copy=True).tables["table"].obsm["X_comtip"]
     assert (a * b).sum(1).min() > 0.99  # the darker scan embeds (almost) like the original
+
+
+def test_montage_shows_colour_standardised_tiles(toy):
+    fig = cs.pl.tiles(
+        toy, n=4, tile_um=100, tile_px=16, colour_norm="section", seed=3, show=False, return_fig=True
+    )
+    spots = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    shown = np.stack([im.get_array() for ax in fig.axes for im in ax.get_images()])
+    want = cs.pp.extract_tiles(toy, tile_um=100, tile_px=16, spots=spots, colour_norm="section")
+    np.testing.assert_array_equal(shown, want)
+    assert "colour standardised" in fig._suptitle.get_text()

@@ -23,6 +23,7 @@ def tiles(
     tile_px: int = DEFAULT_TILE_PX,
     table_key: str = TABLE_KEY,
     spot_diameter_um: float | None = None,
+    colour_norm: str | None = None,
     color: str | None = None,
     ncols: int = 8,
     seed: int = 0,
@@ -47,6 +48,9 @@ def tiles(
     spot_diameter_um
         Spot diameter in µm when the table does not record it (Visium: 55), as in
         :func:`~comtip_sc.pp.extract_tiles`.
+    colour_norm
+        ``"section"`` shows the tiles colour-standardised per section, as a model trained with
+        ``ComtipConfig(colour_norm="section")`` sees them (see :class:`~comtip_sc.pp.SpotTiles`).
     color
         Optional ``obs`` column appended to each title (e.g. a tissue annotation).
     ncols
@@ -81,6 +85,7 @@ def tiles(
         table_key=table_key,
         spots=spots,
         spot_diameter_um=spot_diameter_um,
+        colour_norm=colour_norm,
     )
     ncols = max(1, min(ncols, len(spots)))
     nrows = int(np.ceil(len(spots) / ncols))
@@ -91,5 +96,6 @@ def tiles(
         ax.imshow(img)
         title = spot if color is None else f"{spot}\n{table.obs.loc[spot, color]}"
         ax.set_title(title, fontsize=7)
-    fig.suptitle(f"{len(spots)} tiles, {tile_um:g} µm → {tile_px} px", fontsize=9)
+    colour = ", colour standardised per section" if colour_norm == "section" else ""
+    fig.suptitle(f"{len(spots)} tiles, {tile_um:g} µm → {tile_px} px{colour}", fontsize=9)
     return finish(fig, show=show, save=save, return_fig=return_fig)
