@@ -82,6 +82,11 @@ def test_train_step_tiny_table() -> None:
     assert "## Genes per sentence" in text and "| 64 |" in text
 
 
+def test_benchmark_rejects_bad_seeds(tmp_path: Path, capsys) -> None:
+    assert main(["benchmark", "--preset", "smoke", "--out", str(tmp_path), "--seeds", "0,x"]) != 0
+    assert "--seeds must be comma-separated integers, got '0,x'" in capsys.readouterr().err
+
+
 def test_summary_means_over_folds_and_seeds() -> None:
     from comtip_sc._benchmark_report import per_fold, summary
 

@@ -440,7 +440,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     seeds_arg = getattr(args, "seeds", None)
     if seeds_arg:
-        preset = dataclasses.replace(preset, seeds=tuple(int(x) for x in str(seeds_arg).split(",")))
+        try:
+            seeds = tuple(int(x) for x in str(seeds_arg).split(","))
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers, got {seeds_arg!r}.") from None
+        preset = dataclasses.replace(preset, seeds=seeds)
     jobs = max(1, int(getattr(args, "jobs", 1) or 1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
