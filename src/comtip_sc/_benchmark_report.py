@@ -53,6 +53,8 @@ NOTES = [
     "colour_norm `section` (MOB): every section's tiles standardised per RGB channel onto one reference "
     "colour, for every row. Individual 2 (MOB3) was scanned much brighter than individual 1; see "
     "docs/benchmarks.md for the runs with and without it on both datasets.",
+    "`PCC-ALL sd`: standard deviation over seeds of each seed's mean PCC-ALL (how far one retraining moves "
+    "a row); `PCC-ALL by seed`: each seed's value on that fold.",
     "fit_s: training time of the model a row uses (shared by its retrieval / zero-shot / head rows); "
     "predict_s: embedding the test tiles + predicting.",
 ]
