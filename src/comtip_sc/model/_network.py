@@ -184,12 +184,25 @@ class ComtipNetwork(nn.Module):
         ``[N, Q]``: ``Σ_m softmax_m(s · img·t_{qm}) · c_{qm}`` with the learned inverse temperature ``s``.
 
         """
+        txt = self.query_embeddings(genes, candidates, encoder)
+        probs = torch.softmax(
+            self.logit_scale() * torch.einsum("nd,qmd->nqm", img, txt.to(img.dtype)), dim=-1
+        )
+        return (probs * candidates.to(probs.dtype)).sum(-1)
+
+    def query_embeddings(
+        self, genes: torch.Tensor, candidates: torch.Tensor, encoder: GeneTextEncoder | None = None
+    ) -> torch.Tensor:
+        """L2-normalised embeddings ``[Q, M, embed_dim]`` of the :meth:`query_sentences` of ``genes``.
+
+        The one place query sentences are encoded, for the value-query term in training and for
+        :meth:`read_values` in prediction: centred on the running mean of training sentences in both (a set
+        of query sentences is not a sample of spots), without names-only token selection (one token each).
+        """
         encoder = self.gene_encoder if encoder is None else encoder
         idx, val, mask = self.query_sentences(genes, candidates)
-        sent = encoder(idx, val.to(img.dtype), mask)["sentence"]
-        txt = F.normalize(self.gene_head(sent), dim=-1).view(*candidates.shape, -1)
-        probs = torch.softmax(self.logit_scale() * torch.einsum("nd,qmd->nqm", img, txt), dim=-1)
-        return (probs * candidates.to(probs.dtype)).sum(-1)
+        sent = encoder(idx, val, mask, select=False, running_center=True)["sentence"]
+        return F.normalize(self.gene_head(sent), dim=-1).view(*candidates.shape, -1)
 
     @property
     def image_mean(self) -> tuple[float, ...]:
@@ -274,11 +287,8 @@ class ComtipNetwork(nn.Module):
         if query is not None:
             cands = query["candidates"]
             # One-token sentences: a pass of their own (stacked with the full sentences they would be padded
-            # to the panel's width), centred like prediction centres them, on the running mean.
-            q_enc = self.gene_encoder(
-                *self.query_sentences(query["genes"], cands), select=False, running_center=True
-            )
-            q_txt = F.normalize(self.gene_head(q_enc["sentence"]), dim=-1).view(*cands.shape, -1)
+            # to the panel's width).
+            q_txt = self.query_embeddings(query["genes"], cands)
             # The temperature is InfoNCE's; this term trains the embeddings to use it, not the other way.
             out["value_query"] = value_query_loss(
                 img, q_txt, cands, query["true"], query["valid"], scale.detach()
