@@ -106,8 +106,8 @@ class ComtipConfig:
         Dropout in the projection heads.
     value_query
         Train the zero-shot read-out with the value-query term (see :func:`~comtip_sc.model.value_query_loss`
-        and ``docs/model.md``): sentences of the panel at its training means with one gene set to candidate
-        values, scored by the image. Needs ``use_values``. Our addition to the paper's losses; ablated in the
+        and ``docs/model.md``): one-pair sentences ``(gene, candidate value)`` for each panel gene, scored by
+        the image. Needs ``use_values``. Our addition to the paper's losses; ablated in the
         benchmark.
     lambda_value_query
         Weight of the value-query term.

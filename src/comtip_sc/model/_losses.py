@@ -266,8 +266,8 @@ def value_query_loss(
 ) -> torch.Tensor:
     """Train the zero-shot read-out: each image picks the candidate value of a gene nearest its true value.
 
-    For query gene ``q`` the sentences ``t_{q1..qM}`` are the panel's context with ``q`` set to the
-    candidate values ``c_{q1..qM}``. Image ``i`` scores them, ``p_{iqm} = softmax_m(s · i·t_{qm})``, and is
+    For query gene ``q`` the sentences ``t_{q1..qM}`` each hold the single pair ``(q, c_{qm})``, one per
+    candidate value ``c_{q1..qM}``. Image ``i`` scores them, ``p_{iqm} = softmax_m(s · i·t_{qm})``, and is
     trained towards a Gaussian soft target centred on its true value ``x_{iq}`` (bandwidth = the grid
     step), i.e. cross-entropy ``−Σ_m y_{iqm} log p_{iqm}``. This is exactly the quantity zero-shot
     prediction reads (``Σ_m p_{iqm} c_{qm}``), so the contrastive space learns to answer it.
