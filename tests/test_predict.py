@@ -124,6 +124,45 @@ def test_zero_shot_outside_panel_goes_to_extra(tiny_model, unseen_embedded):
         tiny_model.network.gene_encoder.gene_index([OUTSIDE[0]])
 
 
+def test_fit_calibrates_the_zero_shot_temperature_on_training_spots(tiny_model):
+    from comtip_sc.tl._evaluate import pearson_per_gene
+    from comtip_sc.tl._zero_shot import READOUT_FACTORS, zero_shot_values
+
+    cal = tiny_model.history["zero_shot_calibration"]
+    learned = 1.0 / float(tiny_model.network.logit_scale())
+    assert cal["factors"] == list(READOUT_FACTORS) and len(cal["train_pcc_all"]) == len(READOUT_FACTORS)
+    assert cal["learned_temperature"] == pytest.approx(learned)
+    # The chosen temperature is the grid's best by training-spot PCC-ALL ...
+    best = int(np.argmax(cal["train_pcc_all"]))
+    assert cal["chosen_factor"] == READOUT_FACTORS[best]
+    assert tiny_model.zero_shot_temperature == pytest.approx(READOUT_FACTORS[best] * learned)
+    # ... and that score is the PCC-ALL of zero-shot predictions on the bank's spots, recomputed here.
+    bank = tiny_model.reference
+    (pred,) = zero_shot_values(
+        bank.image_embeddings, tiny_model, bank.genes, [tiny_model.zero_shot_temperature]
+    )
+    again = float(pearson_per_gene(bank.expression, pred).mean())
+    assert again == pytest.approx(cal["train_pcc_all"][best], abs=1e-5)
+
+
+def test_zero_shot_temperature_default_and_override(tiny_model, unseen_embedded):
+    kw = {"method": "zero_shot", "genes": ["KRT19", "EPCAM"], "use_rep": EMBED_KEY, "copy": True}
+    cols = unseen_embedded.tables["table"].var_names.get_indexer(kw["genes"])
+    default = cs.tl.comtip_predict(unseen_embedded, tiny_model, **kw).tables["table"]
+    chosen = tiny_model.zero_shot_temperature
+    assert default.uns["comtip"]["predict"]["temperature"] == pytest.approx(chosen)
+    same = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=chosen, **kw).tables["table"]
+    np.testing.assert_allclose(same.layers[PRED_LAYER][:, cols], default.layers[PRED_LAYER][:, cols])
+    # A very cold read-out snaps every spot to one candidate value; a very warm one flattens towards the
+    # middle of the candidate range: the two differ, and the warm one varies less between spots.
+    cold = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=1e-4, **kw).tables["table"]
+    warm = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=100.0, **kw).tables["table"]
+    assert not np.allclose(cold.layers[PRED_LAYER][:, cols], warm.layers[PRED_LAYER][:, cols])
+    assert warm.layers[PRED_LAYER][:, cols].std(0).max() < cold.layers[PRED_LAYER][:, cols].std(0).max()
+    with pytest.raises(ValueError, match="temperature"):
+        cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=0.0, **kw)
+
+
 def test_retrieval_and_head_with_given_reference(tiny_model, unseen_embedded):
     reference = cs.datasets.toy_tissue(n_rows=6, n_cols=6, n_genes=30, seed=9, sample_id="ref")
     for method in ("retrieval", "head"):
@@ -269,6 +308,7 @@ def test_save_load_gives_identical_embeddings(tiny_model, saved, unseen_embedded
     assert (loaded.tile_um, loaded.tile_px) == (tiny_model.tile_um, tiny_model.tile_px)
     np.testing.assert_array_equal(loaded.reference.embeddings, tiny_model.reference.embeddings)
     np.testing.assert_array_equal(loaded.reference.expression, tiny_model.reference.expression)
+    assert loaded.zero_shot_temperature == tiny_model.zero_shot_temperature is not None
     out = cs.tl.comtip_embed(unseen_embedded, loaded, copy=True)
     np.testing.assert_array_equal(
         out.tables["table"].obsm[EMBED_KEY], unseen_embedded.tables["table"].obsm[EMBED_KEY]

@@ -467,7 +467,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         "threads": preset.threads if not torch.cuda.is_available() else None,
         "jobs": jobs,
     }
-    tasks = [(key, seed) for seed in preset.seeds for key in fold_keys(preset)]
+    # Fold-major: every seed of the largest fold is handed out first (see fold_keys).
+    tasks = [(key, seed) for key in fold_keys(preset) for seed in preset.seeds]
     start = time.perf_counter()
     level = logging.getLogger("comtip_sc").getEffectiveLevel()
     verbose = bool(getattr(args, "verbose", False))

@@ -97,6 +97,9 @@ class ComtipModel:
         Per-gene statistics of the training expression (``{"mean": {gene: x}, "max": {gene: x}}``) that
         zero-shot prediction uses for its context sentence and candidate values. Statistics of the
         panel, not of individual spots: no reference bank is needed.
+    zero_shot_temperature
+        Softmax temperature of zero-shot prediction, chosen on the training spots at the end of
+        :func:`~comtip_sc.tl.fit`; ``None``: the learned temperature.
 
     Examples
     --------
@@ -118,6 +121,7 @@ class ComtipModel:
         reference: ReferenceBank | None = None,
         history: dict[str, Any] | None = None,
         gene_stats: dict[str, dict[str, float]] | None = None,
+        zero_shot_temperature: float | None = None,
     ) -> None:
         self.network = network
         self.panel = list(panel)
@@ -127,6 +131,7 @@ class ComtipModel:
         self.reference = reference
         self.history = history or {}
         self.gene_stats = gene_stats or {"mean": {}, "max": {}}
+        self.zero_shot_temperature = None if zero_shot_temperature is None else float(zero_shot_temperature)
         if gene_stats:
             # The network's copy (value range of the zero-shot read-out) is not in the weights file.
             vmax = gene_stats.get("max", {})
@@ -205,6 +210,7 @@ class ComtipModel:
                 "normalization": self.normalization,
                 "history": self.history,
                 "gene_stats": self.gene_stats,
+                "zero_shot_temperature": self.zero_shot_temperature,
                 "reference": None,
             }
             if self.reference is not None:
@@ -278,6 +284,7 @@ class ComtipModel:
             reference=reference,
             history=meta.get("history", {}),
             gene_stats=meta.get("gene_stats"),
+            zero_shot_temperature=meta.get("zero_shot_temperature"),
         )
 
 

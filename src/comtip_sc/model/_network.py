@@ -165,6 +165,7 @@ class ComtipNetwork(nn.Module):
         genes: torch.Tensor,
         candidates: torch.Tensor,
         encoder: GeneTextEncoder | None = None,
+        logit_scale: float | None = None,
     ) -> torch.Tensor:
         """Zero-shot read-out: expected value of each gene under the softmax over its candidate sentences.
 
@@ -178,16 +179,18 @@ class ComtipNetwork(nn.Module):
             Candidate values ``[Q, M]`` (see :func:`~comtip_sc.model.candidate_values`).
         encoder
             Gene-Text Encoder to use instead of the network's own (e.g. a copy with genes added).
+        logit_scale
+            Inverse temperature of the softmax (default: the learned one; see
+            :func:`comtip_sc.tl.comtip_predict`'s ``temperature``).
 
         Returns
         -------
-        ``[N, Q]``: ``Σ_m softmax_m(s · img·t_{qm}) · c_{qm}`` with the learned inverse temperature ``s``.
+        ``[N, Q]``: ``Σ_m softmax_m(s · img·t_{qm}) · c_{qm}`` with inverse temperature ``s``.
 
         """
         txt = self.query_embeddings(genes, candidates, encoder)
-        probs = torch.softmax(
-            self.logit_scale() * torch.einsum("nd,qmd->nqm", img, txt.to(img.dtype)), dim=-1
-        )
+        scale = self.logit_scale() if logit_scale is None else logit_scale
+        probs = torch.softmax(scale * torch.einsum("nd,qmd->nqm", img, txt.to(img.dtype)), dim=-1)
         return (probs * candidates.to(probs.dtype)).sum(-1)
 
     def query_embeddings(

@@ -22,6 +22,7 @@ from ..pp._tile_cache import cache_tiles
 from ..pp._tiles import SpotTiles
 from ._datamodule import SpotDataModule, SpotSentences, normalized_values, subset
 from ._inference import encode_images, encode_sentences
+from ._zero_shot import calibrate_zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +359,7 @@ def fit(
         history=history,
         gene_stats=gene_stats,
     )
+    calibrate_zero_shot(model)
     log.info("Trained %r.", model)
     return model
 

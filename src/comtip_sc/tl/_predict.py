@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import copy as _copy
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from spatialdata import SpatialData
 
 from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, TABLE_KEY
 from .._sections import get_table
 from ..model._comtip_model import ComtipModel, ReferenceBank
-from ..model._losses import candidate_values
 from ._datamodule import SpotDataModule, SpotSentences, normalized_values
 from ._embed import image_embeddings
 from ._inference import encode_images, encode_sentences
 from ._utils import record, resolve_device, target
-
-#: Candidate values per gene in zero-shot prediction (log1p scale, from 0 to the gene's training max).
-N_CANDIDATES = 24
+from ._zero_shot import readout_temperature, zero_shot_values
 
 
 def reference_from(
@@ -86,41 +81,6 @@ def _head(img: np.ndarray, bank: ReferenceBank) -> np.ndarray:
     return pred
 
 
-@torch.no_grad()
-def _zero_shot(img: np.ndarray, model: ComtipModel, genes: list[str], chunk: int = 64) -> np.ndarray:
-    """Expected value of each gene under the softmax over its candidate-value sentences.
-
-    For gene ``g`` the candidates ``v_1..v_M`` run from 0 to the gene's largest training value (the largest
-    over the panel for a gene outside it); sentence ``m`` holds the single pair ``(g, v_m)``
-    (the sentences the value-query term trains on). The image embedding scores the ``M`` sentences with the
-    learned temperature; the prediction is ``Σ_m softmax_m · v_m``
-    (:meth:`~comtip_sc.model.ComtipNetwork.read_values`). No reference spot is used: only the gene's name
-    and the panel's value range.
-    """
-    net = model.network
-    encoder = net.gene_encoder
-    known = set(net.gene_names)
-    new = [g for g in genes if g not in known]
-    if new:
-        # A private copy: adding genes must not change the user's model.
-        encoder = _copy.deepcopy(encoder)
-        encoder.add_genes(new)
-    device = next(net.parameters()).device
-    maxes = {g: v for g, v in model.gene_stats.get("max", {}).items() if np.isfinite(v) and v > 0}
-    global_max = max(maxes.values(), default=8.0)
-    vmax = torch.tensor([maxes.get(g, global_max) for g in genes], dtype=torch.float32)
-    cands = candidate_values(vmax, N_CANDIDATES)  # [Q, M]
-    gene_idx = encoder.gene_index(genes).to(device)
-    img_t = torch.from_numpy(img).to(device)
-    pred = np.zeros((len(img), len(genes)), np.float32)
-    for lo in range(0, len(genes), chunk):
-        sl = slice(lo, lo + chunk)
-        pred[:, sl] = (
-            net.read_values(img_t, gene_idx[sl], cands[sl].to(device), encoder=encoder).cpu().numpy()
-        )
-    return pred
-
-
 def comtip_predict(
     sdata: SpatialData,
     model: ComtipModel,
@@ -128,6 +88,7 @@ def comtip_predict(
     method: Literal["retrieval", "zero_shot", "head"] = "retrieval",
     genes: Sequence[str] | None = None,
     k: int = 50,
+    temperature: float | None = None,
     reference: SpatialData | None = None,
     reference_table_key: str = TABLE_KEY,
     table_key: str = TABLE_KEY,
@@ -156,6 +117,11 @@ def comtip_predict(
         Genes to predict. Default: the model's panel (``"retrieval"``/``"head"``: the reference's genes).
     k
         Neighbours for ``"retrieval"``.
+    temperature
+        Softmax temperature of ``"zero_shot"``. Default: the one :func:`~comtip_sc.tl.fit` chose on the
+        training spots (``model.zero_shot_temperature``; see ``model.history["zero_shot_calibration"]``), or
+        the learned temperature for a model without one. Lower reads the nearest candidate value, higher a
+        smoother average.
     reference
         A reference SpatialData to retrieve from / fit the head on, instead of the bank stored in the model.
     reference_table_key
@@ -193,6 +159,8 @@ def comtip_predict(
             "method='zero_shot' needs a model trained with use_values=True; this names-only model cannot "
             "tell one candidate value from another. Use method='retrieval' or 'head'."
         )
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature!r}.")
     out, table = target(sdata, table_key, copy)
     device = resolve_device(accelerator)
     if use_rep is not None:
@@ -212,7 +180,8 @@ def comtip_predict(
         )
     if method == "zero_shot":
         names = list(genes) if genes is not None else list(model.panel)
-        pred = _zero_shot(img, model, names)
+        temp = readout_temperature(model) if temperature is None else float(temperature)
+        (pred,) = zero_shot_values(img, model, names, [temp])
     else:
         bank = (
             reference_from(
@@ -260,6 +229,7 @@ def comtip_predict(
             "extra_genes": extra,
             "extra_key": extra_key if extra else None,
             "k": k if method == "retrieval" else None,
+            "temperature": temp if method == "zero_shot" else None,
             "reference": "given" if reference is not None else "model bank",
         },
     )
