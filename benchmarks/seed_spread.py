@@ -14,15 +14,12 @@ row).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 
-import torch
+from _one_fold import fold_parser, quiet_one_thread
 
 import comtip_sc as cs
 from comtip_sc._benchmark import _score, fit_comtip, fit_stnet, get_preset
@@ -42,21 +39,13 @@ def _override(text: str) -> tuple[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("fold", help="dataset:fold, e.g. 'her2st:A→C' or 'mob:1→2'")
-    parser.add_argument("seeds", help="comma-separated seeds, e.g. 0,1,2")
-    parser.add_argument("--data-root", default="../shared/data")
+    parser = fold_parser(__doc__)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--tile-um", type=float, default=None, help="override the fold's tile size (µm)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "comtip_sc"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_one_thread()
     p = get_preset("cpu")
     p = dataclasses.replace(p, config=p.config.replace(**dict(_override(s) for s in args.set)))
     if args.epochs is not None:

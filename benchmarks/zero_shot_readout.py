@@ -1,0 +1,72 @@
+"""Zero-shot read-out temperature on one fold of the ``cpu`` benchmark preset: training spots vs held-out patient.
+
+``cs.tl.fit`` picks the softmax temperature of zero-shot prediction from ``READOUT_FACTORS`` × the learned
+one, by PCC-ALL on the training spots. This script trains the full CoMTIP row once per seed and prints, for
+every factor, that training-spot score next to the PCC-ALL the same read-out reaches on the held-out
+patient, so one can see whether the choice made on training data is the one the test data would have made.
+
+    python benchmarks/zero_shot_readout.py 'her2st:A→C' 0        # ~4 min per seed on one CPU core
+    python benchmarks/zero_shot_readout.py 'mob:2→1' 0,1
+
+Prints one ``READOUT fold seed {...}`` line per seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+from _one_fold import fold_parser, quiet_one_thread
+
+import comtip_sc as cs
+from comtip_sc._benchmark import _score, fit_comtip, get_preset
+from comtip_sc._benchmark_data import load_folds
+from comtip_sc.model import FLAG_PRESETS
+from comtip_sc.pp import cache_tiles
+from comtip_sc.tl._datamodule import normalized_values
+from comtip_sc.tl._evaluate import pearson_per_gene
+from comtip_sc.tl._zero_shot import READOUT_FACTORS, zero_shot_values
+
+
+def main() -> None:
+    parser = fold_parser(__doc__)
+    args = parser.parse_args()
+    quiet_one_thread()
+    preset = get_preset("cpu")
+    for fold in load_folds(preset, args.data_root):
+        if f"{fold.dataset}:{fold.name}" != args.fold:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            kw = {"tile_um": fold.tile_um, "tile_px": preset.config.tile_px, "colour_norm": fold.colour_norm}
+            cache_tiles(fold.train, Path(tmp) / "train" / "dataset0.zarr", **kw)
+            test_y = normalized_values(fold.test.tables["table"], fold.panel)
+            for seed in (int(s) for s in args.seeds.split(",")):
+                ps = dataclasses.replace(preset, seed=seed)
+                model = fit_comtip(fold, ps, FLAG_PRESETS["comtip"], fold.panel, Path(tmp), Path(tmp))
+                cal = model.history["zero_shot_calibration"]
+                cs.tl.comtip_embed(fold.test, model, key_added="X_readout")
+                img = fold.test.tables["table"].obsm["X_readout"]
+                temps = [f * cal["learned_temperature"] for f in READOUT_FACTORS]
+                test = [
+                    round(float(pearson_per_gene(test_y, p).mean()), 4)
+                    for p in zero_shot_values(img, model, fold.panel, temps)
+                ]
+                cs.tl.comtip_predict(
+                    fold.test, model, method="retrieval", use_rep="X_readout", layer_added="bench_pred"
+                )
+                row = {
+                    "learned_T": round(cal["learned_temperature"], 4),
+                    "factors": list(READOUT_FACTORS),
+                    "train_pcc_all": [round(s, 4) for s in cal["train_pcc_all"]],
+                    "test_pcc_all": test,
+                    "chosen_factor": cal["chosen_factor"],
+                    "test_best_factor": READOUT_FACTORS[max(range(len(test)), key=test.__getitem__)],
+                    "test_retrieval": round(_score(fold.test, fold.panel, None)["PCC-ALL"], 4),
+                }
+                print("READOUT", args.fold, seed, json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
