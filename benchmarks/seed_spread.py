@@ -9,7 +9,7 @@ Prints one ``SEED fold seed [settings] {...}`` line of PCC-ALL per seed.
 ``--set field=value`` (repeatable; value parsed as JSON, else kept as a string) changes the CoMTIP config of
 the preset for this run only, to measure one setting over seeds; ``--no-baselines`` skips the ST-Net-like and
 ridge rows; ``--epochs N`` and ``--tile-um UM`` override the preset's training length and tile size (every
-row).
+row); ``--train-sections N`` trains every row on the first N training sections only (same panel).
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from _one_fold import fold_parser, quiet_one_thread
 
 import comtip_sc as cs
 from comtip_sc._benchmark import _score, fit_comtip, fit_stnet, get_preset
 from comtip_sc._benchmark_baselines import frozen_features, ridge_on_features
 from comtip_sc._benchmark_data import load_folds
+from comtip_sc._constants import SAMPLE_KEY
 from comtip_sc.model import FLAG_PRESETS
-from comtip_sc.pp import cache_tiles
+from comtip_sc.pp import cache_tiles, subset_sections
 from comtip_sc.tl._datamodule import normalized_values
 
 
@@ -44,6 +46,12 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--tile-um", type=float, default=None, help="override the fold's tile size (µm)")
+    parser.add_argument(
+        "--train-sections",
+        type=int,
+        default=None,
+        help="train on the first N training sections only (sorted by name); the panel stays the fold's",
+    )
     args = parser.parse_args()
     quiet_one_thread()
     p = get_preset("cpu")
@@ -57,6 +65,11 @@ def main() -> None:
     for fold in load_folds(p, args.data_root):
         if f"{fold.dataset}:{fold.name}" != args.fold:
             continue
+        if args.train_sections is not None:
+            samples = fold.train.tables["table"].obs[SAMPLE_KEY].astype(str).to_numpy()
+            names = sorted(set(samples))[: args.train_sections]
+            fold = dataclasses.replace(fold, train=subset_sections(fold.train, np.isin(samples, names)))
+            settings.append(f"train_sections={names} ({int(np.isin(samples, names).sum())} spots)")
         with tempfile.TemporaryDirectory() as tmp:
             kw = {"tile_um": fold.tile_um, "tile_px": p.config.tile_px, "colour_norm": fold.colour_norm}
             train = cache_tiles(fold.train, Path(tmp) / "train" / "dataset0.zarr", **kw)

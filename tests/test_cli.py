@@ -75,6 +75,10 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
     pred = table.layers["comtip_pred"]
     assert np.isfinite(pred[:, ~np.isnan(pred).all(axis=0)]).all()
     assert (~np.isnan(pred).all(axis=0)).sum() == 40
+    zs = tmp_path / "zs.h5ad"
+    cmd = ["predict", "toy", "--model", str(model), "--out", str(zs), "--method", "zero_shot"]
+    assert main([*cmd, "--temperature", "0.5", "-q"]) == EXIT_OK
+    assert ad.read_h5ad(zs).uns["comtip"]["predict"]["temperature"] == 0.5
     emb = tmp_path / "emb.h5ad"
     assert main(["embed", "toy", "--model", str(model), "--out", str(emb), "-q"]) == EXIT_OK
     np.testing.assert_allclose(np.linalg.norm(ad.read_h5ad(emb).obsm["X_comtip"], axis=1), 1.0, rtol=1e-5)

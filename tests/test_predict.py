@@ -129,7 +129,7 @@ def test_fit_calibrates_the_zero_shot_temperature_on_training_spots(tiny_model):
     from comtip_sc.tl._zero_shot import READOUT_FACTORS, zero_shot_values
 
     cal = tiny_model.history["zero_shot_calibration"]
-    learned = 1.0 / float(tiny_model.network.logit_scale())
+    learned = 1.0 / float(tiny_model.network.logit_scale().detach())
     assert cal["factors"] == list(READOUT_FACTORS) and len(cal["train_pcc_all"]) == len(READOUT_FACTORS)
     assert cal["learned_temperature"] == pytest.approx(learned)
     # The chosen temperature is the grid's best by training-spot PCC-ALL ...

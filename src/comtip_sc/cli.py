@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "--k", type=int, default=50, help="Neighbours for retrieval (default: %(default)s)."
             )
             p.add_argument(
+                "--temperature",
+                type=float,
+                default=None,
+                help="Softmax temperature of zero_shot (default: the one fit chose on the training spots).",
+            )
+            p.add_argument(
                 "--layer-added", default="comtip_pred", help="Layer of predictions (default: %(default)s)."
             )
         _add_common(p)
@@ -323,6 +329,7 @@ def _cmd_embed_predict(args: argparse.Namespace) -> int:
             method=args.method,
             genes=_genes_arg(args.genes),
             k=args.k,
+            temperature=args.temperature,
             table_key=args.table_key,
             layer_added=args.layer_added,
             batch_size=args.batch_size,
