@@ -5,8 +5,9 @@ that temperature is fitted for classification (pick the right spot, the right va
 prediction is scored on: how well the read values *rank* spots for each gene (Pearson). A cooler softmax
 snaps to the nearest candidate; a warmer one reads a smoother, more linear function of the similarities.
 :func:`calibrate_zero_shot` picks the read-out temperature once, at the end of training, from a small grid
-of multiples of the learned one, by PCC-ALL of zero-shot predictions on the *training* spots (the
-reference bank's image embeddings and expression): no held-out data is looked at.
+of multiples of the learned one, by PCC-ALL of zero-shot predictions on the spots given to ``fit`` (the
+reference bank's image embeddings and expression; validation sections, if any, are among them): no
+held-out data is looked at.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def zero_shot_values(
     genes: Sequence[str],
     temperatures: Sequence[float],
     chunk: int = 64,
+    n_candidates: int = N_CANDIDATES,
 ) -> list[np.ndarray]:
     """Zero-shot predictions ``(n_spots, n_genes)`` of ``genes``, one array per read-out temperature.
 
@@ -65,7 +67,7 @@ def zero_shot_values(
     (the sentences the value-query term trains on). The image embedding scores the ``M`` sentences; the
     prediction is ``Σ_m softmax_m(score / T) · v_m``
     (:meth:`~comtip_sc.model.ComtipNetwork.read_values`). No reference spot is used: only the gene's name
-    and the panel's value range.
+    and the panel's value range. ``n_candidates`` is ``M``.
     """
     net = model.network
     encoder = net.gene_encoder
@@ -79,7 +81,7 @@ def zero_shot_values(
     maxes = {g: v for g, v in model.gene_stats.get("max", {}).items() if np.isfinite(v) and v > 0}
     global_max = max(maxes.values(), default=8.0)
     vmax = torch.tensor([maxes.get(g, global_max) for g in genes], dtype=torch.float32)
-    cands = candidate_values(vmax, N_CANDIDATES)  # [Q, M]
+    cands = candidate_values(vmax, n_candidates)  # [Q, M]
     gene_idx = encoder.gene_index(list(genes)).to(device)
     img_t = torch.from_numpy(np.ascontiguousarray(img, np.float32)).to(device)
     preds = [np.zeros((len(img), len(genes)), np.float32) for _ in temperatures]
