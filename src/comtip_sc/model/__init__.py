@@ -10,6 +10,7 @@ from ._lightning import ComtipLightningModule
 from ._losses import (
     LogitScale,
     candidate_values,
+    expected_value,
     info_nce,
     mfm_loss,
     paat_losses,
@@ -42,6 +43,7 @@ __all__ = [
     "corrupt_pairs",
     "create_backbone",
     "embed_gene_names",
+    "expected_value",
     "info_nce",
     "mfm_loss",
     "minilm_available",

@@ -258,6 +258,25 @@ def candidate_values(vmax: torch.Tensor, n: int) -> torch.Tensor:
     return vmax[:, None].clamp(min=1e-6) * steps
 
 
+def expected_value(
+    scores: torch.Tensor, candidates: torch.Tensor, logit_scale: torch.Tensor | float
+) -> torch.Tensor:
+    """The zero-shot read-out: ``Σ_m softmax_m(s · score_{nqm}) · c_{qm}``, shape ``[N, Q]``.
+
+    ``scores`` are cosine similarities ``[N, Q, M]`` of images to the candidate-value sentences of each
+    query gene, ``candidates`` their values ``[Q, M]``, ``logit_scale`` the inverse temperature ``s``.
+
+    Examples
+    --------
+    >>> c = torch.tensor([[0.0, 1.0, 2.0]])
+    >>> expected_value(torch.tensor([[[0.0, 0.0, 1.0]]]), c, 100.0).round(decimals=3)
+    tensor([[2.]])
+
+    """
+    probs = torch.softmax(logit_scale * scores, dim=-1)
+    return (probs * candidates.to(probs.dtype)).sum(-1)
+
+
 def value_query_loss(
     img: torch.Tensor,
     query_txt: torch.Tensor,

@@ -12,7 +12,15 @@ from torch import nn
 from ._config import ComtipConfig
 from ._gene_names import resolve_text_encoder
 from ._gene_text import GeneTextEncoder
-from ._losses import LogitScale, candidate_values, info_nce, mfm_loss, paat_losses, value_query_loss
+from ._losses import (
+    LogitScale,
+    candidate_values,
+    expected_value,
+    info_nce,
+    mfm_loss,
+    paat_losses,
+    value_query_loss,
+)
 from ._paat import PairDiscriminator, corrupt_pairs
 from ._vision import MaskFeatureGenerator, VisionBranch, create_backbone
 
@@ -188,10 +196,23 @@ class ComtipNetwork(nn.Module):
         ``[N, Q]``: ``Σ_m softmax_m(s · img·t_{qm}) · c_{qm}`` with inverse temperature ``s``.
 
         """
+        scores = self.query_scores(img, genes, candidates, encoder)
+        return expected_value(scores, candidates, self.logit_scale() if logit_scale is None else logit_scale)
+
+    def query_scores(
+        self,
+        img: torch.Tensor,
+        genes: torch.Tensor,
+        candidates: torch.Tensor,
+        encoder: GeneTextEncoder | None = None,
+    ) -> torch.Tensor:
+        """Cosine similarities ``[N, Q, M]`` of images ``[N, embed_dim]`` to the :meth:`query_embeddings`.
+
+        :meth:`read_values` turns them into values at one temperature; scoring once and reading at several
+        (:func:`~comtip_sc.model.expected_value`) encodes the query sentences once.
+        """
         txt = self.query_embeddings(genes, candidates, encoder)
-        scale = self.logit_scale() if logit_scale is None else logit_scale
-        probs = torch.softmax(scale * torch.einsum("nd,qmd->nqm", img, txt.to(img.dtype)), dim=-1)
-        return (probs * candidates.to(probs.dtype)).sum(-1)
+        return torch.einsum("nd,qmd->nqm", img, txt.to(img.dtype))
 
     def query_embeddings(
         self, genes: torch.Tensor, candidates: torch.Tensor, encoder: GeneTextEncoder | None = None

@@ -30,6 +30,10 @@ from .._sections import get_table, resolve_sections
 
 logger = logging.getLogger(__name__)
 
+# The reference colour as arrays once, not per tile read.
+_REF_MEAN = np.asarray(COLOUR_REF_MEAN)
+_REF_STD = np.asarray(COLOUR_REF_STD)
+
 #: Value of pixels outside the image (slides are white where there is no tissue).
 PAD_VALUE = 255
 
@@ -104,7 +108,8 @@ class SpotTiles:
         if colour_norm not in COLOUR_NORMS:
             raise ValueError(f"colour_norm must be one of {COLOUR_NORMS}, got {colour_norm!r}.")
         self.colour_norm = colour_norm
-        #: Per image: (mean, std) of its spot tiles' RGB, filled on first use when colour_norm="section".
+        #: Per image: its spot tiles' RGB mean and the reference-std / std scale, filled on first use
+        #: when colour_norm="section".
         self._colour_stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         table = get_table(sdata, table_key)
         sections = resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
@@ -147,10 +152,10 @@ class SpotTiles:
             return tile
         k = int(self._image_of[i])
         if k not in self._colour_stats:
-            self._colour_stats[k] = self._image_colour(k)
-        mean, std = self._colour_stats[k]
-        out = (tile - mean) * (np.asarray(COLOUR_REF_STD) / std) + np.asarray(COLOUR_REF_MEAN)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            mean, std = self._image_colour(k)
+            self._colour_stats[k] = (mean, _REF_STD / std)
+        mean, scale = self._colour_stats[k]
+        return np.clip(np.rint((tile - mean) * scale + _REF_MEAN), 0, 255).astype(np.uint8)
 
     def _image_colour(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """RGB mean and std over (a fixed sample of) the spot tiles of image ``k``."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..model._comtip_model import ComtipModel
-from ..model._losses import candidate_values
+from ..model._losses import candidate_values, expected_value
 from ._evaluate import pearson_per_gene
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def zero_shot_values(
     over the panel for a gene outside it); sentence ``m`` holds the single pair ``(g, v_m)``
     (the sentences the value-query term trains on). The image embedding scores the ``M`` sentences; the
     prediction is ``Σ_m softmax_m(score / T) · v_m``
-    (:meth:`~comtip_sc.model.ComtipNetwork.read_values`). No reference spot is used: only the gene's name
+    (:meth:`~comtip_sc.model.ComtipNetwork.read_values`, read here at each temperature from one scoring). No reference spot is used: only the gene's name
     and the panel's value range. ``n_candidates`` is ``M``.
     """
     net = model.network
@@ -87,9 +87,11 @@ def zero_shot_values(
     preds = [np.zeros((len(img), len(genes)), np.float32) for _ in temperatures]
     for lo in range(0, len(genes), chunk):
         sl = slice(lo, lo + chunk)
+        chunk_cands = cands[sl].to(device)
+        # Sentences encoded and scored once; each temperature only re-reads the softmax.
+        scores = net.query_scores(img_t, gene_idx[sl], chunk_cands, encoder)
         for out, t in zip(preds, temperatures, strict=True):
-            read = net.read_values(img_t, gene_idx[sl], cands[sl].to(device), encoder, logit_scale=1.0 / t)
-            out[:, sl] = read.cpu().numpy()
+            out[:, sl] = expected_value(scores, chunk_cands, 1.0 / t).cpu().numpy()
     return preds
 
 
