@@ -115,3 +115,20 @@ def test_summary_means_over_folds_and_seeds() -> None:
     folds = per_fold(df).set_index("fold")
     assert folds.loc["b", "PCC-ALL by seed"] == "0.300 / 0.600"
     assert folds.loc["b", "PCC-ALL"] == pytest.approx(0.45)
+
+
+def test_benchmark_datasets_subset_and_bad_name(tmp_path: Path, capsys) -> None:
+    assert main(["benchmark", "--preset", "smoke", "--out", str(tmp_path), "--datasets", "mob"]) != 0
+    assert "--datasets must name some of ['toy'], got 'mob'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_chosen_datasets_keeps_the_preset_order() -> None:
+    from comtip_sc._benchmark import _chosen_datasets, fold_keys, get_preset
+
+    keys = fold_keys(get_preset("cpu"))
+    assert _chosen_datasets(keys, None) == ["her2st", "mob"]
+    assert _chosen_datasets(keys, "mob, her2st") == ["her2st", "mob"]
+    assert _chosen_datasets(keys, "mob") == ["mob"]
+    with pytest.raises(ValueError, match="got ','"):
+        _chosen_datasets(keys, ",")

@@ -13,6 +13,6 @@ python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --im
 # The data, with the MOB count tables gzipped to fit (the run script unpacks them).
 cp -r ../shared/data/her2st ../shared/data/stutility_mob .devcarry/data/
 chmod -R u+w .devcarry/data && gzip -f .devcarry/data/stutility_mob/inst/extdata/counts/*.tsv
-cp benchmarks/device/sitecustomize.py benchmarks/device/run_cpu_preset.sh .devcarry/
+cp benchmarks/device/sitecustomize.py benchmarks/device/run_benchmark.sh .devcarry/
 python3 benchmarks/device/minilm_table.py .devcarry/minilm_table.npz
 du -sh .devcarry

@@ -372,6 +372,18 @@ def fold_keys(preset: BenchPreset) -> list[tuple[str, int]]:
     return [("her2st", 1), ("mob", 0), ("mob", 1), ("her2st", 0)]
 
 
+def _chosen_datasets(keys: list[tuple[str, int]], arg: str | None) -> list[str]:
+    """The datasets ``--datasets`` names (all of the preset's when ``None``), in the preset's order."""
+    available = list(dict.fromkeys(d for d, _ in keys))
+    if not arg:
+        return available
+    asked = [d.strip() for d in str(arg).split(",") if d.strip()]
+    unknown = [d for d in asked if d not in available]
+    if unknown or not asked:
+        raise ValueError(f"--datasets must name some of {available}, got {arg!r}.")
+    return [d for d in available if d in asked]
+
+
 def _fold_job(
     preset: BenchPreset,
     data_root: str,
@@ -446,6 +458,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
             raise ValueError(f"--seeds must be comma-separated integers, got {seeds_arg!r}.") from None
         preset = dataclasses.replace(preset, seeds=seeds)
     jobs = max(1, int(getattr(args, "jobs", 1) or 1))
+    keys = fold_keys(preset)
+    datasets = _chosen_datasets(keys, getattr(args, "datasets", None))
+    name = preset.name if len(datasets) == len({d for d, _ in keys}) else "_".join([preset.name, *datasets])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -462,13 +477,14 @@ def run_benchmark(args: argparse.Namespace) -> int:
         "lr": preset.lr,
         "weight_decay": preset.weight_decay,
         "seeds": list(preset.seeds),
+        "datasets": datasets,
         "n_genes": preset.n_genes,
         "min_counts": preset.min_counts,
         "threads": preset.threads if not torch.cuda.is_available() else None,
         "jobs": jobs,
     }
     # Fold-major: every seed of the largest fold is handed out first (see fold_keys).
-    tasks = [(key, seed) for key in fold_keys(preset) for seed in preset.seeds]
+    tasks = [(key, seed) for key in keys if key[0] in datasets for seed in preset.seeds]
     start = time.perf_counter()
     level = logging.getLogger("comtip_sc").getEffectiveLevel()
     verbose = bool(getattr(args, "verbose", False))
@@ -480,7 +496,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
         def done(part: list[dict]) -> None:
             rows.extend(part)
-            write_results(_ordered(rows), meta, out, preset.name, time.perf_counter() - start, final=False)
+            write_results(_ordered(rows), meta, out, name, time.perf_counter() - start, final=False)
 
         if jobs == 1:
             for i in range(len(tasks)):
@@ -492,7 +508,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 futures = [pool.submit(_fold_job, *job_args(i)) for i in range(len(tasks))]
                 for fut in as_completed(futures):
                     done(fut.result())
-    paths = write_results(_ordered(rows), meta, out, preset.name, time.perf_counter() - start, final=True)
+    paths = write_results(_ordered(rows), meta, out, name, time.perf_counter() - start, final=True)
     log.info(
         "Benchmark %s finished in %.0f s: %s", preset.name, time.perf_counter() - start, ", ".join(paths)
     )

@@ -148,7 +148,10 @@ def per_fold(df: pd.DataFrame) -> pd.DataFrame:
 def write_results(
     rows: list[dict], meta: dict, out: Path, preset: str, wall_s: float, *, final: bool
 ) -> list[str]:
-    """Write ``expression_prediction_<preset>.{csv,md,json}`` under ``out`` (each via tmp + ``os.replace``)."""
+    """Write ``expression_prediction_<preset>.{csv,md,json}`` under ``out`` (each via tmp + ``os.replace``).
+
+    ``preset`` names the files: the preset's name, with the datasets appended when a run covers only some.
+    """
     df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame(columns=COLUMNS)
@@ -168,7 +171,8 @@ def write_results(
     backbone = cfg["backbone"] + (f" {cfg['backbone_kwargs']}" if cfg["backbone_kwargs"] else "")
     m = info["machine"]
     header = [
-        f"# Expression prediction benchmark — preset `{preset}`",
+        f"# Expression prediction benchmark — preset `{meta.get('preset', preset)}`"
+        + (f", datasets {', '.join(meta['datasets'])}" if preset != meta.get("preset", preset) else ""),
         "",
         f"- status: **{info['status']}**; total wall time **{wall_s / 60:.1f} min** ({wall_s:.0f} s)",
         f"- machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads "

@@ -235,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Comma-separated seeds; every row is trained once per seed (default: the preset's, cpu: 0,1).",
     )
     p.add_argument(
+        "--datasets",
+        default=None,
+        help="Comma-separated datasets to run (her2st, mob; default: both). A subset writes "
+        "expression_prediction_<preset>_<datasets>.*, so two runs can split a long preset.",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=1,

@@ -1,5 +1,5 @@
 #!/bin/bash
-# One device call: the cpu preset of the benchmark with more seeds, on the GPU (bf16-mixed), many workers.
+# One device call: a preset of the benchmark (PRESET, default cpu) on the GPU (bf16-mixed), many workers.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
@@ -13,6 +13,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/
 python3 -c "from comtip_sc.model import resolve_text_encoder as r; import torch, timm, lightning; print('text', r('auto'), 'torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__)" 2>&1 | tail -2 | tee -a $OUT/gpu.txt
 grep -q "text minilm" $OUT/gpu.txt || exit 4
 echo "setup done at $(( $(date +%s) - T0 )) s"
-timeout ${BENCH_S:-480} python3 -m comtip_sc.cli benchmark --preset cpu --seeds ${SEEDS:-0,1,2,3,4} --jobs ${JOBS:-16} --data-root .devcarry/data --out $OUT 2>&1 | grep -v "Loading weights" > $OUT/bench.log
+timeout ${BENCH_S:-480} python3 -m comtip_sc.cli benchmark --preset ${PRESET:-cpu} --seeds ${SEEDS:-0,1,2,3,4} --jobs ${JOBS:-16} ${DATASETS:+--datasets $DATASETS} --data-root .devcarry/data --out $OUT 2>&1 | grep -v "Loading weights" > $OUT/bench.log
 echo "bench rc $? at $(( $(date +%s) - T0 )) s"
 grep -E "done in|finished|Error|error|Traceback" $OUT/bench.log | tail -30
