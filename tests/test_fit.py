@@ -89,6 +89,10 @@ def test_resume_from_lightning_checkpoint(toy, tmp_path, fit):
     last = tmp_path / "comtip_logs"
     ckpts = sorted(last.rglob("last.ckpt"))
     assert ckpts, "fit must leave a resumable checkpoint"
+    # Without validation there is no "best" to keep: last.ckpt is the only checkpoint written.
+    assert [p.name for p in last.rglob("*.ckpt")] == ["last.ckpt"]
+    assert first.history["best_checkpoint"] == ""
+    assert next(first.network.parameters()).device.type == "cpu"
     resumed = fit(toy, tmp_path / "r", max_epochs=2, ckpt_path=str(ckpts[0]))
     assert resumed.history["global_steps"] == 2 * first.history["global_steps"]
 
