@@ -21,9 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from .model import ComtipConfig, create_backbone
 from .model._lightning import lr_factor
 from .tl._datamodule import SentenceCollate, SpotDataModule, SpotSentences
+from .tl._predict import RIDGE_ALPHAS
 
-#: Ridge penalties searched by leave-one-out CV on the training spots (as in ``comtip_predict(method="head")``).
-RIDGE_ALPHAS = np.logspace(-2, 3, 12)
 #: HEST-Benchmark's PCA size.
 MAX_PCA = 256
 

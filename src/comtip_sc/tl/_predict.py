@@ -59,6 +59,11 @@ def _retrieval(img: np.ndarray, bank: ReferenceBank, k: int) -> np.ndarray:
     return np.nan_to_num(pred, nan=0.0)
 
 
+#: Ridge penalties of the ``"head"`` method, searched by leave-one-out CV on the bank's spots (the benchmark's
+#: frozen-feature ridge searches the same grid).
+RIDGE_ALPHAS = np.logspace(-2, 3, 12)
+
+
 def _head(img: np.ndarray, bank: ReferenceBank) -> np.ndarray:
     from sklearn.linear_model import RidgeCV
 
@@ -74,9 +79,7 @@ def _head(img: np.ndarray, bank: ReferenceBank) -> np.ndarray:
         cols = np.flatnonzero(group.ravel() == p)
         if rows.sum() < 2:
             continue
-        ridge = RidgeCV(alphas=np.logspace(-2, 3, 12)).fit(
-            bank.image_embeddings[rows], bank.expression[rows][:, cols]
-        )
+        ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit(bank.image_embeddings[rows], bank.expression[rows][:, cols])
         pred[:, cols] = ridge.predict(img)
     return pred
 
