@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from spatialdata import SpatialData
 
 from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, TABLE_KEY
@@ -26,8 +27,11 @@ def reference_from(
     table_key: str = TABLE_KEY,
     batch_size: int = 64,
     spot_diameter_um: float | None = None,
+    device: torch.device | None = None,
 ) -> ReferenceBank:
     """Build a retrieval bank from a user-given reference SpatialData with the model's panel genes.
+
+    The reference is encoded on ``device`` (default: wherever the model's network is).
 
     Examples
     --------
@@ -40,7 +44,7 @@ def reference_from(
         raise ValueError(f"Reference table {table_key!r} shares no gene with the model's panel.")
     values = normalized_values(table, genes)
     tiles = model.tiles(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
-    net = model.network
+    net = model.network if device is None else model.network.to(device)
     ds = SpotSentences(tiles, values, net.gene_index(genes).numpy(), group=0)
     loader = SpotDataModule(
         [ds], batch_size=batch_size, mean=net.image_mean, std=net.image_std
@@ -115,7 +119,9 @@ def comtip_predict(
         most similar to the spot's image embedding (BLEEP-style). ``"zero_shot"``: no reference; for each
         gene, the expected value under the softmax over sentences carrying that gene at candidate
         values — works for genes outside the training panel, embedded from their names. ``"head"``: a
-        ridge regression (alpha by cross-validation) fitted on the reference spots' frozen image embeddings.
+        ridge regression fitted on the reference spots' frozen image embeddings, with alpha chosen by
+        leave-one-out CV over ``RIDGE_ALPHAS``. Neighbouring spots share tissue, so with a reference of a
+        single section that choice under-regularises for new patients (measured in ``docs/benchmarks.md``).
     genes
         Genes to predict. Default: the model's panel (``"retrieval"``/``"head"``: the reference's genes).
     k
@@ -193,6 +199,7 @@ def comtip_predict(
                 table_key=reference_table_key,
                 batch_size=batch_size,
                 spot_diameter_um=spot_diameter_um,
+                device=device,
             )
             if reference is not None
             else model.reference
