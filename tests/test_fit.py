@@ -69,6 +69,15 @@ def test_same_seed_same_model(toy, tmp_path, fit):
     np.testing.assert_array_equal(a.reference.embeddings, b.reference.embeddings)
 
 
+def test_enable_checkpointing_false_writes_none_and_trains_the_same(toy, tmp_path, fit):
+    a = fit(toy, tmp_path / "a")
+    b = fit(toy, tmp_path / "b", enable_checkpointing=False)
+    assert list((tmp_path / "a").rglob("*.ckpt")) and not list((tmp_path / "b").rglob("*.ckpt"))
+    assert b.history["best_checkpoint"] == ""
+    for (k, va), (_, vb) in zip(a.network.state_dict().items(), b.network.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), k
+
+
 def test_several_datasets_with_different_gene_sets_and_section_validation(tmp_path, fit):
     one = cs.datasets.toy_tissue(n_rows=5, n_cols=5, n_genes=30, seed=1, sample_id="s1")
     two = cs.datasets.toy_tissue(n_rows=5, n_cols=5, n_genes=40, seed=2, sample_id="s2")

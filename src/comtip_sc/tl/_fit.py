@@ -190,7 +190,10 @@ def fit(
     tile_cache
         Folder for a zarr tile cache (cut once, reused by later epochs and runs).
     callbacks, logger, default_root_dir, ckpt_path, **trainer_kwargs
-        Lightning settings; ``ckpt_path`` resumes training from a Lightning checkpoint.
+        Lightning settings; ``ckpt_path`` resumes training from a Lightning checkpoint. By default
+        ``last.ckpt`` is written every epoch (and the best one by validation loss when there are
+        validation sections, whose weights are then returned); ``enable_checkpointing=False`` writes
+        none and returns the last epoch's weights.
 
     Returns
     -------
@@ -290,7 +293,8 @@ def fit(
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         monitor="val/loss" if val_idx else None, mode="min", save_last=True, save_top_k=1 if val_idx else 0
     )
-    cbs.append(checkpoint)
+    if trainer_kwargs.get("enable_checkpointing", True):
+        cbs.append(checkpoint)
     if val_idx and early_stopping_patience is not None:
         cbs.append(
             L.pytorch.callbacks.EarlyStopping(
