@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -124,7 +125,8 @@ def test_benchmark_datasets_subset_and_bad_name(tmp_path: Path, capsys) -> None:
 
 
 def test_chosen_datasets_keeps_the_preset_order() -> None:
-    from comtip_sc._benchmark import _chosen_datasets, fold_keys, get_preset
+    from comtip_sc._benchmark import get_preset
+    from comtip_sc._benchmark_run import _chosen_datasets, fold_keys
 
     keys = fold_keys(get_preset("cpu"))
     assert _chosen_datasets(keys, None) == ["her2st", "mob"]
@@ -132,3 +134,18 @@ def test_chosen_datasets_keeps_the_preset_order() -> None:
     assert _chosen_datasets(keys, "mob") == ["mob"]
     with pytest.raises(ValueError, match="got ','"):
         _chosen_datasets(keys, ",")
+
+
+@pytest.mark.slow
+def test_benchmark_per_fit_tasks_give_the_same_rows(tmp_path: Path) -> None:
+    # --per-fit only changes how the work is cut into worker tasks, not what any row computes.
+    common = ["benchmark", "--preset", "smoke", "-q", "--seeds", "0"]
+    assert main([*common, "--out", str(tmp_path / "fold")]) == 0
+    assert main([*common, "--out", str(tmp_path / "fit"), "--per-fit", "--jobs", "2"]) == 0
+    cols = ["dataset", "fold", "seed", "method", *METRICS]
+    by_fold = pd.read_csv(tmp_path / "fold" / "expression_prediction_smoke.csv")[cols]
+    by_fit = pd.read_csv(tmp_path / "fit" / "expression_prediction_smoke.csv")[cols]
+    assert len(by_fold) == 2 * len(method_names())
+    pd.testing.assert_frame_equal(by_fold, by_fit)
+    meta = json.loads((tmp_path / "fit" / "expression_prediction_smoke.json").read_text())
+    assert meta["per_fit"] is True

@@ -17,6 +17,6 @@ if [ -n "${PROFILE_ARGS:-}" ]; then  # profile one fit instead (benchmarks/profi
   (cd benchmarks && timeout ${BENCH_S:-480} python3 profile_fit.py $PROFILE_ARGS --data-root ../.devcarry/data) 2>&1 | grep -v "Loading weights" > $OUT/profile.log
   echo "profile rc $? at $(( $(date +%s) - T0 )) s"; grep -A45 PROFILE $OUT/profile.log | cut -c1-160; exit 0
 fi
-timeout ${BENCH_S:-480} python3 -m comtip_sc.cli benchmark --preset ${PRESET:-cpu} --seeds ${SEEDS:-0,1,2,3,4} --jobs ${JOBS:-16} ${DATASETS:+--datasets $DATASETS} --data-root .devcarry/data --out $OUT 2>&1 | grep -v "Loading weights" > $OUT/bench.log
+timeout ${BENCH_S:-480} python3 -m comtip_sc.cli benchmark --preset ${PRESET:-cpu} --seeds ${SEEDS:-0,1,2,3,4} --jobs ${JOBS:-16} ${DATASETS:+--datasets $DATASETS} ${PER_FIT:+--per-fit} --data-root .devcarry/data --out $OUT 2>&1 | grep -v "Loading weights" > $OUT/bench.log
 echo "bench rc $? at $(( $(date +%s) - T0 )) s"
 grep -E "done in|finished|Error|error|Traceback" $OUT/bench.log | tail -30

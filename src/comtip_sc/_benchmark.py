@@ -9,16 +9,11 @@ Results go to ``<out>/expression_prediction_<preset>.{md,csv,json}``, rewritten 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import multiprocessing
 import os
-import tempfile
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +22,9 @@ import torch
 from spatialdata import SpatialData
 
 from ._benchmark_baselines import fit_regression, frozen_features, ridge_on_features, train_mean
-from ._benchmark_data import Fold, load_folds
-from ._benchmark_report import git_commit, write_results
+from ._benchmark_data import Fold
 from ._constants import TABLE_KEY
 from .model import FLAG_PRESETS, ComtipConfig, ComtipModel
-from .model._gene_names import resolve_text_encoder
 from .tl._datamodule import normalized_values
 from .tl._fit import _default_precision
 
@@ -54,6 +47,10 @@ UNSEEN = "CoMTIP · zero-shot, held-out genes, model trained without them"
 STNET = "image→expr regression ≈ST-Net"
 RIDGE = "frozen ViT + PCA + ridge ≈HEST"
 MEAN = "train mean"
+
+
+#: The independent pieces of one fold, the tasks of ``--per-fit``: one per CoMTIP fit, then the baselines.
+PARTS: list[str] = [*(label for label, _ in VARIANTS), UNSEEN, "baselines"]
 
 
 def method_names() -> list[str]:
@@ -237,8 +234,11 @@ def fit_stnet(preset: BenchPreset, train_tiles, train_y: np.ndarray, test_tiles,
     )
 
 
-def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
-    """Train every method on ``fold.train``, score it on ``fold.test``; ``on_row(dict)`` per finished row."""
+def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequence[str] | None = None) -> None:
+    """Train every method on ``fold.train``, score it on ``fold.test``; ``on_row(dict)`` per finished row.
+
+    ``parts`` (names from :data:`PARTS`) restricts the run to those fits; ``None`` runs them all.
+    """
     import comtip_sc as cs
     from comtip_sc.pp import cache_tiles
 
@@ -281,6 +281,8 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
     fits = [(label, flags, panel) for label, flags in VARIANTS]
     fits.append((UNSEEN, FLAG_PRESETS["comtip"], [g for g in panel if g not in held_set]))
     for k, (label, flags, genes) in enumerate(fits):
+        if parts is not None and label not in parts:
+            continue
         t = time.perf_counter()
         model = fit_comtip(fold, preset, flags, genes, work, work / f"lightning{k}")
         fit_s = time.perf_counter() - t
@@ -320,6 +322,8 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
                 emit(SEEN, seen, fit_s, pred_s, len(held))
         del fold.test.tables[TABLE_KEY].obsm["X_bench"]
 
+    if parts is not None and "baselines" not in parts:
+        return
     t = time.perf_counter()
     pred = fit_stnet(preset, train_tiles, train_y, test_tiles, work / "lightning")
     emit(STNET, _score(fold.test, panel, pred), time.perf_counter() - t, 0.0)
@@ -333,186 +337,3 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row) -> None:
         0.0,
     )
     emit(MEAN, _score(fold.test, panel, train_mean(train_y, n_test)), 0.0, 0.0)
-
-
-# -- entry point ----------------------------------------------------------------------------------------
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None and not torch.cuda.is_available():
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
-def _quiet_lightning(verbose: bool) -> Iterator[None]:
-    # Lightning logs its device banner and warnings once per trainer: ~20 trainers per run would drown the
-    # per-row progress lines.
-    names = ("lightning", "lightning.pytorch", "lightning.fabric", "comtip_sc.tl._fit", "comtip_sc.tl._utils")
-    before = {n: logging.getLogger(n).level for n in names}
-    if not verbose:
-        for n in names:
-            logging.getLogger(n).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for n, lvl in before.items():
-            logging.getLogger(n).setLevel(lvl)
-
-
-def fold_keys(preset: BenchPreset) -> list[tuple[str, int]]:
-    """``(dataset, fold index)`` of every fold of a run, the largest training sets first.
-
-    With several workers the long folds start first, so the workers finish close together.
-    """
-    if preset.name == "smoke":
-        return [("toy", 0), ("toy", 1)]
-    # her2st C→A trains on five sections, MOB 1→2 on two, MOB 2→1 and her2st A→C on one each.
-    return [("her2st", 1), ("mob", 0), ("mob", 1), ("her2st", 0)]
-
-
-def _chosen_datasets(keys: list[tuple[str, int]], arg: str | None) -> list[str]:
-    """The datasets ``--datasets`` names (all of the preset's when ``None``), in the preset's order."""
-    available = list(dict.fromkeys(d for d, _ in keys))
-    if not arg:
-        return available
-    asked = [d.strip() for d in str(arg).split(",") if d.strip()]
-    unknown = [d for d in asked if d not in available]
-    if unknown or not asked:
-        raise ValueError(f"--datasets must name some of {available}, got {arg!r}.")
-    return [d for d in available if d in asked]
-
-
-def _fold_job(
-    preset: BenchPreset,
-    data_root: str,
-    key: tuple[str, int],
-    seed: int,
-    work: str,
-    log_level: int,
-    verbose: bool,
-) -> list[dict]:
-    """One fold at one seed, in a worker process or in this one; returns the fold's rows."""
-    import warnings
-
-    logging.getLogger("comtip_sc").setLevel(log_level)
-    if not logging.getLogger().handlers:  # a fresh worker process
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    preset = dataclasses.replace(preset, seed=seed)
-    dataset, index = key
-    fold = next(f for i, f in enumerate(load_folds(preset, data_root, only=dataset)) if i == index)
-    rows: list[dict] = []
-    n_methods = len(method_names())
-
-    def on_row(row: dict) -> None:
-        rows.append({**row, "seed": seed})
-        log.info(
-            "[%s %s seed %d, %d/%d] %-45s PCC-ALL %.3f  HEG %.3f  HVG %.3f  MSE %.3f  (fit %.0f s)",
-            fold.dataset,
-            fold.name,
-            seed,
-            len(rows),
-            n_methods,
-            row["method"],
-            row["PCC-ALL"],
-            row["PCC-HEG"],
-            row["PCC-HVG"],
-            row["MSE"],
-            row["fit_s"],
-        )
-
-    t = time.perf_counter()
-    with _torch_threads(preset.threads), _quiet_lightning(verbose), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*sync_dist.*")
-        warnings.filterwarnings("ignore", message=".*treespec.*")
-        run_fold(fold, preset, Path(work), on_row)
-    log.info("%s %s seed %d done in %.0f s.", fold.dataset, fold.name, seed, time.perf_counter() - t)
-    return rows
-
-
-def _ordered(rows: list[dict]) -> list[dict]:
-    """Rows in table order (dataset, fold, seed, method) whatever order the workers finished in."""
-    order = {m: i for i, m in enumerate(method_names())}
-    return sorted(rows, key=lambda r: (r["dataset"], r["fold"], r["seed"], order.get(r["method"], 99)))
-
-
-def run_benchmark(args: argparse.Namespace) -> int:
-    """Run the benchmark for ``args.preset`` on ``args.data_root``; write tables under ``args.out``.
-
-    ``args.seeds`` (comma-separated, default: the preset's) and ``args.jobs`` (worker processes; each
-    trains one fold at one seed at a time, on the preset's torch threads) are optional.
-
-    Returns
-    -------
-    Exit code 0 on success (errors raise; the CLI maps them to its exit codes).
-
-    """
-    preset = get_preset(args.preset)
-    seeds_arg = getattr(args, "seeds", None)
-    if seeds_arg:
-        try:
-            seeds = tuple(int(x) for x in str(seeds_arg).split(","))
-        except ValueError:
-            raise ValueError(f"--seeds must be comma-separated integers, got {seeds_arg!r}.") from None
-        preset = dataclasses.replace(preset, seeds=seeds)
-    jobs = max(1, int(getattr(args, "jobs", 1) or 1))
-    keys = fold_keys(preset)
-    datasets = _chosen_datasets(keys, getattr(args, "datasets", None))
-    name = preset.name if len(datasets) == len({d for d, _ in keys}) else "_".join([preset.name, *datasets])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    meta = {
-        "preset": preset.name,
-        # Read now: other commits may land while a long run goes on, and the run keeps the code it imported.
-        "git_commit": git_commit(),
-        "config": preset.config.to_dict(),
-        "text_encoder": resolve_text_encoder(preset.config.text_encoder),
-        "tile_um": preset.tile_um,
-        "colour_norm": preset.colour_norm,
-        "epochs": preset.epochs,
-        "batch_size": preset.batch_size,
-        "lr": preset.lr,
-        "weight_decay": preset.weight_decay,
-        "seeds": list(preset.seeds),
-        "datasets": datasets,
-        "n_genes": preset.n_genes,
-        "min_counts": preset.min_counts,
-        "threads": preset.threads if not torch.cuda.is_available() else None,
-        "jobs": jobs,
-    }
-    # Fold-major: every seed of the largest fold is handed out first (see fold_keys).
-    tasks = [(key, seed) for key in keys if key[0] in datasets for seed in preset.seeds]
-    start = time.perf_counter()
-    level = logging.getLogger("comtip_sc").getEffectiveLevel()
-    verbose = bool(getattr(args, "verbose", False))
-    with tempfile.TemporaryDirectory(prefix="comtip_bench_") as tmp:
-
-        def job_args(i: int) -> tuple:
-            key, seed = tasks[i]
-            return (preset, str(args.data_root), key, seed, str(Path(tmp) / f"task{i}"), level, verbose)
-
-        def done(part: list[dict]) -> None:
-            rows.extend(part)
-            write_results(_ordered(rows), meta, out, name, time.perf_counter() - start, final=False)
-
-        if jobs == 1:
-            for i in range(len(tasks)):
-                done(_fold_job(*job_args(i)))
-        else:
-            # spawn, not fork: the parent may hold torch/OpenMP threads, which a forked child inherits broken.
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures = [pool.submit(_fold_job, *job_args(i)) for i in range(len(tasks))]
-                for fut in as_completed(futures):
-                    done(fut.result())
-    paths = write_results(_ordered(rows), meta, out, name, time.perf_counter() - start, final=True)
-    log.info(
-        "Benchmark %s finished in %.0f s: %s", preset.name, time.perf_counter() - start, ", ".join(paths)
-    )
-    print(f"Wrote {', '.join(paths)}")
-    return 0

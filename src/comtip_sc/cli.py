@@ -241,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         "expression_prediction_<preset>_<datasets>.*, so two runs can split a long preset.",
     )
     p.add_argument(
+        "--per-fit",
+        action="store_true",
+        help="One worker task per fit (each CoMTIP variant, the baselines) instead of per fold: more tasks "
+        "for --jobs on a many-core GPU machine, at the cost of each task loading its fold and cutting tiles.",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -367,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
             code = run_demo(args)
         else:
-            from ._benchmark import run_benchmark
+            from ._benchmark_run import run_benchmark
 
             code = run_benchmark(args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:

@@ -1,0 +1,223 @@
+"""``comtip benchmark``'s runner: the tasks of a run on worker processes, tables rewritten as they finish.
+
+A task is one fold at one seed, or one fit of it with ``--per-fit``; what a fold computes is
+:func:`comtip_sc._benchmark.run_fold`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ._benchmark import PARTS, BenchPreset, get_preset, log, method_names, run_fold
+from ._benchmark_data import load_folds
+from ._benchmark_report import git_commit, write_results
+from .model._gene_names import resolve_text_encoder
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n is not None and not torch.cuda.is_available():
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def _quiet_lightning(verbose: bool) -> Iterator[None]:
+    # Lightning logs its device banner and warnings once per trainer: ~20 trainers per run would drown the
+    # per-row progress lines.
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "comtip_sc.tl._fit", "comtip_sc.tl._utils")
+    before = {n: logging.getLogger(n).level for n in names}
+    if not verbose:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for n, lvl in before.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+def fold_keys(preset: BenchPreset) -> list[tuple[str, int]]:
+    """``(dataset, fold index)`` of every fold of a run, the largest training sets first.
+
+    With several workers the long folds start first, so the workers finish close together.
+    """
+    if preset.name == "smoke":
+        return [("toy", 0), ("toy", 1)]
+    # her2st C→A trains on five sections, MOB 1→2 on two, MOB 2→1 and her2st A→C on one each.
+    return [("her2st", 1), ("mob", 0), ("mob", 1), ("her2st", 0)]
+
+
+def _chosen_datasets(keys: list[tuple[str, int]], arg: str | None) -> list[str]:
+    """The datasets ``--datasets`` names (all of the preset's when ``None``), in the preset's order."""
+    available = list(dict.fromkeys(d for d, _ in keys))
+    if not arg:
+        return available
+    asked = [d.strip() for d in str(arg).split(",") if d.strip()]
+    unknown = [d for d in asked if d not in available]
+    if unknown or not asked:
+        raise ValueError(f"--datasets must name some of {available}, got {arg!r}.")
+    return [d for d in available if d in asked]
+
+
+def _fold_job(
+    preset: BenchPreset,
+    data_root: str,
+    key: tuple[str, int],
+    seed: int,
+    work: str,
+    log_level: int,
+    verbose: bool,
+    part: str | None = None,
+) -> list[dict]:
+    """One fold at one seed (or one ``part`` of it), in a worker process or in this one; returns its rows."""
+    import warnings
+
+    logging.getLogger("comtip_sc").setLevel(log_level)
+    if not logging.getLogger().handlers:  # a fresh worker process
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    preset = dataclasses.replace(preset, seed=seed)
+    dataset, index = key
+    fold = next(f for i, f in enumerate(load_folds(preset, data_root, only=dataset)) if i == index)
+    rows: list[dict] = []
+    n_methods = len(method_names())
+
+    def on_row(row: dict) -> None:
+        rows.append({**row, "seed": seed})
+        log.info(
+            "[%s %s seed %d, %s] %-45s PCC-ALL %.3f  HEG %.3f  HVG %.3f  MSE %.3f  (fit %.0f s)",
+            fold.dataset,
+            fold.name,
+            seed,
+            f"{len(rows)}/{n_methods}" if part is None else part,
+            row["method"],
+            row["PCC-ALL"],
+            row["PCC-HEG"],
+            row["PCC-HVG"],
+            row["MSE"],
+            row["fit_s"],
+        )
+
+    t = time.perf_counter()
+    with _torch_threads(preset.threads), _quiet_lightning(verbose), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*sync_dist.*")
+        warnings.filterwarnings("ignore", message=".*treespec.*")
+        run_fold(fold, preset, Path(work), on_row, None if part is None else [part])
+    log.info(
+        "%s %s seed %d%s done in %.0f s.",
+        fold.dataset,
+        fold.name,
+        seed,
+        "" if part is None else f" ({part})",
+        time.perf_counter() - t,
+    )
+    return rows
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    """Rows in table order (dataset, fold, seed, method) whatever order the workers finished in."""
+    order = {m: i for i, m in enumerate(method_names())}
+    return sorted(rows, key=lambda r: (r["dataset"], r["fold"], r["seed"], order.get(r["method"], 99)))
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """Run the benchmark for ``args.preset`` on ``args.data_root``; write tables under ``args.out``.
+
+    ``args.seeds`` (comma-separated, default: the preset's) and ``args.jobs`` (worker processes; each
+    trains one fold at one seed at a time, on the preset's torch threads) are optional.
+
+    Returns
+    -------
+    Exit code 0 on success (errors raise; the CLI maps them to its exit codes).
+
+    """
+    preset = get_preset(args.preset)
+    seeds_arg = getattr(args, "seeds", None)
+    if seeds_arg:
+        try:
+            seeds = tuple(int(x) for x in str(seeds_arg).split(","))
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers, got {seeds_arg!r}.") from None
+        preset = dataclasses.replace(preset, seeds=seeds)
+    jobs = max(1, int(getattr(args, "jobs", 1) or 1))
+    keys = fold_keys(preset)
+    datasets = _chosen_datasets(keys, getattr(args, "datasets", None))
+    name = preset.name if len(datasets) == len({d for d, _ in keys}) else "_".join([preset.name, *datasets])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    meta = {
+        "preset": preset.name,
+        # Read now: other commits may land while a long run goes on, and the run keeps the code it imported.
+        "git_commit": git_commit(),
+        "config": preset.config.to_dict(),
+        "text_encoder": resolve_text_encoder(preset.config.text_encoder),
+        "tile_um": preset.tile_um,
+        "colour_norm": preset.colour_norm,
+        "epochs": preset.epochs,
+        "batch_size": preset.batch_size,
+        "lr": preset.lr,
+        "weight_decay": preset.weight_decay,
+        "seeds": list(preset.seeds),
+        "datasets": datasets,
+        "n_genes": preset.n_genes,
+        "min_counts": preset.min_counts,
+        "threads": preset.threads if not torch.cuda.is_available() else None,
+        "jobs": jobs,
+    }
+    # Fold-major: every seed of the largest fold is handed out first (see fold_keys).
+    per_fit = bool(getattr(args, "per_fit", False))
+    meta["per_fit"] = per_fit
+    tasks = [
+        (key, seed, part)
+        for key in keys
+        if key[0] in datasets
+        for seed in preset.seeds
+        for part in (PARTS if per_fit else [None])
+    ]
+    start = time.perf_counter()
+    level = logging.getLogger("comtip_sc").getEffectiveLevel()
+    verbose = bool(getattr(args, "verbose", False))
+    with tempfile.TemporaryDirectory(prefix="comtip_bench_") as tmp:
+
+        def job_args(i: int) -> tuple:
+            key, seed, part = tasks[i]
+            work = str(Path(tmp) / f"task{i}")
+            return (preset, str(args.data_root), key, seed, work, level, verbose, part)
+
+        def done(part: list[dict]) -> None:
+            rows.extend(part)
+            write_results(_ordered(rows), meta, out, name, time.perf_counter() - start, final=False)
+
+        if jobs == 1:
+            for i in range(len(tasks)):
+                done(_fold_job(*job_args(i)))
+        else:
+            # spawn, not fork: the parent may hold torch/OpenMP threads, which a forked child inherits broken.
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = [pool.submit(_fold_job, *job_args(i)) for i in range(len(tasks))]
+                for fut in as_completed(futures):
+                    done(fut.result())
+    paths = write_results(_ordered(rows), meta, out, name, time.perf_counter() - start, final=True)
+    log.info(
+        "Benchmark %s finished in %.0f s: %s", preset.name, time.perf_counter() - start, ", ".join(paths)
+    )
+    print(f"Wrote {', '.join(paths)}")
+    return 0
