@@ -156,6 +156,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             raise ValueError(f"--seeds must be comma-separated integers, got {seeds_arg!r}.") from None
         preset = dataclasses.replace(preset, seeds=seeds)
     jobs = max(1, int(getattr(args, "jobs", 1) or 1))
+    per_fit = bool(getattr(args, "per_fit", False))
     keys = fold_keys(preset)
     datasets = _chosen_datasets(keys, getattr(args, "datasets", None))
     name = preset.name if len(datasets) == len({d for d, _ in keys}) else "_".join([preset.name, *datasets])
@@ -180,10 +181,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
         "min_counts": preset.min_counts,
         "threads": preset.threads if not torch.cuda.is_available() else None,
         "jobs": jobs,
+        "per_fit": per_fit,
     }
-    # Fold-major: every seed of the largest fold is handed out first (see fold_keys).
-    per_fit = bool(getattr(args, "per_fit", False))
-    meta["per_fit"] = per_fit
+    # Fold-major: every seed (and fit) of the largest fold is handed out first (see fold_keys).
     tasks = [
         (key, seed, part)
         for key in keys
@@ -201,8 +201,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
             work = str(Path(tmp) / f"task{i}")
             return (preset, str(args.data_root), key, seed, work, level, verbose, part)
 
-        def done(part: list[dict]) -> None:
-            rows.extend(part)
+        def done(finished: list[dict]) -> None:
+            rows.extend(finished)
             write_results(_ordered(rows), meta, out, name, time.perf_counter() - start, final=False)
 
         if jobs == 1:
