@@ -13,9 +13,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/
 python3 -c "from comtip_sc.model import resolve_text_encoder as r; import torch, timm, lightning; print('text', r('auto'), 'torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__)" 2>&1 | tail -2 | tee -a $OUT/gpu.txt
 grep -q "text minilm" $OUT/gpu.txt || exit 4
 echo "setup done at $(( $(date +%s) - T0 )) s"
-if [ -n "${PROFILE_ARGS:-}" ]; then  # profile one fit instead (benchmarks/profile_fit.py)
-  (cd benchmarks && timeout ${BENCH_S:-480} python3 profile_fit.py $PROFILE_ARGS --data-root ../.devcarry/data) 2>&1 | grep -v "Loading weights" > $OUT/profile.log
-  echo "profile rc $? at $(( $(date +%s) - T0 )) s"; grep -A45 PROFILE $OUT/profile.log | cut -c1-160; exit 0
+if [ -n "${SCRIPT:-}" ]; then  # a one-fold script of benchmarks/ instead, e.g. SCRIPT="profile_fit.py --preset gpu"
+  (cd benchmarks && timeout ${BENCH_S:-480} python3 $SCRIPT --data-root ../.devcarry/data) 2>&1 | grep -v "Loading weights" > $OUT/script.log
+  echo "script rc $? at $(( $(date +%s) - T0 )) s"; grep -E -A45 "^(PROFILE|HUBNESS|SEED|PENALTY|READOUT)" $OUT/script.log | cut -c1-300 | head -80; exit 0
 fi
 timeout ${BENCH_S:-480} python3 -m comtip_sc.cli benchmark --preset ${PRESET:-cpu} --seeds ${SEEDS:-0,1,2,3,4} --jobs ${JOBS:-16} ${DATASETS:+--datasets $DATASETS} ${PER_FIT:+--per-fit} --data-root .devcarry/data --out $OUT 2>&1 | grep -v "Loading weights" > $OUT/bench.log
 echo "bench rc $? at $(( $(date +%s) - T0 )) s"
