@@ -12,7 +12,14 @@ seed and prints, for each:
 - ``bank_used``: the fraction of bank spots that are among some test spot's ``k`` neighbours (``train``:
   the same for the training spots themselves);
 - ``top10_share``: the share of all neighbour slots taken by the 10 most used bank spots;
-- ``mean_shift``: distance between the mean test and mean training image embedding.
+- ``mean_shift``: distance between the mean test and mean training image embedding;
+- ``cone_img`` / ``cone_sent``: length of the mean training image / sentence embedding (1.0: every
+  embedding points the same way; contrastive spaces crowd into such a cone), and
+  ``retrieval_modality_centred``: retrieval after removing each modality's *training* mean from its
+  embeddings (the "modality gap" correction; uses no test statistics).
+
+``--colour-norm section`` overrides the fold's tile colour handling (on her2st A→C, seed 0, that fit's
+retrieval collapses on the small CPU model too).
 
     python benchmarks/retrieval_hubness.py 'her2st:A→C' 0 --preset gpu --variants CoMTIP,'CoMTIP −MFM'
 
@@ -49,6 +56,10 @@ def neighbour_stats(img: np.ndarray, bank_emb: np.ndarray, k: int = K) -> dict[s
     return {"bank_used": round(float(used), 4), "top10_share": round(float(top10), 4)}
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _pcc(test_y: np.ndarray, img: np.ndarray, bank) -> float:
     return round(float(pearson_per_gene(test_y, _retrieval(img, bank, K)).mean()), 4)
 
@@ -57,6 +68,9 @@ def main() -> None:
     parser = fold_parser(__doc__)
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--variants", default="CoMTIP,CoMTIP −MFM", help="comma-separated VARIANTS labels")
+    parser.add_argument(
+        "--colour-norm", default=None, choices=["none", "section"], help="override the fold's"
+    )
     args = parser.parse_args()
     quiet_one_thread()
     flags = dict(VARIANTS)
@@ -70,6 +84,8 @@ def main() -> None:
         for f in load_folds(preset, args.data_root, only=args.fold.split(":")[0])
         if f"{f.dataset}:{f.name}" == args.fold
     )
+    if args.colour_norm is not None:
+        fold = dataclasses.replace(fold, colour_norm=None if args.colour_norm == "none" else args.colour_norm)
     test_y = normalized_values(fold.test.tables["table"], fold.panel)
     with tempfile.TemporaryDirectory() as tmp:
         kw = {"tile_um": fold.tile_um, "tile_px": preset.config.tile_px, "colour_norm": fold.colour_norm}
@@ -81,16 +97,18 @@ def main() -> None:
                 cs.tl.comtip_embed(fold.test, model, key_added="X_hub")
                 img = fold.test.tables["table"].obsm["X_hub"]
                 bank = model.reference
-                centred = img - img.mean(0) + bank.image_embeddings.mean(0)
-                centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+                mean_img, mean_sent = bank.image_embeddings.mean(0), bank.embeddings.mean(0)
+                centred = _unit(img - img.mean(0) + mean_img)
+                gap_free = dataclasses.replace(bank, embeddings=_unit(bank.embeddings - mean_sent))
                 row = {
                     "retrieval": _pcc(test_y, img, bank),
                     "retrieval_centred": _pcc(test_y, centred, bank),
                     **neighbour_stats(img, bank.embeddings),
                     "train": neighbour_stats(bank.image_embeddings, bank.embeddings),
-                    "mean_shift": round(
-                        float(np.linalg.norm(img.mean(0) - bank.image_embeddings.mean(0))), 4
-                    ),
+                    "mean_shift": round(float(np.linalg.norm(img.mean(0) - mean_img)), 4),
+                    "cone_img": round(float(np.linalg.norm(mean_img)), 3),
+                    "cone_sent": round(float(np.linalg.norm(mean_sent)), 3),
+                    "retrieval_modality_centred": _pcc(test_y, _unit(img - mean_img), gap_free),
                 }
                 print("HUBNESS", args.fold, seed, label, json.dumps(row, ensure_ascii=False), flush=True)
 
