@@ -8,6 +8,9 @@ import warnings
 
 import torch
 
+from comtip_sc._benchmark import BenchPreset
+from comtip_sc._benchmark_data import Fold, load_folds
+
 
 def fold_parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser with the arguments every one-fold script takes: fold, seeds, ``--data-root``."""
@@ -24,3 +27,12 @@ def quiet_one_thread() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "comtip_sc"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def load_fold(preset: BenchPreset, name: str, data_root: str) -> Fold:
+    """The fold called ``name`` (``'dataset:fold'``) of ``preset``; only its dataset is read."""
+    dataset = name.split(":")[0]
+    for fold in load_folds(preset, data_root, only=dataset):
+        if f"{fold.dataset}:{fold.name}" == name:
+            return fold
+    raise SystemExit(f"No fold {name!r} in the {preset.name} preset (e.g. 'her2st:A→C', 'mob:1→2').")

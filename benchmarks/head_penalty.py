@@ -25,14 +25,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _one_fold import fold_parser, quiet_one_thread
+from _one_fold import fold_parser, load_fold, quiet_one_thread
 from sklearn.linear_model import Ridge, RidgeCV
 
 import comtip_sc as cs
-from comtip_sc._benchmark import fit_comtip, get_preset
-from comtip_sc._benchmark_data import load_folds
+from comtip_sc._benchmark import cache_fold_tiles, fit_comtip, get_preset
 from comtip_sc.model import FLAG_PRESETS
-from comtip_sc.pp import cache_tiles
 from comtip_sc.tl._datamodule import normalized_values
 from comtip_sc.tl._evaluate import pearson_per_gene
 from comtip_sc.tl._predict import RIDGE_ALPHAS
@@ -67,38 +65,34 @@ def main() -> None:
     args = fold_parser(__doc__).parse_args()
     quiet_one_thread()
     preset = get_preset("cpu")
-    dataset = args.fold.split(":")[0]
-    for fold in load_folds(preset, args.data_root, only=dataset):
-        if f"{fold.dataset}:{fold.name}" != args.fold:
-            continue
-        train = fold.train.tables["table"]
-        sections = train.obs["region"].astype(str).to_numpy()
-        test_y = normalized_values(fold.test.tables["table"], fold.panel)
-        with tempfile.TemporaryDirectory() as tmp:
-            kw = {"tile_um": fold.tile_um, "tile_px": preset.config.tile_px, "colour_norm": fold.colour_norm}
-            cache_tiles(fold.train, Path(tmp) / "train" / "dataset0.zarr", **kw)
-            for seed in (int(s) for s in args.seeds.split(",")):
-                ps = dataclasses.replace(preset, seed=seed)
-                model = fit_comtip(fold, ps, FLAG_PRESETS["comtip"], fold.panel, Path(tmp), Path(tmp))
-                bank = model.reference
-                if bank.obs_names != train.obs_names.tolist():
-                    raise RuntimeError("The bank's spots are not the training table's, in order.")
-                cs.tl.comtip_embed(fold.test, model, key_added="X_penalty")
-                img = fold.test.tables["table"].obsm["X_penalty"]
-                x, y = bank.image_embeddings, bank.expression
-                test = {
-                    f"{a:g}": round(
-                        float(pearson_per_gene(test_y, Ridge(alpha=a).fit(x, y).predict(img)).mean()), 4
-                    )
-                    for a in GRID
-                }
-                chosen = picks(x, y, sections)
-                row = {"picks": {k: f"{v:g}" for k, v in chosen.items()}, "test_pcc_by_alpha": test}
-                row["test_pcc_of_pick"] = {
-                    k: round(float(pearson_per_gene(test_y, Ridge(alpha=v).fit(x, y).predict(img)).mean()), 4)
-                    for k, v in chosen.items()
-                }
-                print("PENALTY", args.fold, seed, json.dumps(row, ensure_ascii=False), flush=True)
+    fold = load_fold(preset, args.fold, args.data_root)
+    train = fold.train.tables["table"]
+    sections = train.obs["region"].astype(str).to_numpy()
+    test_y = normalized_values(fold.test.tables["table"], fold.panel)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_fold_tiles(fold, preset, Path(tmp), test=False)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            ps = dataclasses.replace(preset, seed=seed)
+            model = fit_comtip(fold, ps, FLAG_PRESETS["comtip"], fold.panel, Path(tmp), Path(tmp))
+            bank = model.reference
+            if bank.obs_names != train.obs_names.tolist():
+                raise RuntimeError("The bank's spots are not the training table's, in order.")
+            cs.tl.comtip_embed(fold.test, model, key_added="X_penalty")
+            img = fold.test.tables["table"].obsm["X_penalty"]
+            x, y = bank.image_embeddings, bank.expression
+            test = {
+                f"{a:g}": round(
+                    float(pearson_per_gene(test_y, Ridge(alpha=a).fit(x, y).predict(img)).mean()), 4
+                )
+                for a in GRID
+            }
+            chosen = picks(x, y, sections)
+            row = {"picks": {k: f"{v:g}" for k, v in chosen.items()}, "test_pcc_by_alpha": test}
+            row["test_pcc_of_pick"] = {
+                k: round(float(pearson_per_gene(test_y, Ridge(alpha=v).fit(x, y).predict(img)).mean()), 4)
+                for k, v in chosen.items()
+            }
+            print("PENALTY", args.fold, seed, json.dumps(row, ensure_ascii=False), flush=True)
 
 
 if __name__ == "__main__":

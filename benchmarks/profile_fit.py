@@ -21,12 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _one_fold import quiet_one_thread
+from _one_fold import load_fold, quiet_one_thread
 
-from comtip_sc._benchmark import fit_comtip, get_preset
-from comtip_sc._benchmark_data import load_folds
+from comtip_sc._benchmark import cache_fold_tiles, fit_comtip, get_preset
 from comtip_sc.model import FLAG_PRESETS
-from comtip_sc.pp import cache_tiles
 
 
 def main() -> None:
@@ -41,14 +39,10 @@ def main() -> None:
     args = parser.parse_args()
     quiet_one_thread()
     preset = dataclasses.replace(get_preset(args.preset), epochs=args.epochs)
-    dataset = args.fold.split(":")[0]
-    fold = next(
-        f for f in load_folds(preset, args.data_root, only=dataset) if f"{f.dataset}:{f.name}" == args.fold
-    )
+    fold = load_fold(preset, args.fold, args.data_root)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        kw = {"tile_um": fold.tile_um, "tile_px": preset.config.tile_px, "colour_norm": fold.colour_norm}
-        cache_tiles(fold.train, work / "train" / "dataset0.zarr", **kw)
+        cache_fold_tiles(fold, preset, work, test=False)
         prof = cProfile.Profile()
         t = time.perf_counter()
         prof.enable()

@@ -34,12 +34,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _one_fold import fold_parser, quiet_one_thread
+from _one_fold import fold_parser, load_fold, quiet_one_thread
 
 import comtip_sc as cs
-from comtip_sc._benchmark import VARIANTS, fit_comtip, get_preset
-from comtip_sc._benchmark_data import load_folds
-from comtip_sc.pp import cache_tiles
+from comtip_sc._benchmark import VARIANTS, cache_fold_tiles, fit_comtip, get_preset
 from comtip_sc.tl._datamodule import normalized_values
 from comtip_sc.tl._evaluate import pearson_per_gene
 from comtip_sc.tl._predict import _retrieval
@@ -79,17 +77,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {list(flags)}")
     preset = get_preset(args.preset)
-    fold = next(
-        f
-        for f in load_folds(preset, args.data_root, only=args.fold.split(":")[0])
-        if f"{f.dataset}:{f.name}" == args.fold
-    )
+    fold = load_fold(preset, args.fold, args.data_root)
     if args.colour_norm is not None:
         fold = dataclasses.replace(fold, colour_norm=None if args.colour_norm == "none" else args.colour_norm)
     test_y = normalized_values(fold.test.tables["table"], fold.panel)
     with tempfile.TemporaryDirectory() as tmp:
-        kw = {"tile_um": fold.tile_um, "tile_px": preset.config.tile_px, "colour_norm": fold.colour_norm}
-        cache_tiles(fold.train, Path(tmp) / "train" / "dataset0.zarr", **kw)
+        cache_fold_tiles(fold, preset, Path(tmp), test=False)
         for seed in (int(s) for s in args.seeds.split(",")):
             for label in wanted:
                 ps = dataclasses.replace(preset, seed=seed)

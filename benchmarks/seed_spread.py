@@ -20,15 +20,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _one_fold import fold_parser, quiet_one_thread
+from _one_fold import fold_parser, load_fold, quiet_one_thread
 
 import comtip_sc as cs
-from comtip_sc._benchmark import _score, fit_comtip, fit_stnet, get_preset
+from comtip_sc._benchmark import _score, cache_fold_tiles, fit_comtip, fit_stnet, get_preset
 from comtip_sc._benchmark_baselines import frozen_features, ridge_on_features
-from comtip_sc._benchmark_data import load_folds
 from comtip_sc._constants import SAMPLE_KEY
 from comtip_sc.model import FLAG_PRESETS
-from comtip_sc.pp import cache_tiles, subset_sections
+from comtip_sc.pp import subset_sections
 from comtip_sc.tl._datamodule import normalized_values
 
 
@@ -62,45 +61,41 @@ def main() -> None:
         p = dataclasses.replace(p, tile_um=dict.fromkeys(p.tile_um, args.tile_um))
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = [*args.set, f"epochs={p.epochs}", f"tile_um={p.tile_um}"]
-    for fold in load_folds(p, args.data_root):
-        if f"{fold.dataset}:{fold.name}" != args.fold:
-            continue
-        if args.train_sections is not None:
-            samples = fold.train.tables["table"].obs[SAMPLE_KEY].astype(str).to_numpy()
-            names = sorted(set(samples))[: args.train_sections]
-            fold = dataclasses.replace(fold, train=subset_sections(fold.train, np.isin(samples, names)))
-            settings.append(f"train_sections={names} ({int(np.isin(samples, names).sum())} spots)")
-        with tempfile.TemporaryDirectory() as tmp:
-            kw = {"tile_um": fold.tile_um, "tile_px": p.config.tile_px, "colour_norm": fold.colour_norm}
-            train = cache_tiles(fold.train, Path(tmp) / "train" / "dataset0.zarr", **kw)
-            test = cache_tiles(fold.test, Path(tmp) / "test.zarr", **kw)
-            y = normalized_values(fold.train.tables["table"], fold.panel)
-            for seed in seeds:
-                ps = dataclasses.replace(p, seed=seed)
-                row = {}
-                model = fit_comtip(fold, ps, FLAG_PRESETS["comtip"], fold.panel, Path(tmp), Path(tmp))
-                row["T"] = round(1.0 / float(model.network.logit_scale()), 4)
-                cs.tl.comtip_embed(fold.test, model, key_added="X_seed")
-                for method in ("retrieval", "zero_shot", "head"):
-                    cs.tl.comtip_predict(
-                        fold.test,
-                        model,
-                        method=method,
-                        genes=fold.panel,
-                        use_rep="X_seed",
-                        layer_added="bench_pred",
-                    )
-                    row[method] = round(_score(fold.test, fold.panel, None)["PCC-ALL"], 3)
-                if args.no_baselines:
-                    print("SEED", args.fold, seed, settings, row, flush=True)
-                    continue
-                pred = fit_stnet(ps, train, y, test, Path(tmp))
-                row["st_net_like"] = round(_score(fold.test, fold.panel, pred)["PCC-ALL"], 3)
-                train_x, test_x = frozen_features(p.config, [train, test], seed=seed)
-                row["random_vit_ridge"] = round(
-                    _score(fold.test, fold.panel, ridge_on_features(train_x, y, test_x))["PCC-ALL"], 3
+    fold = load_fold(p, args.fold, args.data_root)
+    if args.train_sections is not None:
+        samples = fold.train.tables["table"].obs[SAMPLE_KEY].astype(str).to_numpy()
+        names = sorted(set(samples))[: args.train_sections]
+        fold = dataclasses.replace(fold, train=subset_sections(fold.train, np.isin(samples, names)))
+        settings.append(f"train_sections={names} ({int(np.isin(samples, names).sum())} spots)")
+    with tempfile.TemporaryDirectory() as tmp:
+        train, test = cache_fold_tiles(fold, p, Path(tmp))
+        y = normalized_values(fold.train.tables["table"], fold.panel)
+        for seed in seeds:
+            ps = dataclasses.replace(p, seed=seed)
+            row = {}
+            model = fit_comtip(fold, ps, FLAG_PRESETS["comtip"], fold.panel, Path(tmp), Path(tmp))
+            row["T"] = round(1.0 / float(model.network.logit_scale()), 4)
+            cs.tl.comtip_embed(fold.test, model, key_added="X_seed")
+            for method in ("retrieval", "zero_shot", "head"):
+                cs.tl.comtip_predict(
+                    fold.test,
+                    model,
+                    method=method,
+                    genes=fold.panel,
+                    use_rep="X_seed",
+                    layer_added="bench_pred",
                 )
+                row[method] = round(_score(fold.test, fold.panel, None)["PCC-ALL"], 3)
+            if args.no_baselines:
                 print("SEED", args.fold, seed, settings, row, flush=True)
+                continue
+            pred = fit_stnet(ps, train, y, test, Path(tmp))
+            row["st_net_like"] = round(_score(fold.test, fold.panel, pred)["PCC-ALL"], 3)
+            train_x, test_x = frozen_features(p.config, [train, test], seed=seed)
+            row["random_vit_ridge"] = round(
+                _score(fold.test, fold.panel, ridge_on_features(train_x, y, test_x))["PCC-ALL"], 3
+            )
+            print("SEED", args.fold, seed, settings, row, flush=True)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,19 @@ def _score(
     return row
 
 
+def cache_fold_tiles(fold: Fold, preset: BenchPreset, work: Path, *, test: bool = True) -> tuple:
+    """Cut (or reuse) the fold's tiles under ``work``: ``(train, test)`` tile readers.
+
+    The training tiles go where :func:`fit_comtip` with the same ``work`` reads them
+    (``work/train/dataset0.zarr``), the test tiles to ``work/test.zarr`` (``None`` with ``test=False``).
+    """
+    from comtip_sc.pp import cache_tiles
+
+    kw = {"tile_um": fold.tile_um, "tile_px": preset.config.tile_px, "colour_norm": fold.colour_norm}
+    train = cache_tiles(fold.train, work / "train" / "dataset0.zarr", **kw)
+    return train, (cache_tiles(fold.test, work / "test.zarr", **kw) if test else None)
+
+
 def fit_comtip(
     fold: Fold, preset: BenchPreset, flags: dict[str, bool], genes: list[str], work: Path, root: Path
 ) -> ComtipModel:
@@ -240,17 +253,14 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
     ``parts`` (names from :data:`PARTS`) restricts the run to those fits; ``None`` runs them all.
     """
     import comtip_sc as cs
-    from comtip_sc.pp import cache_tiles
 
     from .tl._datamodule import SpotDataModule, SpotSentences
     from .tl._inference import encode_images
 
     cfg, panel, seed = preset.config, fold.panel, preset.seed
-    tile_kw = {"tile_um": fold.tile_um, "tile_px": cfg.tile_px, "colour_norm": fold.colour_norm}
     t0 = time.perf_counter()
-    # fit() caches the training tiles at <tile_cache>/dataset0.zarr; build it here once for every row.
-    train_tiles = cache_tiles(fold.train, work / "train" / "dataset0.zarr", **tile_kw)
-    test_tiles = cache_tiles(fold.test, work / "test.zarr", **tile_kw)
+    # Cut once here for every row (fit() reuses the training cache).
+    train_tiles, test_tiles = cache_fold_tiles(fold, preset, work)
     train_y = normalized_values(fold.train.tables[TABLE_KEY], panel)
     n_train, n_test = len(train_tiles), len(test_tiles)
     log.info(

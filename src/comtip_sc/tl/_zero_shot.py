@@ -65,9 +65,9 @@ def zero_shot_values(
     For gene ``g`` the candidates ``v_1..v_M`` run from 0 to the gene's largest training value (the largest
     over the panel for a gene outside it); sentence ``m`` holds the single pair ``(g, v_m)``
     (the sentences the value-query term trains on). The image embedding scores the ``M`` sentences; the
-    prediction is ``Σ_m softmax_m(score / T) · v_m``
-    (:meth:`~comtip_sc.model.ComtipNetwork.read_values`, read here at each temperature from one scoring). No reference spot is used: only the gene's name
-    and the panel's value range. ``n_candidates`` is ``M``.
+    prediction is ``Σ_m softmax_m(score / T) · v_m`` (:meth:`~comtip_sc.model.ComtipNetwork.read_values`,
+    read here at each temperature from one scoring). No reference spot is used: only the gene's name and
+    the panel's value range. ``n_candidates`` is ``M``.
     """
     net = model.network
     encoder = net.gene_encoder
