@@ -62,7 +62,9 @@ def picks(x: np.ndarray, y: np.ndarray, sections: np.ndarray) -> dict[str, float
 
 
 def main() -> None:
-    args = fold_parser(__doc__).parse_args()
+    parser = fold_parser(__doc__)
+    parser.add_argument("--save", help="folder to write each seed's embeddings and values to (.npz)")
+    args = parser.parse_args()
     quiet_one_thread()
     preset = get_preset("cpu")
     fold = load_fold(preset, args.fold, args.data_root)
@@ -92,6 +94,17 @@ def main() -> None:
                 k: round(float(pearson_per_gene(test_y, Ridge(alpha=v).fit(x, y).predict(img)).mean()), 4)
                 for k, v in chosen.items()
             }
+            if args.save:
+                Path(args.save).mkdir(parents=True, exist_ok=True)
+                np.savez(
+                    Path(args.save) / f"{args.fold.replace(':', '_')}_{seed}.npz",
+                    x=x,
+                    y=y,
+                    img=img,
+                    test_y=test_y,
+                    sections=sections,
+                    spatial=np.asarray(train.obsm["spatial"]),
+                )
             print("PENALTY", args.fold, seed, json.dumps(row, ensure_ascii=False), flush=True)
 
 

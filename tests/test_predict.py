@@ -1,5 +1,7 @@
 """comtip_embed / comtip_predict / evaluate and model persistence, on real objects with known answers."""
 
+import copy
+import dataclasses
 import json
 import shutil
 
@@ -184,6 +186,29 @@ def test_retrieval_and_head_with_given_reference(tiny_model, unseen_embedded):
     assert np.isin(np.round(pred, 5), np.round(ref_vals, 5)).all()
 
 
+def test_head_chooses_its_penalty_by_spatial_blocks(tiny_model, unseen_embedded):
+    bank = tiny_model.reference
+    assert len(bank.sections) == len(bank.obs_names) and bank.centres.shape == (len(bank.obs_names), 2)
+    kw = dict(method="head", use_rep=EMBED_KEY, copy=True)
+    runs = {}
+    for cv_blocks in (4, None):
+        out = cs.tl.comtip_predict(unseen_embedded, tiny_model, cv_blocks=cv_blocks, **kw)
+        runs[cv_blocks] = out.tables["table"].uns["comtip"]["predict"]
+    assert runs[4]["head_cv"] == "4 spatial blocks" and runs[None]["head_cv"] == "loo"
+    folds = cs.tl._ridge.spatial_folds(bank.centres, bank.sections, 4)
+    expected = cs.tl._ridge.ridge_cv(bank.image_embeddings, bank.expression, folds).alpha_
+    assert runs[4]["head_alphas"] == [expected]
+    loo = cs.tl._ridge.ridge_cv(bank.image_embeddings, bank.expression).alpha_
+    assert runs[None]["head_alphas"] == [loo]
+    # A bank saved by an earlier version has no centres: leave-one-spot-out, said so in uns.
+    old = copy.copy(tiny_model)
+    old.reference = dataclasses.replace(bank, sections=[], centres=None)
+    out = cs.tl.comtip_predict(unseen_embedded, old, **kw)
+    assert out.tables["table"].uns["comtip"]["predict"]["head_cv"] == "loo"
+    with pytest.raises(ValueError, match="cv_blocks"):
+        cs.tl.comtip_predict(unseen_embedded, tiny_model, cv_blocks=1, **kw)
+
+
 def test_predict_bad_inputs(tiny_model, unseen_embedded):
     with pytest.raises(ValueError, match="method"):
         cs.tl.comtip_predict(unseen_embedded, tiny_model, method="magic", copy=True)
@@ -308,6 +333,8 @@ def test_save_load_gives_identical_embeddings(tiny_model, saved, unseen_embedded
     assert (loaded.tile_um, loaded.tile_px) == (tiny_model.tile_um, tiny_model.tile_px)
     np.testing.assert_array_equal(loaded.reference.embeddings, tiny_model.reference.embeddings)
     np.testing.assert_array_equal(loaded.reference.expression, tiny_model.reference.expression)
+    np.testing.assert_array_equal(loaded.reference.centres, tiny_model.reference.centres)
+    assert loaded.reference.sections == tiny_model.reference.sections
     assert loaded.zero_shot_temperature == tiny_model.zero_shot_temperature is not None
     out = cs.tl.comtip_embed(unseen_embedded, loaded, copy=True)
     np.testing.assert_array_equal(

@@ -24,9 +24,11 @@ from spatialdata import SpatialData
 from ._benchmark_baselines import fit_regression, frozen_features, ridge_on_features, train_mean
 from ._benchmark_data import Fold
 from ._constants import TABLE_KEY
+from ._sections import resolve_sections, spot_layout
 from .model import FLAG_PRESETS, ComtipConfig, ComtipModel
 from .tl._datamodule import normalized_values
 from .tl._fit import _default_precision
+from .tl._ridge import spatial_folds
 
 log = logging.getLogger("comtip_sc.benchmark")
 
@@ -340,9 +342,11 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
 
     t = time.perf_counter()
     train_x, test_x = frozen_features(cfg, [train_tiles, test_tiles], seed=seed)
+    # The same spatial folds as the CoMTIP head's CV (both rows choose their penalty the same way).
+    names, centres = spot_layout(resolve_sections(fold.train), len(train_y))
     emit(
         RIDGE,
-        _score(fold.test, panel, ridge_on_features(train_x, train_y, test_x)),
+        _score(fold.test, panel, ridge_on_features(train_x, train_y, test_x, spatial_folds(centres, names))),
         time.perf_counter() - t,
         0.0,
     )

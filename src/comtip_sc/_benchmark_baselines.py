@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from .model import ComtipConfig, create_backbone
 from .model._lightning import lr_factor
 from .tl._datamodule import SentenceCollate, SpotDataModule, SpotSentences
-from .tl._predict import RIDGE_ALPHAS
+from .tl._ridge import ridge_cv
 
 #: HEST-Benchmark's PCA size.
 MAX_PCA = 256
@@ -198,28 +198,30 @@ def frozen_features(
     ]
 
 
-def ridge_on_features(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
-    """HEST-style probe: StandardScaler → PCA(≤256) → ridge (alpha by leave-one-out CV on training spots).
+def ridge_on_features(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, folds: np.ndarray | None = None
+) -> np.ndarray:
+    """HEST-style probe: StandardScaler → PCA(≤256) → ridge, its penalty chosen as the CoMTIP head's is.
+
+    ``folds`` are the training spots' spatial CV folds (:func:`~comtip_sc.tl._ridge.spatial_folds`);
+    ``None``: leave-one-spot-out.
 
     Examples
     --------
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(40, 8)); y = x[:, :2] @ np.ones((2, 3))
-    >>> ridge_on_features(x, y, x[:5]).shape
+    >>> ridge_on_features(x, y, x[:5], folds=np.arange(40) % 5).shape
     (5, 3)
 
     """
     from sklearn.decomposition import PCA
-    from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     n_comp = int(min(MAX_PCA, train_x.shape[0] - 1, train_x.shape[1]))
-    pipe = make_pipeline(
-        StandardScaler(), PCA(n_components=n_comp, random_state=0), RidgeCV(alphas=RIDGE_ALPHAS)
-    )
-    pipe.fit(train_x, train_y)
-    return pipe.predict(test_x).astype(np.float32)
+    reduce = make_pipeline(StandardScaler(), PCA(n_components=n_comp, random_state=0))
+    ridge = ridge_cv(reduce.fit_transform(train_x), train_y, folds)
+    return ridge.predict(reduce.transform(test_x)).astype(np.float32)
 
 
 def train_mean(train_y: np.ndarray, n_test: int) -> np.ndarray:

@@ -8,6 +8,7 @@ fails early, naming the element, column or spot at fault, when a link is missing
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -229,3 +230,38 @@ def resolve_sections(
     if not sections:
         raise ValueError(f"Table {table_key!r} annotates no spot of any shapes element.")
     return sections
+
+
+def spot_layout(sections: Sequence[Section], n_obs: int, prefix: str = "") -> tuple[list[str], np.ndarray]:
+    """Section name and pixel centre of every table row, from :func:`resolve_sections`.
+
+    Parameters
+    ----------
+    sections
+        The table's sections.
+    n_obs
+        Rows of the table.
+    prefix
+        Put before every section name (to keep the names of several tables apart).
+
+    Returns
+    -------
+    ``(names, centres)``: ``n_obs`` section names (``""`` for a row of no section) and ``(n_obs, 2)`` centres
+    (NaN there).
+
+    Examples
+    --------
+    >>> import comtip_sc as cs
+    >>> sdata = cs.datasets.toy_tissue(n_rows=4, n_cols=4, n_genes=20)
+    >>> names, centres = spot_layout(resolve_sections(sdata), sdata.tables["table"].n_obs)
+    >>> names[0], centres.shape
+    ('toy_spots', (16, 2))
+
+    """
+    names = [""] * n_obs
+    centres = np.full((n_obs, 2), np.nan)
+    for sec in sections:
+        centres[sec.obs_index] = sec.centers_px
+        for i in sec.obs_index:
+            names[i] = prefix + sec.region
+    return names, centres

@@ -66,6 +66,12 @@ class ReferenceBank:
     image_embeddings
         ``(n_spots, embed_dim)`` image embeddings of the same spots (for the ``"head"`` predictor), or
         ``None``.
+    sections
+        Section of every spot (the ``"head"`` predictor's spatial CV folds are made within sections), or
+        empty.
+    centres
+        ``(n_spots, 2)`` spot centres in their image's pixels, or ``None`` (banks saved by earlier versions: the
+        head then chooses its penalty by leave-one-spot-out CV).
 
     """
 
@@ -74,6 +80,8 @@ class ReferenceBank:
     genes: list[str]
     obs_names: list[str] = field(default_factory=list)
     image_embeddings: np.ndarray | None = None
+    sections: list[str] = field(default_factory=list)
+    centres: np.ndarray | None = None
 
 
 class ComtipModel:
@@ -218,11 +226,17 @@ class ComtipModel:
                 arrays = {"embeddings": ref.embeddings, "expression": ref.expression}
                 if ref.image_embeddings is not None:
                     arrays["image_embeddings"] = ref.image_embeddings
+                if ref.centres is not None:
+                    arrays["centres"] = ref.centres
                 save_file(
                     {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()},
                     str(tmp / _REFERENCE_FILE),
                 )
-                meta["reference"] = {"genes": self.reference.genes, "obs_names": self.reference.obs_names}
+                meta["reference"] = {
+                    "genes": ref.genes,
+                    "obs_names": ref.obs_names,
+                    "sections": ref.sections,
+                }
             (tmp / _CONFIG_FILE).write_text(json.dumps(meta, indent=1, default=_jsonable))
         logger.info("Saved the model to %s.", path)
 
@@ -274,6 +288,8 @@ class ComtipModel:
                 image_embeddings=tensors["image_embeddings"].numpy()
                 if "image_embeddings" in tensors
                 else None,
+                sections=meta["reference"].get("sections", []),
+                centres=tensors["centres"].numpy() if "centres" in tensors else None,
             )
         return cls(
             network,

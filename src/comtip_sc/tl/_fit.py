@@ -14,7 +14,7 @@ from anndata import AnnData
 from spatialdata import SpatialData
 
 from .._constants import DEFAULT_TILE_UM, NORM_TARGET_SUM, PANEL_KEY, SAMPLE_KEY, TABLE_KEY
-from .._sections import check_counts, get_table, resolve_sections
+from .._sections import check_counts, get_table, resolve_sections, spot_layout
 from ..model import ComtipConfig, ComtipLightningModule
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..pp._genes import select_genes
@@ -36,6 +36,7 @@ class _Registered:
     values: np.ndarray
     sections: list[tuple[str, SpotSentences]]
     obs_names: np.ndarray
+    centres: np.ndarray
 
 
 def _register(
@@ -87,11 +88,10 @@ def _register(
     else:
         tiles = SpotTiles(sdata, **tile_kw)
     full = SpotSentences(tiles, values, np.array([vocab[g] for g in panel]), group=idx)
-    sections = [
-        (sec.region, subset(full, sec.obs_index))
-        for sec in resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
-    ]
-    return _Registered(f"dataset{idx}", panel, values, sections, table.obs_names.to_numpy())
+    resolved = resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
+    sections = [(sec.region, subset(full, sec.obs_index)) for sec in resolved]
+    _, centres = spot_layout(resolved, table.n_obs)
+    return _Registered(f"dataset{idx}", panel, values, sections, table.obs_names.to_numpy(), centres)
 
 
 def _default_precision(accelerator: str) -> str:
@@ -334,8 +334,9 @@ def fit(
     # (validation sections included: they are the user's data, and retrieval is from all of it).
     panel = genes_vocab
     embeddings, image_embeddings, expression, obs_names = [], [], [], []
+    bank_sections, centres = [], []
     for r in registered:
-        for _, ds in r.sections:
+        for region, ds in r.sections:
             loader = dm.predict_loader(ds)
             emb = encode_sentences(network, loader)
             image_embeddings.append(encode_images(network, loader))
@@ -344,9 +345,17 @@ def fit(
             embeddings.append(emb)
             expression.append(block)
             obs_names.extend(r.obs_names[ds.indices].tolist())
+            bank_sections.extend([f"{r.name}/{region}"] * len(ds))
+            centres.append(r.centres[ds.indices])
     expression = np.concatenate(expression)
     reference = ReferenceBank(
-        np.concatenate(embeddings), expression, panel, obs_names, np.concatenate(image_embeddings)
+        np.concatenate(embeddings),
+        expression,
+        panel,
+        obs_names,
+        np.concatenate(image_embeddings),
+        bank_sections,
+        np.concatenate(centres),
     )
     history = {
         "sections": names,

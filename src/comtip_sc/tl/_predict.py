@@ -11,11 +11,12 @@ import torch
 from spatialdata import SpatialData
 
 from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, TABLE_KEY
-from .._sections import get_table
+from .._sections import get_table, resolve_sections, spot_layout
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ._datamodule import SpotDataModule, SpotSentences, normalized_values
 from ._embed import image_embeddings
 from ._inference import encode_images, encode_sentences
+from ._ridge import CV_BLOCKS, ridge_cv, spatial_folds
 from ._utils import record, resolve_device, target
 from ._zero_shot import readout_temperature, zero_shot_values
 
@@ -49,8 +50,17 @@ def reference_from(
     loader = SpotDataModule(
         [ds], batch_size=batch_size, mean=net.image_mean, std=net.image_std
     ).predict_loader(ds)
+    sections, centres = spot_layout(
+        resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um), table.n_obs
+    )
     return ReferenceBank(
-        encode_sentences(net, loader), values, genes, table.obs_names.tolist(), encode_images(net, loader)
+        encode_sentences(net, loader),
+        values,
+        genes,
+        table.obs_names.tolist(),
+        encode_images(net, loader),
+        sections,
+        centres,
     )
 
 
@@ -63,19 +73,16 @@ def _retrieval(img: np.ndarray, bank: ReferenceBank, k: int) -> np.ndarray:
     return np.nan_to_num(pred, nan=0.0)
 
 
-#: Ridge penalties of the ``"head"`` method, searched by leave-one-out CV on the bank's spots (the benchmark's
-#: frozen-feature ridge searches the same grid).
-RIDGE_ALPHAS = np.logspace(-2, 3, 12)
-
-
-def _head(img: np.ndarray, bank: ReferenceBank) -> np.ndarray:
-    from sklearn.linear_model import RidgeCV
-
+def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[np.ndarray, list[float]]:
     if bank.image_embeddings is None:
         raise ValueError(
             "The reference bank has no image embeddings; 'head' needs a bank built by fit or reference=."
         )
+    folds = None
+    if cv_blocks is not None and bank.centres is not None:
+        folds = spatial_folds(bank.centres, bank.sections, cv_blocks)
     pred = np.zeros((len(img), len(bank.genes)), np.float32)
+    alphas = []
     observed = ~np.isnan(bank.expression)
     # Genes observed on the same spots share one multi-output ridge fit.
     patterns, group = np.unique(observed.T, axis=0, return_inverse=True)
@@ -83,9 +90,14 @@ def _head(img: np.ndarray, bank: ReferenceBank) -> np.ndarray:
         cols = np.flatnonzero(group.ravel() == p)
         if rows.sum() < 2:
             continue
-        ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit(bank.image_embeddings[rows], bank.expression[rows][:, cols])
+        ridge = ridge_cv(
+            bank.image_embeddings[rows],
+            bank.expression[rows][:, cols],
+            None if folds is None else folds[rows],
+        )
         pred[:, cols] = ridge.predict(img)
-    return pred
+        alphas.append(float(ridge.alpha_))
+    return pred, alphas
 
 
 def comtip_predict(
@@ -96,6 +108,7 @@ def comtip_predict(
     genes: Sequence[str] | None = None,
     k: int = 50,
     temperature: float | None = None,
+    cv_blocks: int | None = CV_BLOCKS,
     reference: SpatialData | None = None,
     reference_table_key: str = TABLE_KEY,
     table_key: str = TABLE_KEY,
@@ -119,13 +132,18 @@ def comtip_predict(
         most similar to the spot's image embedding (BLEEP-style). ``"zero_shot"``: no reference; for each
         gene, the expected value under the softmax over sentences carrying that gene at candidate
         values — works for genes outside the training panel, embedded from their names. ``"head"``: a
-        ridge regression fitted on the reference spots' frozen image embeddings, with alpha chosen by
-        leave-one-out CV over ``RIDGE_ALPHAS``. Neighbouring spots share tissue, so with a reference of a
-        single section that choice under-regularises for new patients (measured in ``docs/benchmarks.md``).
+        ridge regression fitted on the reference spots' frozen image embeddings, its penalty chosen by
+        spatial-block CV (``cv_blocks``).
     genes
         Genes to predict. Default: the model's panel (``"retrieval"``/``"head"``: the reference's genes).
     k
         Neighbours for ``"retrieval"``.
+    cv_blocks
+        ``"head"``: each reference section is cut into this many contiguous blocks (k-means of the spot
+        centres) and the ridge penalty (0.01 … 1000, 12 values) is chosen by leaving
+        out one block of every section at a time (R² averaged over genes). ``None``: leave-one-spot-out CV,
+        which keeps a spot's neighbours in the fit and under-regularises for a new patient
+        (``docs/benchmarks.md``). Banks saved by earlier versions carry no spot centres and use ``None``.
     temperature
         Softmax temperature of ``"zero_shot"``. Default: the one :func:`~comtip_sc.tl.fit` chose on the
         training spots (``model.zero_shot_temperature``; see ``model.history["zero_shot_calibration"]``), or
@@ -168,6 +186,8 @@ def comtip_predict(
             "method='zero_shot' needs a model trained with use_values=True; this names-only model cannot "
             "tell one candidate value from another. Use method='retrieval' or 'head'."
         )
+    if cv_blocks is not None and cv_blocks < 2:
+        raise ValueError(f"cv_blocks must be at least 2 or None, got {cv_blocks!r}.")
     if temperature is not None and not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature!r}.")
     out, table = target(sdata, table_key, copy)
@@ -206,7 +226,11 @@ def comtip_predict(
         )
         if bank is None:
             raise ValueError("The model stores no reference bank; pass reference= or use method='zero_shot'.")
-        pred = _retrieval(img, bank, k) if method == "retrieval" else _head(img, bank)
+        if method == "retrieval":
+            pred = _retrieval(img, bank, k)
+        else:
+            pred, alphas = _head(img, bank, cv_blocks)
+            head_cv = "loo" if cv_blocks is None or bank.centres is None else f"{cv_blocks} spatial blocks"
         names = list(bank.genes)
         if genes is not None:
             missing = [g for g in genes if g not in names]
@@ -240,6 +264,8 @@ def comtip_predict(
             "extra_key": extra_key if extra else None,
             "k": k if method == "retrieval" else None,
             "temperature": temp if method == "zero_shot" else None,
+            "head_cv": head_cv if method == "head" else None,
+            "head_alphas": alphas if method == "head" else None,
             "reference": "given" if reference is not None else "model bank",
         },
     )
