@@ -37,7 +37,8 @@ NOTES = [
     "`FLAG_PRESETS['omiclip']` (top-k gene names, no values, no MFM/PAAT).",
     "retrieval: mean of the 50 training spots whose gene-sentence embeddings are closest to the test spot's "
     "image embedding; zero-shot: no bank, expected value over candidate-value sentences; head: ridge "
-    "(alpha by LOO-CV) on CoMTIP's frozen image embeddings of the training spots.",
+    "on CoMTIP's frozen image embeddings of the training spots, its penalty chosen by spatial-block CV "
+    "(5 k-means blocks per training section; `cs.tl.comtip_predict(cv_blocks=)`).",
     "Held-out genes: every 5th panel gene (50 of 250) is left out of a second full-CoMTIP fit; its zero-shot "
     "rows score only those genes (n_genes 50), predicted from their names by the model that never saw them, "
     "beside the same genes predicted by the main model that trained on them. Their PCC is over those 50 "
@@ -46,7 +47,7 @@ NOTES = [
     "(head bias initialised at the training mean).",
     "`frozen ViT + PCA + ridge ≈HEST`: the *same backbone at its initial weights* (pretrained=False, seeded): "
     "nothing can be downloaded here, so this is a random-feature probe, a lower bound of the HEST family "
-    "(which uses pretrained foundation encoders). StandardScaler → PCA(≤256) → RidgeCV.",
+    "(which uses pretrained foundation encoders). StandardScaler → PCA(≤256) → ridge, its penalty chosen by the same spatial-block CV as the head.",
     "`train mean`: every spot gets the training mean of each gene; its PCC is 0 by construction, its MSE/MAE "
     "are the floor to beat.",
     "MOB genes are Ensembl ids without symbols, so gene-name text embeddings carry little meaning there.",
