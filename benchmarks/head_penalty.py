@@ -2,17 +2,22 @@
 what every alpha scores on the held-out patient.
 
 ``cs.tl.comtip_predict(method="head")`` fits ridge on the training spots' image embeddings with alpha chosen
-by leave-one-out CV (LOO) over ``logspace(-2, 3, 12)``. This script trains the full CoMTIP row once per seed,
-then prints the held-out PCC-ALL of ridge at every alpha of ``logspace(-3, 3, 13)`` and the alpha that
-each training-only rule picks:
+over ``logspace(-2, 3, 12)`` by spatial-block CV (``cv_blocks=5``). This script trains the full CoMTIP row once
+per seed, then prints the held-out PCC-ALL of ridge at every alpha of ``logspace(-3, 3, 13)`` and the alpha
+that each training-only rule picks:
 
-- ``loo``: the package's rule (its grid);
+- ``blocks``: the package's rule (5 k-means blocks per section, fold f leaves out block f of every section,
+  R² averaged over genes); ``blocks3``: the same with 3 blocks;
+- ``loo``: leave-one-spot-out CV on the package's grid (``cv_blocks=None``, the rule before session 6);
 - ``loo_wide``: LOO on the wider grid;
 - ``one_se``: the largest alpha whose LOO error is within one standard error of the best (errors per spot,
   averaged over genes);
 - ``loso``: leave-one-section-out CV by mean per-gene Pearson (only when the fold trains on ≥ 2 sections).
 
     python benchmarks/head_penalty.py 'mob:2→1' 0,1      # ~1.5 min per seed on one CPU core
+
+``--save DIR`` also writes each seed's training embeddings, values, sections, spot centres and the test
+embeddings and values to ``DIR/<fold>_<seed>.npz``, to try other rules without retraining.
 
 Prints one ``PENALTY fold seed {...}`` line per seed.
 """
@@ -33,14 +38,18 @@ from comtip_sc._benchmark import cache_fold_tiles, fit_comtip, get_preset
 from comtip_sc.model import FLAG_PRESETS
 from comtip_sc.tl._datamodule import normalized_values
 from comtip_sc.tl._evaluate import pearson_per_gene
-from comtip_sc.tl._predict import RIDGE_ALPHAS
+from comtip_sc.tl._ridge import ridge_cv, spatial_folds
 
 GRID = np.logspace(-3, 3, 13)
 
 
-def picks(x: np.ndarray, y: np.ndarray, sections: np.ndarray) -> dict[str, float]:
+def picks(x: np.ndarray, y: np.ndarray, sections: np.ndarray, centres: np.ndarray) -> dict[str, float]:
     """The alpha each training-only rule chooses (see the module docstring)."""
-    out = {"loo": float(RidgeCV(alphas=RIDGE_ALPHAS).fit(x, y).alpha_)}
+    out = {
+        "blocks": float(ridge_cv(x, y, spatial_folds(centres, sections)).alpha_),
+        "blocks3": float(ridge_cv(x, y, spatial_folds(centres, sections, 3)).alpha_),
+        "loo": float(ridge_cv(x, y).alpha_),
+    }
     loo = RidgeCV(alphas=GRID, store_cv_results=True).fit(x, y)
     err = loo.cv_results_.mean(1)  # (spots, alphas): LOO squared error averaged over genes
     mean, se = err.mean(0), err.std(0, ddof=1) / np.sqrt(len(err))
@@ -69,7 +78,6 @@ def main() -> None:
     preset = get_preset("cpu")
     fold = load_fold(preset, args.fold, args.data_root)
     train = fold.train.tables["table"]
-    sections = train.obs["region"].astype(str).to_numpy()
     test_y = normalized_values(fold.test.tables["table"], fold.panel)
     with tempfile.TemporaryDirectory() as tmp:
         cache_fold_tiles(fold, preset, Path(tmp), test=False)
@@ -88,7 +96,7 @@ def main() -> None:
                 )
                 for a in GRID
             }
-            chosen = picks(x, y, sections)
+            chosen = picks(x, y, np.asarray(bank.sections), bank.centres)
             row = {"picks": {k: f"{v:g}" for k, v in chosen.items()}, "test_pcc_by_alpha": test}
             row["test_pcc_of_pick"] = {
                 k: round(float(pearson_per_gene(test_y, Ridge(alpha=v).fit(x, y).predict(img)).mean()), 4)
@@ -102,8 +110,8 @@ def main() -> None:
                     y=y,
                     img=img,
                     test_y=test_y,
-                    sections=sections,
-                    spatial=np.asarray(train.obsm["spatial"]),
+                    sections=np.asarray(bank.sections),
+                    centres=bank.centres,
                 )
             print("PENALTY", args.fold, seed, json.dumps(row, ensure_ascii=False), flush=True)
 

@@ -99,8 +99,8 @@ def main() -> None:
                     **neighbour_stats(img, bank.embeddings),
                     "train": neighbour_stats(bank.image_embeddings, bank.embeddings),
                     "mean_shift": round(float(np.linalg.norm(img.mean(0) - mean_img)), 4),
-                    "cone_img": round(float(np.linalg.norm(mean_img)), 3),
-                    "cone_sent": round(float(np.linalg.norm(mean_sent)), 3),
+                    "cone_img": round(bank.cone()["image"], 3),
+                    "cone_sent": round(bank.cone()["sentence"], 3),
                     "retrieval_modality_centred": _pcc(test_y, _unit(img - mean_img), gap_free),
                 }
                 print("HUBNESS", args.fold, seed, label, json.dumps(row, ensure_ascii=False), flush=True)

@@ -61,6 +61,24 @@ def test_fit_returns_trained_model_with_bank_and_leaves_input_alone(toy, tmp_pat
     assert (before[0] != after[0]).nnz == 0 and before[1:] == after[1:]
 
 
+def test_fit_records_the_embedding_cone_and_warns_when_it_closes(toy, tmp_path, fit, monkeypatch, caplog):
+    model = fit(toy, tmp_path / "a")
+    cone = model.history["cone"]
+    assert cone == model.reference.cone()
+    bank = model.reference
+    assert cone["image"] == pytest.approx(np.linalg.norm(bank.image_embeddings.mean(0)))
+    assert 0.0 < cone["image"] <= 1.0 and 0.0 < cone["sentence"] <= 1.0
+    # A mean of unit vectors is never longer than 1, and any real fit's is longer than 0: the warning
+    # is silent above 1 and names the lengths at 0 (this one-epoch fit sits near 1, as untrained nets do).
+    for threshold, warned in ((1.01, False), (0.0, True)):
+        monkeypatch.setattr(cs.tl._fit, "CONE_WARN", threshold)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="comtip_sc"):
+            fit(toy, tmp_path / f"t{threshold}")
+        assert ("point nearly the same way" in caplog.text) is warned
+    assert str(round(cone["image"], 3)) in caplog.text
+
+
 def test_same_seed_same_model(toy, tmp_path, fit):
     a = fit(toy, tmp_path / "a")
     b = fit(toy, tmp_path / "b")

@@ -94,6 +94,10 @@ def _register(
     return _Registered(f"dataset{idx}", panel, values, sections, table.obs_names.to_numpy(), centres)
 
 
+#: ``fit`` warns when the mean embedding of the training spots is longer than this (see ReferenceBank.cone).
+CONE_WARN = 0.97
+
+
 def _default_precision(accelerator: str) -> str:
     if (
         accelerator in ("gpu", "cuda", "auto")
@@ -358,6 +362,7 @@ def fit(
         np.concatenate(centres),
     )
     history = {
+        "cone": reference.cone(),
         "sections": names,
         "val_sections": [names[i] for i in val_idx],
         "epochs": int(trainer.current_epoch),
@@ -380,6 +385,14 @@ def fit(
     )
     calibrate_zero_shot(model)
     network.cpu()
+    if max(history["cone"].values()) > CONE_WARN:
+        log.warning(
+            "The training spots' embeddings point nearly the same way (mean embedding length %s; 1 = all "
+            "alike). Retrieval from this model ranks its bank by little more than noise; the head is less "
+            "affected. An untrained network starts there, so it can mean too little training; see "
+            "docs/benchmarks.md, 'The collapse reproduced on the CPU'.",
+            {k: round(v, 3) for k, v in history["cone"].items()},
+        )
     log.info("Trained %r.", model)
     return model
 
