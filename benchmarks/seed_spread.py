@@ -23,7 +23,7 @@ import numpy as np
 from _one_fold import fold_parser, load_fold, quiet_one_thread
 
 import comtip_sc as cs
-from comtip_sc._benchmark import _score, cache_fold_tiles, fit_comtip, fit_stnet, get_preset
+from comtip_sc._benchmark import _score, cache_fold_tiles, fit_comtip, fit_stnet, get_preset, train_folds
 from comtip_sc._benchmark_baselines import frozen_features, ridge_on_features
 from comtip_sc._constants import SAMPLE_KEY
 from comtip_sc.model import FLAG_PRESETS
@@ -93,7 +93,10 @@ def main() -> None:
             row["st_net_like"] = round(_score(fold.test, fold.panel, pred)["PCC-ALL"], 3)
             train_x, test_x = frozen_features(p.config, [train, test], seed=seed)
             row["random_vit_ridge"] = round(
-                _score(fold.test, fold.panel, ridge_on_features(train_x, y, test_x))["PCC-ALL"], 3
+                _score(fold.test, fold.panel, ridge_on_features(train_x, y, test_x, train_folds(fold)))[
+                    "PCC-ALL"
+                ],
+                3,
             )
             print("SEED", args.fold, seed, settings, row, flush=True)
 

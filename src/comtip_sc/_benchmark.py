@@ -201,6 +201,16 @@ def cache_fold_tiles(fold: Fold, preset: BenchPreset, work: Path, *, test: bool 
     return train, (cache_tiles(fold.test, work / "test.zarr", **kw) if test else None)
 
 
+def train_folds(fold: Fold) -> np.ndarray:
+    """Spatial CV folds of the fold's training spots, in table order.
+
+    They are the CoMTIP head's folds (its bank keeps the table's order within each section), so both ridge
+    rows choose their penalty alike.
+    """
+    names, centres = spot_layout(resolve_sections(fold.train), fold.train.tables[TABLE_KEY].n_obs)
+    return spatial_folds(centres, names)
+
+
 def fit_comtip(
     fold: Fold, preset: BenchPreset, flags: dict[str, bool], genes: list[str], work: Path, root: Path
 ) -> ComtipModel:
@@ -342,11 +352,9 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
 
     t = time.perf_counter()
     train_x, test_x = frozen_features(cfg, [train_tiles, test_tiles], seed=seed)
-    # The same spatial folds as the CoMTIP head's CV (both rows choose their penalty the same way).
-    names, centres = spot_layout(resolve_sections(fold.train), len(train_y))
     emit(
         RIDGE,
-        _score(fold.test, panel, ridge_on_features(train_x, train_y, test_x, spatial_folds(centres, names))),
+        _score(fold.test, panel, ridge_on_features(train_x, train_y, test_x, train_folds(fold))),
         time.perf_counter() - t,
         0.0,
     )
