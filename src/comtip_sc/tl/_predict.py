@@ -140,7 +140,7 @@ def comtip_predict(
         Neighbours for ``"retrieval"``.
     cv_blocks
         ``"head"``: each reference section is cut into this many contiguous blocks (k-means of the spot
-        centres) and the ridge penalty (0.01 … 1000, 12 values) is chosen by leaving
+        centres) and the ridge penalty (0.01 … 1.5e6, 19 values) is chosen by leaving
         out one block of every section at a time (R² averaged over genes). ``None``: leave-one-spot-out CV,
         which keeps a spot's neighbours in the fit and under-regularises for a new patient
         (``docs/benchmarks.md``). Banks saved by earlier versions carry no spot centres and use ``None``.
