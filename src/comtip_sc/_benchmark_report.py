@@ -47,7 +47,8 @@ NOTES = [
     "(head bias initialised at the training mean).",
     "`frozen ViT + PCA + ridge ≈HEST`: the *same backbone at its initial weights* (pretrained=False, seeded): "
     "nothing can be downloaded here, so this is a random-feature probe, a lower bound of the HEST family "
-    "(which uses pretrained foundation encoders). StandardScaler → PCA(≤256) → ridge, its penalty chosen by the same spatial-block CV as the head.",
+    "(which uses pretrained foundation encoders). StandardScaler → PCA(≤256) → ridge, its penalty chosen by "
+    "the same spatial-block CV as the head.",
     "`train mean`: every spot gets the training mean of each gene; its PCC is 0 by construction, its MSE/MAE "
     "are the floor to beat.",
     "MOB genes are Ensembl ids without symbols, so gene-name text embeddings carry little meaning there.",

@@ -232,7 +232,7 @@ def resolve_sections(
     return sections
 
 
-def spot_layout(sections: Sequence[Section], n_obs: int, prefix: str = "") -> tuple[list[str], np.ndarray]:
+def spot_layout(sections: Sequence[Section], n_obs: int) -> tuple[list[str], np.ndarray]:
     """Section name and pixel centre of every table row, from :func:`resolve_sections`.
 
     Parameters
@@ -241,8 +241,6 @@ def spot_layout(sections: Sequence[Section], n_obs: int, prefix: str = "") -> tu
         The table's sections.
     n_obs
         Rows of the table.
-    prefix
-        Put before every section name (to keep the names of several tables apart).
 
     Returns
     -------
@@ -263,5 +261,5 @@ def spot_layout(sections: Sequence[Section], n_obs: int, prefix: str = "") -> tu
     for sec in sections:
         centres[sec.obs_index] = sec.centers_px
         for i in sec.obs_index:
-            names[i] = prefix + sec.region
+            names[i] = sec.region
     return names, centres

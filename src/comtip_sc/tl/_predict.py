@@ -73,13 +73,15 @@ def _retrieval(img: np.ndarray, bank: ReferenceBank, k: int) -> np.ndarray:
     return np.nan_to_num(pred, nan=0.0)
 
 
-def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[np.ndarray, list[float]]:
+def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[np.ndarray, dict]:
+    """Ridge predictions and how the penalty was chosen (``{"head_cv": ..., "head_alphas": [...]}``)."""
     if bank.image_embeddings is None:
         raise ValueError(
             "The reference bank has no image embeddings; 'head' needs a bank built by fit or reference=."
         )
     folds = None
-    if cv_blocks is not None and bank.centres is not None:
+    # Banks saved by earlier versions have no spot centres: leave-one-spot-out, and uns says so.
+    if cv_blocks is not None and bank.centres is not None and np.isfinite(bank.centres).all():
         folds = spatial_folds(bank.centres, bank.sections, cv_blocks)
     pred = np.zeros((len(img), len(bank.genes)), np.float32)
     alphas = []
@@ -97,7 +99,7 @@ def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[
         )
         pred[:, cols] = ridge.predict(img)
         alphas.append(float(ridge.alpha_))
-    return pred, alphas
+    return pred, {"head_cv": "loo" if folds is None else f"{cv_blocks} spatial blocks", "head_alphas": alphas}
 
 
 def comtip_predict(
@@ -229,8 +231,7 @@ def comtip_predict(
         if method == "retrieval":
             pred = _retrieval(img, bank, k)
         else:
-            pred, alphas = _head(img, bank, cv_blocks)
-            head_cv = "loo" if cv_blocks is None or bank.centres is None else f"{cv_blocks} spatial blocks"
+            pred, head = _head(img, bank, cv_blocks)
         names = list(bank.genes)
         if genes is not None:
             missing = [g for g in genes if g not in names]
@@ -264,8 +265,8 @@ def comtip_predict(
             "extra_key": extra_key if extra else None,
             "k": k if method == "retrieval" else None,
             "temperature": temp if method == "zero_shot" else None,
-            "head_cv": head_cv if method == "head" else None,
-            "head_alphas": alphas if method == "head" else None,
+            "head_cv": head["head_cv"] if method == "head" else None,
+            "head_alphas": head["head_alphas"] if method == "head" else None,
             "reference": "given" if reference is not None else "model bank",
         },
     )
