@@ -2,7 +2,7 @@
 what every alpha scores on the held-out patient.
 
 ``cs.tl.comtip_predict(method="head")`` fits ridge on the training spots' image embeddings with alpha chosen
-over ``logspace(-2, 3, 12)`` by spatial-block CV (``cv_blocks=5``). This script trains the full CoMTIP row once
+over ``RIDGE_ALPHAS`` (0.01 to 1.5e6) by spatial-block CV (``cv_blocks=5``). This script trains the full CoMTIP row once
 per seed, then prints the held-out PCC-ALL of ridge at every alpha of ``logspace(-3, 3, 13)`` and the alpha
 that each training-only rule picks:
 

@@ -91,6 +91,7 @@ def main() -> None:
                 img = fold.test.tables["table"].obsm["X_hub"]
                 bank = model.reference
                 mean_img, mean_sent = bank.image_embeddings.mean(0), bank.embeddings.mean(0)
+                cone = bank.cone()
                 centred = _unit(img - img.mean(0) + mean_img)
                 gap_free = dataclasses.replace(bank, embeddings=_unit(bank.embeddings - mean_sent))
                 row = {
@@ -99,8 +100,8 @@ def main() -> None:
                     **neighbour_stats(img, bank.embeddings),
                     "train": neighbour_stats(bank.image_embeddings, bank.embeddings),
                     "mean_shift": round(float(np.linalg.norm(img.mean(0) - mean_img)), 4),
-                    "cone_img": round(bank.cone()["image"], 3),
-                    "cone_sent": round(bank.cone()["sentence"], 3),
+                    "cone_img": round(cone["image"], 3),
+                    "cone_sent": round(cone["sentence"], 3),
                     "retrieval_modality_centred": _pcc(test_y, _unit(img - mean_img), gap_free),
                 }
                 print("HUBNESS", args.fold, seed, label, json.dumps(row, ensure_ascii=False), flush=True)

@@ -70,6 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train, test = cache_fold_tiles(fold, p, Path(tmp))
         y = normalized_values(fold.train.tables["table"], fold.panel)
+        folds = train_folds(fold)
         for seed in seeds:
             ps = dataclasses.replace(p, seed=seed)
             row = {}
@@ -92,12 +93,8 @@ def main() -> None:
             pred = fit_stnet(ps, train, y, test, Path(tmp))
             row["st_net_like"] = round(_score(fold.test, fold.panel, pred)["PCC-ALL"], 3)
             train_x, test_x = frozen_features(p.config, [train, test], seed=seed)
-            row["random_vit_ridge"] = round(
-                _score(fold.test, fold.panel, ridge_on_features(train_x, y, test_x, train_folds(fold)))[
-                    "PCC-ALL"
-                ],
-                3,
-            )
+            pred = ridge_on_features(train_x, y, test_x, folds)
+            row["random_vit_ridge"] = round(_score(fold.test, fold.panel, pred)["PCC-ALL"], 3)
             print("SEED", args.fold, seed, settings, row, flush=True)
 
 

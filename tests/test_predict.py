@@ -334,6 +334,7 @@ def test_save_load_gives_identical_embeddings(tiny_model, saved, unseen_embedded
     np.testing.assert_array_equal(loaded.reference.embeddings, tiny_model.reference.embeddings)
     np.testing.assert_array_equal(loaded.reference.expression, tiny_model.reference.expression)
     np.testing.assert_array_equal(loaded.reference.centres, tiny_model.reference.centres)
+    assert loaded.reference.centres.dtype == tiny_model.reference.centres.dtype == np.float64
     assert loaded.reference.sections == tiny_model.reference.sections
     assert loaded.zero_shot_temperature == tiny_model.zero_shot_temperature is not None
     out = cs.tl.comtip_embed(unseen_embedded, loaded, copy=True)

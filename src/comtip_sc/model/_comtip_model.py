@@ -245,12 +245,14 @@ class ComtipModel:
                 arrays = {"embeddings": ref.embeddings, "expression": ref.expression}
                 if ref.image_embeddings is not None:
                     arrays["image_embeddings"] = ref.image_embeddings
+                tensors = {
+                    k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()
+                }
                 if ref.centres is not None:
-                    arrays["centres"] = ref.centres
-                save_file(
-                    {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()},
-                    str(tmp / _REFERENCE_FILE),
-                )
+                    # Full precision: float32 would move pixel centres of large images, and with them the
+                    # head's spatial CV blocks, between a model and its reloaded copy.
+                    tensors["centres"] = torch.from_numpy(np.ascontiguousarray(ref.centres, np.float64))
+                save_file(tensors, str(tmp / _REFERENCE_FILE))
                 meta["reference"] = {
                     "genes": ref.genes,
                     "obs_names": ref.obs_names,
