@@ -9,7 +9,9 @@ Prints one ``SEED fold seed [settings] {...}`` line of PCC-ALL per seed.
 ``--set field=value`` (repeatable; value parsed as JSON, else kept as a string) changes the CoMTIP config of
 the preset for this run only, to measure one setting over seeds; ``--no-baselines`` skips the ST-Net-like and
 ridge rows; ``--epochs N`` and ``--tile-um UM`` override the preset's training length and tile size (every
-row); ``--train-sections N`` trains every row on the first N training sections only (same panel).
+row); ``--train-sections N`` trains every row on the first N training sections only (same panel);
+``--train-genes N`` trains CoMTIP and the regressor on the top N genes by the panel's own rule (a superset of
+the 250-gene panel), while every row is still scored, and both ridges fitted, on the panel.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from _one_fold import fold_parser, load_fold, quiet_one_thread
 import comtip_sc as cs
 from comtip_sc._benchmark import _score, cache_fold_tiles, fit_comtip, fit_stnet, get_preset, train_folds
 from comtip_sc._benchmark_baselines import frozen_features, ridge_on_features
+from comtip_sc._benchmark_data import choose_panel
 from comtip_sc._constants import SAMPLE_KEY
 from comtip_sc.model import FLAG_PRESETS
 from comtip_sc.pp import subset_sections
@@ -51,6 +54,12 @@ def main() -> None:
         default=None,
         help="train on the first N training sections only (sorted by name); the panel stays the fold's",
     )
+    parser.add_argument(
+        "--train-genes",
+        type=int,
+        default=None,
+        help="train CoMTIP and the regressor on the top N genes (panel rule); score on the panel",
+    )
     args = parser.parse_args()
     quiet_one_thread()
     p = get_preset("cpu")
@@ -67,14 +76,21 @@ def main() -> None:
         names = sorted(set(samples))[: args.train_sections]
         fold = dataclasses.replace(fold, train=subset_sections(fold.train, np.isin(samples, names)))
         settings.append(f"train_sections={names} ({int(np.isin(samples, names).sum())} spots)")
+    genes = fold.panel
+    if args.train_genes is not None:
+        genes = choose_panel(fold.train.tables["table"], fold.test.tables["table"], args.train_genes)
+        if genes[: len(fold.panel)] != fold.panel:
+            raise SystemExit("the wider gene set does not start with the panel")
+        settings.append(f"train_genes={len(genes)}")
     with tempfile.TemporaryDirectory() as tmp:
         train, test = cache_fold_tiles(fold, p, Path(tmp))
         y = normalized_values(fold.train.tables["table"], fold.panel)
+        y_train = normalized_values(fold.train.tables["table"], genes)
         folds = train_folds(fold)
         for seed in seeds:
             ps = dataclasses.replace(p, seed=seed)
             row = {}
-            model = fit_comtip(fold, ps, FLAG_PRESETS["comtip"], fold.panel, Path(tmp), Path(tmp))
+            model = fit_comtip(fold, ps, FLAG_PRESETS["comtip"], genes, Path(tmp), Path(tmp))
             row["T"] = round(1.0 / float(model.network.logit_scale()), 4)
             cs.tl.comtip_embed(fold.test, model, key_added="X_seed")
             for method in ("retrieval", "zero_shot", "head"):
@@ -90,7 +106,7 @@ def main() -> None:
             if args.no_baselines:
                 print("SEED", args.fold, seed, settings, row, flush=True)
                 continue
-            pred = fit_stnet(ps, train, y, test, Path(tmp))
+            pred = fit_stnet(ps, train, y_train, test, Path(tmp))[:, : len(fold.panel)]
             row["st_net_like"] = round(_score(fold.test, fold.panel, pred)["PCC-ALL"], 3)
             train_x, test_x = frozen_features(p.config, [train, test], seed=seed)
             pred = ridge_on_features(train_x, y, test_x, folds)
