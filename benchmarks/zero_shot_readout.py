@@ -4,7 +4,8 @@
 one, by PCC-ALL on the training spots. This script trains the full CoMTIP row once per seed and prints, for
 every factor, that training-spot score next to the PCC-ALL the same read-out reaches on the held-out
 patient, so one can see whether the choice made on training data is the one the test data would have made.
-``--candidates 24,8`` also reads on other candidate grids (training queries 8 values per gene, prediction 24).
+``--candidates 24,8`` also reads on other candidate grids (training queries 8 values per gene, and prediction
+reads on that same grid).
 
     python benchmarks/zero_shot_readout.py 'her2st:A→C' 0        # ~4 min per seed on one CPU core
     python benchmarks/zero_shot_readout.py 'mob:2→1' 0,1 --candidates 24,8
@@ -26,15 +27,16 @@ from comtip_sc._benchmark import _score, cache_fold_tiles, fit_comtip, get_prese
 from comtip_sc.model import FLAG_PRESETS
 from comtip_sc.tl._datamodule import normalized_values
 from comtip_sc.tl._evaluate import pearson_per_gene
-from comtip_sc.tl._zero_shot import N_CANDIDATES, READOUT_FACTORS, _pcc_all, zero_shot_values
+from comtip_sc.tl._zero_shot import READOUT_FACTORS, _pcc_all, zero_shot_values
 
 
 def main() -> None:
     parser = fold_parser(__doc__)
     parser.add_argument(
         "--candidates",
-        default=str(N_CANDIDATES),
-        help=f"comma-separated grid sizes M to read on (default {N_CANDIDATES}, what prediction uses)",
+        default=str(get_preset("cpu").config.value_query_candidates),
+        help="comma-separated grid sizes M to read on (default: the preset's value_query_candidates, "
+        "what prediction uses)",
     )
     args = parser.parse_args()
     quiet_one_thread()

@@ -161,6 +161,17 @@ def test_zero_shot_temperature_default_and_override(tiny_model, unseen_embedded)
     warm = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=100.0, **kw).tables["table"]
     assert not np.allclose(cold.layers[PRED_LAYER][:, cols], warm.layers[PRED_LAYER][:, cols])
     assert warm.layers[PRED_LAYER][:, cols].std(0).max() < cold.layers[PRED_LAYER][:, cols].std(0).max()
+    # By default the read-out uses the candidate grid the value-query term trained on (M values).
+    from comtip_sc.tl._zero_shot import zero_shot_values
+
+    img = unseen_embedded.tables["table"].obsm[EMBED_KEY]
+    m = tiny_model.config.value_query_candidates
+    (on_default,), (on_m,), (on_24,) = (
+        zero_shot_values(img, tiny_model, kw["genes"], [chosen], n_candidates=n) for n in (None, m, 24)
+    )
+    np.testing.assert_array_equal(on_default, on_m)
+    np.testing.assert_allclose(on_default, default.layers[PRED_LAYER][:, cols], rtol=1e-6)
+    assert not np.allclose(on_default, on_24)
     with pytest.raises(ValueError, match="temperature"):
         cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=0.0, **kw)
 

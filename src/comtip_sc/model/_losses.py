@@ -243,9 +243,8 @@ def candidate_values(vmax: torch.Tensor, n: int) -> torch.Tensor:
     """The value grid of the zero-shot read-out: ``n`` evenly spaced values from 0 to ``vmax`` per gene.
 
     Training (:func:`value_query_loss`) and prediction (``cs.tl.comtip_predict(method="zero_shot")``) use
-    this one definition, so the read-out is trained on the value range it is later read on. The grids differ
-    in resolution: training queries ``value_query_candidates`` points (8 by default), prediction 24
-    (``comtip_sc.tl._zero_shot.N_CANDIDATES``).
+    this one definition and the same ``value_query_candidates`` points (8 by default), so the read-out is
+    read on exactly the values it was trained on.
 
     Examples
     --------

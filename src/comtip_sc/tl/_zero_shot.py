@@ -25,8 +25,6 @@ from ._evaluate import pearson_per_gene
 
 log = logging.getLogger(__name__)
 
-#: Candidate values per gene in zero-shot prediction (log1p scale, from 0 to the gene's training max).
-N_CANDIDATES = 24
 #: Read-out temperatures tried by :func:`calibrate_zero_shot`, as multiples of the learned temperature.
 READOUT_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: Training spots used for the calibration (evenly spaced when there are more); bounds its cost.
@@ -47,6 +45,22 @@ def readout_temperature(model: ComtipModel) -> float:
     return _learned(model)
 
 
+def readout_candidates(model: ComtipModel) -> int:
+    """Candidate values per gene in zero-shot prediction: the grid the value-query term trained on.
+
+    Reading on the training grid (``config.value_query_candidates``, 8 by default) rather than a finer one
+    scored higher on 6 of 8 benchmark fits (``docs/benchmarks.md``): the read-out was trained to place its
+    probability on exactly these values.
+
+    Examples
+    --------
+    >>> readout_candidates(model)  # doctest: +SKIP
+    8
+
+    """
+    return int(model.config.value_query_candidates)
+
+
 def _learned(model: ComtipModel) -> float:
     return 1.0 / float(model.network.logit_scale().detach())
 
@@ -58,7 +72,7 @@ def zero_shot_values(
     genes: Sequence[str],
     temperatures: Sequence[float],
     chunk: int = 64,
-    n_candidates: int = N_CANDIDATES,
+    n_candidates: int | None = None,
 ) -> list[np.ndarray]:
     """Zero-shot predictions ``(n_spots, n_genes)`` of ``genes``, one array per read-out temperature.
 
@@ -67,7 +81,7 @@ def zero_shot_values(
     (the sentences the value-query term trains on). The image embedding scores the ``M`` sentences; the
     prediction is ``Σ_m softmax_m(score / T) · v_m`` (:meth:`~comtip_sc.model.ComtipNetwork.read_values`,
     read here at each temperature from one scoring). No reference spot is used: only the gene's name and
-    the panel's value range. ``n_candidates`` is ``M``.
+    the panel's value range. ``n_candidates`` is ``M`` (default :func:`readout_candidates`).
     """
     net = model.network
     encoder = net.gene_encoder
@@ -81,7 +95,7 @@ def zero_shot_values(
     maxes = {g: v for g, v in model.gene_stats.get("max", {}).items() if np.isfinite(v) and v > 0}
     global_max = max(maxes.values(), default=8.0)
     vmax = torch.tensor([maxes.get(g, global_max) for g in genes], dtype=torch.float32)
-    cands = candidate_values(vmax, n_candidates)  # [Q, M]
+    cands = candidate_values(vmax, n_candidates or readout_candidates(model))  # [Q, M]
     gene_idx = encoder.gene_index(list(genes)).to(device)
     img_t = torch.from_numpy(np.ascontiguousarray(img, np.float32)).to(device)
     preds = [np.zeros((len(img), len(genes)), np.float32) for _ in temperatures]
