@@ -133,7 +133,9 @@ def comtip_predict(
         ``"retrieval"``: mean expression of the ``k`` reference spots whose gene-sentence embeddings are
         most similar to the spot's image embedding (BLEEP-style). ``"zero_shot"``: no reference; for each
         gene, the expected value under the softmax over sentences carrying that gene at candidate
-        values — works for genes outside the training panel, embedded from their names. ``"head"``: a
+        values (the ``config.value_query_candidates`` values the model trained its read-out on, from 0 to
+        the gene's training maximum) — works for genes outside the training panel, embedded from their
+        names. ``"head"``: a
         ridge regression fitted on the reference spots' frozen image embeddings, its penalty chosen by
         spatial-block CV (``cv_blocks``).
     genes
