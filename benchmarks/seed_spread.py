@@ -80,7 +80,11 @@ def main() -> None:
     if args.train_genes is not None:
         genes = choose_panel(fold.train.tables["table"], fold.test.tables["table"], args.train_genes)
         if genes[: len(fold.panel)] != fold.panel:
-            raise SystemExit("the wider gene set does not start with the panel")
+            raise SystemExit(
+                f"--train-genes {args.train_genes}: the top {args.train_genes} genes of these training sections "
+                f"do not contain the fold's {len(fold.panel)}-gene panel; use at least {len(fold.panel)} and "
+                "all training sections"
+            )
         settings.append(f"train_genes={len(genes)}")
     with tempfile.TemporaryDirectory() as tmp:
         train, test = cache_fold_tiles(fold, p, Path(tmp))

@@ -135,9 +135,8 @@ def comtip_predict(
         gene, the expected value under the softmax over sentences carrying that gene at candidate
         values (the ``config.value_query_candidates`` values the model trained its read-out on, from 0 to
         the gene's training maximum) — works for genes outside the training panel, embedded from their
-        names. ``"head"``: a
-        ridge regression fitted on the reference spots' frozen image embeddings, its penalty chosen by
-        spatial-block CV (``cv_blocks``).
+        names. ``"head"``: a ridge regression fitted on the reference spots' frozen image embeddings, its
+        penalty chosen by spatial-block CV (``cv_blocks``).
     genes
         Genes to predict. Default: the model's panel (``"retrieval"``/``"head"``: the reference's genes).
     k
