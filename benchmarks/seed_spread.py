@@ -88,8 +88,9 @@ def main() -> None:
         settings.append(f"train_genes={len(genes)}")
     with tempfile.TemporaryDirectory() as tmp:
         train, test = cache_fold_tiles(fold, p, Path(tmp))
-        y = normalized_values(fold.train.tables["table"], fold.panel)
+        # Library size is taken over all genes, so the panel's values are the first columns of the wider set's.
         y_train = normalized_values(fold.train.tables["table"], genes)
+        y = y_train[:, : len(fold.panel)]
         folds = train_folds(fold)
         for seed in seeds:
             ps = dataclasses.replace(p, seed=seed)
