@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from benchmarks.__main__ import main as main_bench
+from benchmarks.harness import method_names
+from benchmarks.report import METRICS
 
-from comtip_sc._benchmark import method_names
-from comtip_sc._benchmark_report import METRICS
 from comtip_sc.cli import main
 from comtip_sc.pp import subset_sections
 
@@ -22,9 +23,9 @@ ROOT = Path(__file__).parents[1]
 
 @pytest.mark.slow
 def test_benchmark_smoke_writes_every_row(tmp_path: Path) -> None:
-    # Two seeds on two spawned worker processes: the path `comtip benchmark --preset cpu --jobs 2` takes.
-    args = ["benchmark", "--preset", "smoke", "--out", str(tmp_path), "-q", "--seeds", "0,1", "--jobs", "2"]
-    assert main(args) == 0
+    # Two seeds on two spawned worker processes: the path `python -m benchmarks --preset cpu --jobs 2` takes.
+    args = ["--preset", "smoke", "--out", str(tmp_path), "-q", "--seeds", "0,1", "--jobs", "2"]
+    assert main_bench(args) == 0
     df = pd.read_csv(tmp_path / "expression_prediction_smoke.csv")
     folds = sorted(df["fold"].unique())
     assert folds == ["toyA→toyB", "toyB→toyA"]
@@ -84,12 +85,12 @@ def test_train_step_tiny_table() -> None:
 
 
 def test_benchmark_rejects_bad_seeds(tmp_path: Path, capsys) -> None:
-    assert main(["benchmark", "--preset", "smoke", "--out", str(tmp_path), "--seeds", "0,x"]) != 0
+    assert main_bench(["--preset", "smoke", "--out", str(tmp_path), "--seeds", "0,x"]) != 0
     assert "--seeds must be comma-separated integers, got '0,x'" in capsys.readouterr().err
 
 
 def test_summary_means_over_folds_and_seeds() -> None:
-    from comtip_sc._benchmark_report import per_fold, summary
+    from benchmarks.report import per_fold, summary
 
     rows = []
     for fold, seed, pcc in [("a", 0, 0.1), ("b", 0, 0.3), ("a", 1, 0.2), ("b", 1, 0.6)]:
@@ -119,14 +120,14 @@ def test_summary_means_over_folds_and_seeds() -> None:
 
 
 def test_benchmark_datasets_subset_and_bad_name(tmp_path: Path, capsys) -> None:
-    assert main(["benchmark", "--preset", "smoke", "--out", str(tmp_path), "--datasets", "mob"]) != 0
+    assert main_bench(["--preset", "smoke", "--out", str(tmp_path), "--datasets", "mob"]) != 0
     assert "--datasets must name some of ['toy'], got 'mob'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
 def test_chosen_datasets_keeps_the_preset_order() -> None:
-    from comtip_sc._benchmark import get_preset
-    from comtip_sc._benchmark_run import _chosen_datasets, fold_keys
+    from benchmarks.harness import get_preset
+    from benchmarks.run import _chosen_datasets, fold_keys
 
     keys = fold_keys(get_preset("cpu"))
     assert _chosen_datasets(keys, None) == ["her2st", "mob"]
@@ -139,9 +140,9 @@ def test_chosen_datasets_keeps_the_preset_order() -> None:
 @pytest.mark.slow
 def test_benchmark_per_fit_tasks_give_the_same_rows(tmp_path: Path) -> None:
     # --per-fit only changes how the work is cut into worker tasks, not what any row computes.
-    common = ["benchmark", "--preset", "smoke", "-q", "--seeds", "0"]
-    assert main([*common, "--out", str(tmp_path / "fold")]) == 0
-    assert main([*common, "--out", str(tmp_path / "fit"), "--per-fit", "--jobs", "2"]) == 0
+    common = ["--preset", "smoke", "-q", "--seeds", "0"]
+    assert main_bench([*common, "--out", str(tmp_path / "fold")]) == 0
+    assert main_bench([*common, "--out", str(tmp_path / "fit"), "--per-fit", "--jobs", "2"]) == 0
     cols = ["dataset", "fold", "seed", "method", *METRICS]
     by_fold = pd.read_csv(tmp_path / "fold" / "expression_prediction_smoke.csv")[cols]
     by_fit = pd.read_csv(tmp_path / "fit" / "expression_prediction_smoke.csv")[cols]
@@ -149,3 +150,9 @@ def test_benchmark_per_fit_tasks_give_the_same_rows(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(by_fold, by_fit)
     meta = json.loads((tmp_path / "fit" / "expression_prediction_smoke.json").read_text())
     assert meta["per_fit"] is True
+
+
+def test_comtip_benchmark_says_where_the_harness_lives(capsys) -> None:
+    # The harness is not installed with the library; the command points to the checkout instead.
+    assert main(["benchmark", "--preset", "cpu"]) == 2
+    assert "python -m benchmarks" in capsys.readouterr().err

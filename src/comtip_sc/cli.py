@@ -1,4 +1,4 @@
-"""The ``comtip`` command line: ``fit``, ``embed``, ``predict``, ``demo`` and ``benchmark`` for shells and clusters.
+"""The ``comtip`` command line: ``fit``, ``embed``, ``predict`` and ``demo`` for shells and clusters.
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad command line, 3 bad input data or files.
 """
@@ -17,6 +17,14 @@ from ._atomic import atomic_path
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DATA = 0, 1, 2, 3
 
 log = logging.getLogger("comtip_sc.cli")
+
+#: What ``comtip benchmark`` prints: the benchmark is a harness of the source repository, not of the library.
+BENCHMARK_HOWTO = (
+    "The expression-prediction benchmark is not installed with the package: it runs from a source checkout,\n"
+    "    git clone <comtip_sc repository> && cd comtip_sc && pip install -e .\n"
+    "    python -m benchmarks --preset cpu --jobs 2 --data-root <folder with her2st/ and stutility_mob/>\n"
+    "(see benchmarks/README.md there)."
+)
 
 
 def load_data(path: str):
@@ -212,49 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="Seed (default: %(default)s).")
     _add_common(p)
 
-    p = sub.add_parser("benchmark", help="Expression-prediction benchmark against the peer families.")
-    p.add_argument(
-        "--preset",
-        default="smoke",
-        choices=["smoke", "cpu", "gpu"],
-        help="smoke: toy tissue, a few steps; cpu: real data on CPU; gpu: ViT-B/32 at 224 px.",
+    p = sub.add_parser(
+        "benchmark",
+        help="Where the expression-prediction benchmark lives (it runs from a source checkout).",
     )
-    p.add_argument(
-        "--data-root",
-        default="../shared/data",
-        help="Folder with her2st/ and stutility_mob/ (default: %(default)s).",
-    )
-    p.add_argument(
-        "--out",
-        default="benchmarks/results",
-        help="Folder for the markdown table and CSV (default: %(default)s).",
-    )
-    p.add_argument(
-        "--seeds",
-        default=None,
-        help="Comma-separated seeds; every row is trained once per seed (default: the preset's, cpu: 0,1).",
-    )
-    p.add_argument(
-        "--datasets",
-        default=None,
-        help="Comma-separated datasets to run (her2st, mob; default: both). A subset writes "
-        "expression_prediction_<preset>_<datasets>.*, so two runs can split a long preset.",
-    )
-    p.add_argument(
-        "--per-fit",
-        action="store_true",
-        help="One worker task per fit (each CoMTIP variant, the baselines) instead of per fold: more tasks "
-        "for --jobs on a many-core GPU machine, at the cost of each task loading its fold and cutting tiles.",
-    )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="Worker processes, each training one fold at one seed at a time on the preset's torch threads "
-        "(default: %(default)s; 2 on a 2-core machine halves the wall time).",
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="Log debugging details.")
-    p.add_argument("-q", "--quiet", action="store_true", help="Log only warnings and errors.")
     return parser
 
 
@@ -356,6 +325,10 @@ def _cmd_embed_predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``comtip`` command; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["benchmark"]:
+        print(BENCHMARK_HOWTO, file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -372,10 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             from ._demo import run_demo
 
             code = run_demo(args)
-        else:
-            from ._benchmark_run import run_benchmark
-
-            code = run_benchmark(args)
+        else:  # pragma: no cover - "benchmark" returns before parsing
+            raise AssertionError(args.command)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
         print(f"comtip {args.command}: error: {err}", file=sys.stderr)
         return EXIT_DATA

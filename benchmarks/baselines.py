@@ -1,4 +1,4 @@
-"""Non-contrastive baselines of ``comtip benchmark``: ST-Net-like regression, frozen features + ridge, mean.
+"""Non-contrastive baselines of the benchmark: ST-Net-like regression, frozen features + ridge, mean.
 
 They share everything with the CoMTIP rows that is not the method itself: the same timm backbone (name,
 ``tile_px``, ``backbone_kwargs``, weights), the same tiles (the fold's tile caches), the same collate
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .model import ComtipConfig, create_backbone
-from .model._lightning import lr_factor
-from .tl._datamodule import SentenceCollate, SpotDataModule, SpotSentences
-from .tl._ridge import ridge_cv
+from comtip_sc.model import ComtipConfig, create_backbone
+from comtip_sc.model._lightning import lr_factor
+from comtip_sc.tl._datamodule import SentenceCollate, SpotDataModule, SpotSentences
+from comtip_sc.tl._ridge import ridge_cv
 
 #: HEST-Benchmark's PCA size.
 MAX_PCA = 256

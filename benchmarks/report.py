@@ -1,4 +1,4 @@
-"""Tables of ``comtip benchmark``: per-fold rows, means over folds, and the run's header, written atomically."""
+"""Tables of the benchmark: per-fold rows, means over folds, and the run's header, written atomically."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ._atomic import atomic_path
+from comtip_sc._atomic import atomic_path
 
 METRICS = ["PCC-ALL", "PCC-HEG", "PCC-HVG", "MSE", "MAE"]
 COLUMNS = [

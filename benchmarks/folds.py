@@ -1,4 +1,4 @@
-"""Data of ``comtip benchmark``: patient splits of SpatialData objects and the protocol's gene panel."""
+"""Data of the benchmark: patient splits of SpatialData objects and the protocol's gene panel."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import numpy as np
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from ._constants import SAMPLE_KEY, TABLE_KEY
-from .pp._subset import subset_sections
-from .tl._datamodule import normalized_values
+from comtip_sc._constants import SAMPLE_KEY, TABLE_KEY
+from comtip_sc.pp._subset import subset_sections
+from comtip_sc.tl._datamodule import normalized_values
 
 if TYPE_CHECKING:
-    from ._benchmark import BenchPreset
+    from .harness import BenchPreset
 
-log = logging.getLogger("comtip_sc.benchmark")
+log = logging.getLogger("benchmarks")
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""``comtip benchmark``: expression prediction from H&E, CoMTIP beside its peer families, in one run.
+"""The benchmark's folds: expression prediction from H&E, CoMTIP beside its peer families, in one run.
 
-Protocol (DESIGN §3): leave-one-patient-out (her2st: patient A ↔ C; MOB: individual 1 ↔ 2), spots with
+Protocol: leave-one-patient-out (her2st: patient A ↔ C; MOB: individual 1 ↔ 2), spots with
 ≥ 100 UMI, 1e4 + log1p, panel = top-250 genes by mean over the *training* spots among genes detected in
 every section, metrics from :func:`comtip_sc.tl.evaluate` on the held-out patient. Every row of a run
 uses the same backbone, tiles, epochs, batch size, learning rate and seed; nothing is tuned on test data.
@@ -21,16 +21,17 @@ import numpy as np
 import torch
 from spatialdata import SpatialData
 
-from ._benchmark_baselines import fit_regression, frozen_features, ridge_on_features, train_mean
-from ._benchmark_data import Fold
-from ._constants import TABLE_KEY
-from ._sections import resolve_sections, spot_layout
-from .model import FLAG_PRESETS, ComtipConfig, ComtipModel
-from .tl._datamodule import normalized_values
-from .tl._fit import _default_precision
-from .tl._ridge import spatial_folds
+from comtip_sc._constants import TABLE_KEY
+from comtip_sc._sections import resolve_sections, spot_layout
+from comtip_sc.model import FLAG_PRESETS, ComtipConfig, ComtipModel
+from comtip_sc.tl._datamodule import normalized_values
+from comtip_sc.tl._fit import _default_precision
+from comtip_sc.tl._ridge import spatial_folds
 
-log = logging.getLogger("comtip_sc.benchmark")
+from .baselines import fit_regression, frozen_features, ridge_on_features, train_mean
+from .folds import Fold
+
+log = logging.getLogger("benchmarks")
 
 #: The CoMTIP variants trained per fold: (row label, ablation flags). Each gives a retrieval row, and a zero-shot
 #: row when its sentences carry values.
@@ -265,9 +266,8 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
     ``parts`` (names from :data:`PARTS`) restricts the run to those fits; ``None`` runs them all.
     """
     import comtip_sc as cs
-
-    from .tl._datamodule import SpotDataModule, SpotSentences
-    from .tl._inference import encode_images
+    from comtip_sc.tl._datamodule import SpotDataModule, SpotSentences
+    from comtip_sc.tl._inference import encode_images
 
     cfg, panel, seed = preset.config, fold.panel, preset.seed
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
-"""``comtip benchmark``'s runner: the tasks of a run on worker processes, tables rewritten as they finish.
+"""The benchmark's runner: the tasks of a run on worker processes, tables rewritten as they finish.
 
 A task is one fold at one seed, or one fit of it with ``--per-fit``; what a fold computes is
-:func:`comtip_sc._benchmark.run_fold`.
+:func:`benchmarks.harness.run_fold`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ._benchmark import PARTS, BenchPreset, get_preset, log, method_names, run_fold
-from ._benchmark_data import load_folds
-from ._benchmark_report import git_commit, write_results
-from .model._gene_names import resolve_text_encoder
+from comtip_sc.model._gene_names import resolve_text_encoder
+
+from .folds import load_folds
+from .harness import PARTS, BenchPreset, get_preset, log, method_names, run_fold
+from .report import git_commit, write_results
 
 
 @contextmanager
