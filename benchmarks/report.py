@@ -30,7 +30,7 @@ COLUMNS = [
 
 NOTES = [
     "Rows marked ≈ are the peer *families* rebuilt in this package on the same backbone, tiles, epochs and "
-    "seed (DESIGN §1/§4), not the published models or checkpoints.",
+    "seed, not the published models or checkpoints.",
     "`CoMTIP −MFM` / `−PAAT` / `−value query`: the full model with one term switched off (the value-query "
     "term trains the zero-shot read-out; see docs/model.md). `values-only ≈BLEEP` = "
     "`FLAG_PRESETS['bleep']` (learned gene identities + values, no names, no MFM/PAAT); `names-only ≈OmiCLIP` = "

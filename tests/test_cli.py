@@ -12,7 +12,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return dict(action.choices)
 
 
-@pytest.mark.parametrize("command", ["fit", "embed", "predict", "demo", "benchmark"])
+@pytest.mark.parametrize("command", ["fit", "embed", "predict", "demo"])
 def test_every_option_is_documented(command, capsys):
     sub = _subparsers(build_parser())[command]
     for action in sub._actions:

@@ -390,7 +390,7 @@ def fit(
             "The training spots' embeddings point nearly the same way (mean embedding length %s; 1 = all "
             "alike). Retrieval from this model ranks its bank by little more than noise; the head is less "
             "affected. An untrained network starts there, so it can mean too little training; see "
-            "docs/benchmarks.md, 'The collapse reproduced on the CPU'.",
+            "docs/benchmarks.md, 'What we learned'.",
             {k: round(v, 3) for k, v in history["cone"].items()},
         )
     log.info("Trained %r.", model)

@@ -2,7 +2,7 @@
 
 Neighbouring spots share tissue, so leave-one-spot-out CV (sklearn's efficient ``RidgeCV`` default) keeps
 a held-out spot's neighbours in the fit. It then measures interpolation within a section and picks a
-weak penalty, which a new patient punishes (``docs/benchmarks.md``, "The ridge head's penalty"). Here
+weak penalty, which a new patient punishes (``docs/benchmarks.md``, "What we learned"). Here
 each section's spots are split into ``n_blocks`` contiguous blocks by k-means on their centres, and fold
 ``f`` leaves out block ``f`` of every section: a fifth of each section's area at a time for the default
 of 5, the usual choice for block CV (Roberts et al. 2017, *Ecography* 40:913).
