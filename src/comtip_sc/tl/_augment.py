@@ -19,16 +19,16 @@ from torchvision.transforms.v2 import functional as TF
 
 #: Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB; unit optical-density vectors over
 #: R, G, B, to two decimals), the same matrix as ``skimage.color.rgb_from_hed``.
-RGB_FROM_HED = torch.tensor(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
-)
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
 #: Its inverse: optical density → stain concentrations.
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 #: Floor on intensities before the logarithm (a black pixel would have infinite optical density).
 _MIN_INTENSITY = 1e-6
 
 
-def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+def _uniform(
+    shape: tuple[int, ...], low: float, high: float, generator: torch.Generator | None
+) -> torch.Tensor:
     return torch.rand(shape, generator=generator) * (high - low) + low
 
 
