@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
+
+#: squidpy's graph builder logs through spatialdata's logger, to stdout, once per call (i.e. per section).
+_GRAPH_LOGGER = "spatialdata._logging"
 
 
 def smooth_over_neighbours(
@@ -63,7 +67,13 @@ def smooth_over_neighbours(
         # A throw-away AnnData holding only the centres: squidpy writes its graph there, not in the
         # user's table.
         holder = ad.AnnData(obs={"_": np.zeros(len(rows))}, obsm={"spatial": centres[rows]})
-        sq.gr.spatial_neighbors(holder, coord_type="generic", n_neighs=n_neighs)
+        graph_log = logging.getLogger(_GRAPH_LOGGER)
+        level = graph_log.level
+        graph_log.setLevel(max(level, logging.WARNING))
+        try:
+            sq.gr.spatial_neighbors(holder, coord_type="generic", n_neighs=n_neighs)
+        finally:
+            graph_log.setLevel(level)
         graph = holder.obsp["spatial_connectivities"] + sp.identity(len(rows), format="csr")
         # Row i of the graph marks spot i and its k neighbours: a row-normalised product is their mean.
         degree = np.asarray(graph.sum(axis=1)).ravel()
