@@ -57,6 +57,12 @@ class ComtipConfig:
         scanned) or ``"section"`` (each image's tiles standardised per RGB channel onto a fixed H&E
         reference colour; see :class:`~comtip_sc.pp.SpotTiles`). ``"section"`` removes scan-to-scan
         brightness and stain shifts but also real differences in a section's mean tissue colour.
+    stain_jitter, colour_jitter
+        Colour augmentation of training tiles (never of tiles embedded or predicted): the strength of the
+        HED stain jitter (per tile, each stain's optical density scaled by ``U(1 - σ, 1 + σ)`` and shifted
+        by ``U(-σ, σ)``; Tellez et al. 2018) and of the per-tile brightness/contrast/saturation jitter
+        (factors in ``U(1 - s, 1 + s)``). ``0`` (default) turns each off; 0.05 and 0.1 are mild. See
+        ``docs/model.md``.
     embed_dim
         Dimension of the shared, L2-normalised image/gene space.
     gene_dim
@@ -130,6 +136,8 @@ class ComtipConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     tile_px: int = 224
     colour_norm: str | None = None
+    stain_jitter: float = 0.0
+    colour_jitter: float = 0.0
     embed_dim: int = 256
     gene_dim: int = 256
     mask_ratio: float = 0.5
@@ -164,6 +172,11 @@ class ComtipConfig:
         """Raise ``ValueError`` on inconsistent settings."""
         if self.colour_norm not in COLOUR_NORMS:
             raise ValueError(f"colour_norm must be one of {COLOUR_NORMS}, got {self.colour_norm!r}.")
+        if not 0.0 <= self.stain_jitter < 1.0 or not 0.0 <= self.colour_jitter < 1.0:
+            raise ValueError(
+                f"stain_jitter and colour_jitter must be in [0, 1), got {self.stain_jitter} and "
+                f"{self.colour_jitter}."
+            )
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}.")
         if not self.use_names and not self.use_values:

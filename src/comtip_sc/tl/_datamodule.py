@@ -19,6 +19,7 @@ from anndata import AnnData
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from .._constants import NORM_TARGET_SUM
+from . import _augment
 
 
 def normalized_values(
@@ -79,12 +80,16 @@ class SentenceCollate:
 
     Images are scaled to [0, 1], normalised with the backbone's mean/std and, for training,
     augmented with the symmetries of a histology tile (flips and 90° rotations), which change
-    nothing biological.
+    nothing biological, and, when ``stain_jitter`` / ``colour_jitter`` are positive, with the colour
+    changes a slide from another laboratory brings (:func:`~comtip_sc.tl._augment.hed_jitter`,
+    :func:`~comtip_sc.tl._augment.colour_jitter`). Without ``augment`` the jitter is never applied.
     """
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     augment: bool = False
+    stain_jitter: float = 0.0
+    colour_jitter: float = 0.0
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
         arrs = [it[0] for it in items]  # uint8 [H, W, 3]
@@ -97,8 +102,13 @@ class SentenceCollate:
         tiles = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
-        # (x / 255 - mean) / std in one multiply-add.
-        tiles = tiles.mul_(1.0 / (255.0 * std)).sub_(mean / std)
+        if self.augment and (self.stain_jitter > 0 or self.colour_jitter > 0):
+            tiles = _augment.hed_jitter(tiles.div_(255.0), self.stain_jitter)
+            tiles = _augment.colour_jitter(tiles, self.colour_jitter)
+            tiles = tiles.sub_(mean).div_(std)
+        else:
+            # (x / 255 - mean) / std in one multiply-add.
+            tiles = tiles.mul_(1.0 / (255.0 * std)).sub_(mean / std)
         g_max = max(len(it[1]) for it in items)
         values = torch.zeros(len(items), g_max)
         gene_idx = torch.zeros(len(items), g_max, dtype=torch.long)
@@ -124,6 +134,11 @@ class SpotDataModule(L.LightningDataModule):
         hold lazy dask arrays, not slides.
     mean, std
         Backbone normalisation.
+    augment
+        Flip and rotate training tiles (never validation or prediction tiles).
+    stain_jitter, colour_jitter
+        Strength of the HED stain jitter and of the brightness/contrast/saturation jitter of training
+        tiles (``ComtipConfig.stain_jitter`` / ``colour_jitter``; 0: off). Need ``augment``.
 
     """
 
@@ -137,13 +152,17 @@ class SpotDataModule(L.LightningDataModule):
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         augment: bool = True,
+        stain_jitter: float = 0.0,
+        colour_jitter: float = 0.0,
     ) -> None:
         super().__init__()
         self.datasets = datasets
         self.val_sections = list(val_sections)
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.train_collate = SentenceCollate(tuple(mean), tuple(std), augment=augment)
+        self.train_collate = SentenceCollate(
+            tuple(mean), tuple(std), augment=augment, stain_jitter=stain_jitter, colour_jitter=colour_jitter
+        )
         self.eval_collate = SentenceCollate(tuple(mean), tuple(std), augment=False)
 
     def _concat(self, which: list[int]) -> Dataset:

@@ -284,6 +284,8 @@ def fit(
         num_workers=num_workers,
         mean=mean,
         std=std,
+        stain_jitter=cfg.stain_jitter,
+        colour_jitter=cfg.colour_jitter,
     )
 
     steps_per_epoch = max(1, len(dm.train_dataset) // batch_size)
