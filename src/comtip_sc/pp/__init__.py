@@ -1,5 +1,6 @@
 """Preprocessing: gene panel, normalisation, spot filtering, section splits and physical-size tiles."""
 
+from ._feature_cache import CachedTokens, cache_trunk_tokens
 from ._genes import filter_spots, normalize, select_genes
 from ._subset import subset_sections
 from ._tile_cache import CachedTiles, cache_tiles
@@ -7,8 +8,10 @@ from ._tiles import SpotTiles, extract_tiles
 
 __all__ = [
     "CachedTiles",
+    "CachedTokens",
     "SpotTiles",
     "cache_tiles",
+    "cache_trunk_tokens",
     "extract_tiles",
     "filter_spots",
     "normalize",

@@ -1,0 +1,229 @@
+"""A zarr cache of a frozen trunk's tokens per spot tile and view, so epochs read tokens, not pixels.
+
+With a frozen trunk (``ComtipConfig.freeze_backbone="all"``) the trunk is a fixed function of the tile, so
+its tokens can be computed once: for every tile and for each of the 8 dihedral views (4 rotations × an
+optional flip, the augmentations :class:`~comtip_sc.tl._datamodule.SentenceCollate` draws from). Training
+then runs only the trainable token transformer on top. The cache lives beside the tile cache and records
+what it was computed from (trunk, a hash of its weights, tile size in µm and px, colour handling, views and
+the spots); any mismatch rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._atomic import atomic_path
+from ._tile_cache import IN_MEMORY_MAX_BYTES
+
+logger = logging.getLogger(__name__)
+
+#: Rotations by 0/90/180/270° (views 0-3), then the same after a left-right flip (views 4-7).
+DIHEDRAL_VIEWS = 8
+
+
+def dihedral_view(tiles: np.ndarray, view: int) -> np.ndarray:
+    """View ``view`` (0-7) of a stack of tiles ``[N, H, W, 3]``: ``view % 4`` quarter turns, flipped from 4 on.
+
+    Examples
+    --------
+    >>> t = np.arange(4, dtype=np.uint8).reshape(1, 2, 2, 1)
+    >>> dihedral_view(t, 0)[0, ..., 0].tolist(), dihedral_view(t, 4)[0, ..., 0].tolist()
+    ([[0, 1], [2, 3]], [[1, 0], [3, 2]])
+
+    """
+    if not 0 <= view < DIHEDRAL_VIEWS:
+        raise ValueError(f"view must be in 0..{DIHEDRAL_VIEWS - 1}, got {view}.")
+    out = np.rot90(tiles, view % 4, axes=(1, 2))
+    return out[:, :, ::-1] if view >= 4 else out
+
+
+def weights_hash(module: nn.Module) -> str:
+    """SHA-1 of a module's parameters and buffers (names, shapes, dtypes and bytes), 16 hex digits.
+
+    Examples
+    --------
+    >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    >>> _ = b.load_state_dict(a.state_dict())
+    >>> weights_hash(a) == weights_hash(b)
+    True
+
+    """
+    h = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _spots_hash(obs_names: np.ndarray) -> str:
+    return hashlib.sha1("\n".join(map(str, obs_names)).encode()).hexdigest()[:16]
+
+
+class CachedTokens:
+    """Trunk tokens read back from :func:`cache_trunk_tokens`: item ``i`` is ``float16 [views, P, C]``.
+
+    Like :class:`~comtip_sc.pp.CachedTiles`, the store opens lazily in each process (cheap to pickle into
+    data-loader workers) and a cache up to ``IN_MEMORY_MAX_BYTES`` is read into memory at first access.
+
+    Parameters
+    ----------
+    path
+        Folder of the zarr cache.
+
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        group = zarr.open_group(self.path, mode="r")
+        self.key: dict[str, Any] = dict(group.attrs["key"])
+        self.views = int(self.key["views"])
+        self.n = int(group["tokens"].shape[0])
+        self._array = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_array"] = None
+        return state
+
+    def _tokens(self):
+        if self._array is None:
+            arr = zarr.open_group(self.path, mode="r")["tokens"]
+            self._array = arr[:] if arr.nbytes <= IN_MEMORY_MAX_BYTES else arr
+        return self._array
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self._tokens()[int(i)])
+
+
+def token_cache_key(tiles: Any, vision: nn.Module, views: int = DIHEDRAL_VIEWS) -> dict[str, Any]:
+    """What a token cache of ``tiles`` through ``vision``'s trunk depends on; a cache matches only if equal."""
+    backbone = vision.backbone
+    cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+    return {
+        "trunk": str(cfg.get("architecture") or type(backbone).__name__),
+        "weights": weights_hash(backbone),
+        "tile_um": float(tiles.tile_um),
+        "tile_px": int(tiles.tile_px),
+        "colour_norm": getattr(tiles, "colour_norm", None),
+        "views": int(views),
+        "spots": _spots_hash(tiles.obs_names),
+        "n_spots": len(tiles),
+    }
+
+
+def cache_trunk_tokens(
+    tiles: Any,
+    vision: nn.Module,
+    path: str | os.PathLike,
+    *,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    views: int = DIHEDRAL_VIEWS,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> CachedTokens:
+    """Compute a frozen trunk's tokens for every tile and dihedral view once, and store them at ``path``.
+
+    An existing cache with the same key (:func:`token_cache_key`) is reused; any other one is rebuilt.
+    The cache is written to a temporary folder beside ``path`` and renamed into place.
+
+    Parameters
+    ----------
+    tiles
+        A tile reader (:class:`~comtip_sc.pp.SpotTiles` or :class:`~comtip_sc.pp.CachedTiles`).
+    vision
+        The :class:`~comtip_sc.model._vision.VisionBranch` whose frozen trunk makes the tokens.
+    path
+        Folder of the zarr cache.
+    mean, std
+        The trunk's input normalisation.
+    views
+        Number of dihedral views stored per tile (1-8; view 0 is the tile as cut).
+    batch_size
+        Tiles per trunk forward pass.
+    device
+        Where the trunk runs.
+
+    Returns
+    -------
+    The cache, opened for reading.
+
+    Examples
+    --------
+    >>> import comtip_sc as cs, tempfile, os
+    >>> from comtip_sc.model._vision import VisionBranch
+    >>> from comtip_sc.model._trunk import create_backbone
+    >>> sdata = cs.datasets.toy_tissue(n_rows=3, n_cols=3, n_genes=20)
+    >>> tiles = cs.pp.SpotTiles(sdata, tile_um=100, tile_px=64)
+    >>> vb = VisionBranch(create_backbone("resnet10t", 64), tile_px=64, token_depth=1, token_dim=32, freeze="all")
+    >>> tok = cs.pp.cache_trunk_tokens(tiles, vb, os.path.join(tempfile.mkdtemp(), "tok.zarr"),
+    ...                                mean=(0.5,) * 3, std=(0.5,) * 3, views=2)
+    >>> tok[0].shape
+    (2, 4, 512)
+
+    """
+    if not getattr(vision, "trunk_frozen", False):
+        raise ValueError(
+            "A token cache needs a frozen trunk (freeze_backbone='all'): a trunk that trains changes its "
+            "tokens every step."
+        )
+    if not 1 <= views <= DIHEDRAL_VIEWS:
+        raise ValueError(f"views must be in 1..{DIHEDRAL_VIEWS}, got {views}.")
+    if len(tiles) == 0:
+        raise ValueError("No tiles to cache: the tile reader holds no spots.")
+    path = Path(path)
+    key = token_cache_key(tiles, vision, views)
+    if path.exists():
+        try:
+            cached = CachedTokens(path)
+        except Exception:  # unreadable or from another tool: rebuilt below
+            cached = None
+        if cached is not None and cached.key == key:
+            logger.info(
+                "Reusing the trunk-token cache at %s (%d spots × %d views).", path, len(cached), views
+            )
+            return cached
+        logger.info("The trunk-token cache at %s was built for other settings; rebuilding it.", path)
+    n = len(tiles)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    vision = vision.to(device)
+    was_training = vision.training
+    vision.eval()
+    try:
+        with atomic_path(path) as tmp, torch.no_grad():
+            group = zarr.open_group(str(tmp), mode="w")
+            arr = None
+            for start in tqdm(range(0, n, batch_size), desc="Trunk tokens", unit="batch", disable=None):
+                stop = min(start + batch_size, n)
+                batch = np.stack([tiles[i] for i in range(start, stop)])
+                out = []
+                for v in range(views):
+                    x = torch.from_numpy(np.ascontiguousarray(dihedral_view(batch, v))).permute(0, 3, 1, 2)
+                    x = (x.float().div_(255.0) - m) / s
+                    out.append(vision.trunk_tokens(x.to(device)).float().cpu())
+                block = torch.stack(out, dim=1).to(torch.float16).numpy()  # [b, views, P, C]
+                if arr is None:
+                    arr = group.create_array(
+                        "tokens", shape=(n, *block.shape[1:]), chunks=(16, *block.shape[1:]), dtype="float16"
+                    )
+                arr[start:stop] = block
+            group.attrs["key"] = key
+    finally:
+        vision.train(was_training)
+    logger.info("Cached trunk tokens of %d spots × %d views in %s.", n, views, path)
+    return CachedTokens(path)
