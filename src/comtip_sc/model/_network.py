@@ -98,8 +98,22 @@ class ComtipNetwork(nn.Module):
             checkpoint_path=config.checkpoint_path,
             **config.backbone_kwargs,
         )
-        self.vision = VisionBranch(backbone, config.mask_ratio)
+        self.vision = VisionBranch(
+            backbone,
+            config.mask_ratio,
+            tile_px=config.tile_px,
+            token_depth=config.token_depth,
+            token_dim=config.token_dim,
+            token_heads=config.token_heads,
+            token_pool=config.token_pool,
+            freeze=config.freeze_backbone,
+        )
         d_vis = self.vision.dim
+        if config.mfm and not self.vision.supports_mfm:
+            raise ValueError(
+                f"mfm=True with backbone {config.backbone!r} (a CNN or a frozen trunk) needs token_depth >= 1: "
+                "MFM masks the tokens at the input of the token transformer."
+            )
         if config.mfm:
             heads = config.mfm_heads or max(1, d_vis // 64)
             self.mfm_generator = MaskFeatureGenerator(d_vis, self.vision.num_patches, heads)
@@ -367,7 +381,7 @@ def build_network(config: ComtipConfig | dict[str, Any], gene_names: Sequence[st
 
     Examples
     --------
-    >>> cfg = ComtipConfig.preset("cpu", text_encoder="char-ngram", mfm=False, paat=False,
+    >>> cfg = ComtipConfig.preset("vit-tiny", text_encoder="char-ngram", mfm=False, paat=False,
     ...     backbone_kwargs=dict(depth=1))
     >>> build_network(cfg, ["CD3E", "EPCAM"]).gene_names
     ['CD3E', 'EPCAM']

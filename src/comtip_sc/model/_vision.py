@@ -134,6 +134,11 @@ class VisionBranch(nn.Module):
             raise ValueError(f"A {type(backbone).__name__} trunk needs tile_px to size its token grid.")
         else:
             self.num_patches, trunk_dim = self._probe(tile_px)
+        if self.num_patches < 2:
+            raise ValueError(
+                f"The {type(backbone).__name__} trunk gives {self.num_patches} token at tile_px={tile_px}; "
+                "masking needs at least 2 (a CNN reducing 32x needs tile_px >= 64, 128 for a 4x4 grid)."
+            )
         self.tokens: TokenTransformer | None = None
         if token_depth > 0:
             width = int(token_dim or trunk_dim)
