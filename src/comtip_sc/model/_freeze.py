@@ -25,7 +25,9 @@ def check_freeze(spec: Any) -> str | int:
         spec = int(spec)
     if isinstance(spec, int) and not isinstance(spec, bool) and spec >= 1:
         return spec
-    raise ValueError(f"freeze_backbone must be 'none', 'all' or a positive int (trainable last blocks), got {spec!r}.")
+    raise ValueError(
+        f"freeze_backbone must be 'none', 'all' or a positive int (trainable last blocks), got {spec!r}."
+    )
 
 
 def trunk_groups(model: nn.Module) -> list[list[str]]:

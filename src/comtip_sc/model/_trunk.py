@@ -14,10 +14,17 @@ import torch
 from timm.models import is_model_in_modules
 from torch import nn
 
-from ._effnet_lite import TIMM_NAME as LITE0, load_lite0_weights, lite0_weights_file
+from ._effnet_lite import TIMM_NAME as LITE0
+from ._effnet_lite import lite0_weights_file, load_lite0_weights
 
 #: timm modules whose models take ``img_size`` (their position embeddings are built for the tile size).
-_TOKEN_MODULES = ("vision_transformer", "vision_transformer_hybrid", "vision_transformer_relpos", "deit", "eva")
+_TOKEN_MODULES = (
+    "vision_transformer",
+    "vision_transformer_hybrid",
+    "vision_transformer_relpos",
+    "deit",
+    "eva",
+)
 _IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 _OPENAI_CLIP = {"mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)}
 
@@ -164,7 +171,9 @@ def hub_snapshot(repo: str, *, weights: bool) -> str:
         raise FileNotFoundError(
             f"hf-hub:{repo} is not in the local Hugging Face cache ({_hf_cache_dir()}) with its config.json"
             + (" and weights" if weights else "")
-            + ": download it there once (e.g. `hf download " + repo + "`); comtip_sc never downloads."
+            + ": download it there once (e.g. `hf download "
+            + repo
+            + "`); comtip_sc never downloads."
         )
     return str(Path(config).parent)
 
@@ -243,7 +252,10 @@ def create_backbone(
     preset = TRUNK_PRESETS.get(name)
     timm_name = preset.timm_name if preset else name
     kwargs = {**(preset.kwargs() if preset else {}), **kwargs}
-    overlay = {**(preset.pretrained_cfg if preset else {}), **dict(kwargs.pop("pretrained_cfg_overlay", None) or {})}
+    overlay = {
+        **(preset.pretrained_cfg if preset else {}),
+        **dict(kwargs.pop("pretrained_cfg_overlay", None) or {}),
+    }
     load = bool(pretrained) or checkpoint_path is not None
     loader = None
     if timm_name.startswith("hf-hub:"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +17,9 @@ from spatialdata import SpatialData
 from .._constants import DEFAULT_TILE_UM, NORM_TARGET_SUM, PANEL_KEY, SAMPLE_KEY, TABLE_KEY
 from .._sections import check_counts, get_table, resolve_sections, spot_layout
 from ..model import ComtipConfig, ComtipLightningModule
+from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._config import preset_training
 from ..model._trunk import TRUNK_PRESETS
-from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..pp._genes import select_genes
 from ..pp._tile_cache import cache_tiles
 from ..pp._tiles import SpotTiles
@@ -248,7 +249,12 @@ def fit(
         if v is not None
     }
     cfg = cfg.replace(**overrides) if overrides else cfg
-    if preset == "pathology" and cfg.pretrained and cfg.checkpoint_path is None and cfg.backbone in TRUNK_PRESETS:
+    if (
+        preset == "pathology"
+        and cfg.pretrained
+        and cfg.checkpoint_path is None
+        and cfg.backbone in TRUNK_PRESETS
+    ):
         raise ValueError(
             f"preset='pathology' runs a frozen foundation model ({cfg.backbone!r}) from local weights: pass "
             "checkpoint_path=<its weights file> (see docs/model.md for the file of each named trunk)."
@@ -361,7 +367,10 @@ def fit(
         trainer.num_devices,
         trainer.precision,
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        # A frozen trunk is kept in eval mode on purpose (BatchNorm statistics stay the pretrained ones).
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     if val_idx and checkpoint.best_model_path:
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
         module.load_state_dict(best["state_dict"])
