@@ -277,7 +277,12 @@ class ComtipNetwork(nn.Module):
         """
         cfg = self.config
         images = batch["image"]
-        pooled, patches = self.vision.forward_full(images)
+        vision = self.vision
+        # When masking happens after the trunk, both views share one trunk pass.
+        tokens = None if vision.mask_in_trunk or vision.tokens is None else vision.trunk_tokens(images)
+        pooled, patches = (
+            vision.forward_full(images) if tokens is None else vision.forward_from_tokens(tokens)
+        )
         img = F.normalize(self.image_head(pooled), dim=-1)
 
         gene_idx, values, mask = self.gene_encoder.select_tokens(
@@ -310,7 +315,10 @@ class ComtipNetwork(nn.Module):
         loss = out["info_nce"]
 
         if cfg.mfm:
-            view = self.vision.forward_masked(images, generator=generator)
+            if tokens is None:
+                view = vision.forward_masked(images, generator=generator)
+            else:
+                view = vision.forward_masked_from_tokens(tokens, generator=generator)
             pred = self.mfm_generator(view.visible, view.ids_hidden, self.vision.patch_pos_embed())
             target = patches.gather(1, view.ids_hidden[..., None].expand(-1, -1, patches.shape[-1]))
             out["mfm"] = mfm_loss(pred, target, cfg.mfm_loss)
