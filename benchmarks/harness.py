@@ -117,7 +117,7 @@ def _smoke_config() -> ComtipConfig:
 def get_preset(name: str) -> BenchPreset:
     """The ``smoke``, ``cpu`` and ``gpu`` presets of the benchmark.
 
-    ``cpu`` is the CPU preset of the package shrunk to fit a 2-core machine in under an hour: ViT-Ti/16 with
+    ``cpu`` is the package's ``vit-tiny`` preset shrunk to fit a 2-core machine in under an hour: ViT-Ti/16 with
     4 of its 12 blocks at 64 px (16 patches), gene width 64. It runs torch on one thread by default
     (``COMTIP_BENCH_THREADS`` overrides): on the shared 2-core machine, two threads were 4-7× *slower*
     per step than one (threads spin-waiting on cores that other processes hold).
@@ -154,12 +154,12 @@ def get_preset(name: str) -> BenchPreset:
     tile_um = {"her2st": 150.0, "mob": 200.0}
     colour = {"her2st": None, "mob": "section"}
     if name == "cpu":
-        cfg = ComtipConfig.preset("cpu", tile_px=64, gene_dim=64, backbone_kwargs={"depth": 4})
+        cfg = ComtipConfig.preset("vit-tiny", tile_px=64, gene_dim=64, backbone_kwargs={"depth": 4})
         return BenchPreset(
             "cpu", cfg, tile_um, epochs=12, colour_norm=colour, lr=1e-3, seeds=(0, 1), threads=threads
         )
     if name == "gpu":
-        cfg = ComtipConfig.preset("paper")
+        cfg = ComtipConfig(backbone="vit_base_patch32_224", tile_px=224, embed_dim=256, gene_dim=256)
         return BenchPreset("gpu", cfg, tile_um, epochs=20, colour_norm=colour, batch_size=64, lr=5e-4)
     raise ValueError(f"Unknown benchmark preset {name!r}; choose smoke, cpu or gpu.")
 

@@ -24,7 +24,7 @@ def main() -> None:
     sdata = cs.pp.filter_spots(sdata, min_counts=100, copy=True)
     patient = sdata.tables["table"].obs["patient"].astype(str).to_numpy()
     train, test = cs.pp.subset_sections(sdata, patient == "C"), cs.pp.subset_sections(sdata, patient == "A")
-    cfg = ComtipConfig.preset("cpu", tile_px=64, gene_dim=64, backbone_kwargs={"depth": 4})
+    cfg = ComtipConfig.preset("vit-tiny", tile_px=64, gene_dim=64, backbone_kwargs={"depth": 4})
     model = cs.tl.fit(
         train,
         config=cfg,

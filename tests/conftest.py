@@ -41,7 +41,7 @@ def tiny_config():
     from comtip_sc.model import ComtipConfig
 
     return ComtipConfig.preset(
-        "cpu",
+        "vit-tiny",
         tile_px=32,
         embed_dim=32,
         gene_dim=32,

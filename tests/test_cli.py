@@ -45,6 +45,8 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
             "toy",
             "--out",
             str(model),
+            "--preset",
+            "vit-tiny",
             "--tile-px",
             "32",
             "--epochs",
@@ -85,7 +87,8 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
     assert main(["predict", "toy", "--model", str(model), "--out", str(tmp_path / "x.csv")]) == EXIT_DATA
     # Backbone arguments reach timm: a 1-block ViT has one transformer block in the saved model.
     small = tmp_path / "small"
-    args = ["fit", "toy", "--out", str(small), "--tile-px", "32", "--epochs", "1", "--batch-size", "64"]
+    args = ["fit", "toy", "--out", str(small), "--preset", "vit-tiny", "--tile-px", "32", "--epochs", "1"]
+    args += ["--batch-size", "64"]
     args += [
         "--backbone-kwargs",
         '{"depth": 1}',

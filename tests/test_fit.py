@@ -202,3 +202,37 @@ def test_fit_on_real_her2st(shared_data, tmp_path, tiny_config):
     assert model.history["val_sections"] == ["C2_spots"]
     assert np.isfinite(model.history["metrics"]["val/loss"])
     assert len(model.panel) == 50
+
+
+def test_cpu_preset_trains_the_token_transformer_on_a_frozen_pretrained_trunk(toy, tmp_path):
+    from comtip_sc.model import ComtipConfig, create_backbone
+
+    cfg = ComtipConfig.preset("cpu", tile_px=64, token_dim=32, embed_dim=32, gene_dim=32, n_heads_gene=2)
+    cfg = cfg.replace(text_encoder="char-ngram")
+    model = cs.tl.fit(
+        toy,
+        preset="cpu",
+        config=cfg,
+        tile_um=100,
+        batch_size=16,
+        max_epochs=1,
+        seed=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    assert model.history["lr"] == 1e-3  # the preset's recipe
+    assert np.isfinite(model.history["metrics"]["train/mfm_epoch"])
+    trained = model.network.vision.backbone.state_dict()
+    pretrained = create_backbone("efficientnet_lite0.imagenet", 64, pretrained=True).state_dict()
+    # Frozen: weights and BatchNorm statistics are the ImageNet ones after training.
+    assert all(torch.equal(trained[k], pretrained[k]) for k in pretrained)
+    model.save(tmp_path / "m")
+    loaded = ComtipModel.load(tmp_path / "m")
+    assert loaded.network.config == model.network.config.replace(pretrained=False, checkpoint_path=None)
+    assert all(torch.equal(v, loaded.network.state_dict()[k]) for k, v in model.network.state_dict().items())
+
+
+def test_pathology_preset_needs_its_weights_file(toy, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint_path"):
+        cs.tl.fit(toy, preset="pathology", default_root_dir=str(tmp_path))

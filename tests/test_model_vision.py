@@ -116,3 +116,86 @@ def test_local_pretrained_weights(tmp_path, suffix):
 def test_pretrained_without_local_file_never_downloads(tmp_path):
     with pytest.raises(FileNotFoundError):
         create_backbone("vit_tiny_patch16_224", 32, checkpoint_path=str(tmp_path / "missing.pth"), **TINY)
+
+
+# -- every trunk path: ViT fine-tuned (masked inside the ViT), frozen ViT / CNN + token transformer --------
+VIT1 = dict(patch_size=8, depth=1, embed_dim=32, num_heads=2)
+PATHS = {
+    "vit-finetuned": ("vit_tiny_patch16_224", 32, VIT1, dict(freeze="none")),
+    "vit-finetuned+tokens": (
+        "vit_tiny_patch16_224",
+        32,
+        VIT1,
+        dict(freeze="none", token_depth=1, token_dim=32),
+    ),
+    "vit-frozen+tokens": ("vit_tiny_patch16_224", 32, VIT1, dict(freeze="all", token_depth=1, token_dim=32)),
+    "cnn+tokens": ("resnet10t", 128, {}, dict(freeze="none", token_depth=1, token_dim=32)),
+}
+
+
+def path_branch(path: str) -> VisionBranch:
+    name, px, kw, vkw = PATHS[path]
+    torch.manual_seed(0)
+    return VisionBranch(create_backbone(name, px, **kw), 0.5, tile_px=px, token_heads=2, **vkw).eval()
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_hidden_input_changes_nothing_on_every_path(path):
+    vb = path_branch(path)
+    px = PATHS[path][1]
+    images = torch.randn(3, 3, px, px)
+    ids_keep, ids_hidden = vb.random_mask(3, generator=torch.Generator().manual_seed(1))
+    assert vb.num_patches == 16 and ids_keep.shape == (3, 8)
+    with torch.no_grad():
+        h = vb.forward_masked(images, ids_keep=ids_keep)
+        assert torch.equal(h.ids_hidden, ids_hidden)
+        assert h.visible.shape == (3, vb.num_prefix + 8, vb.dim)
+        if vb.mask_in_trunk:  # the masked branch's input is the pixels: hidden pixels never reach H_O
+            changed = torch.where(patch_pixels(ids_hidden), torch.randn_like(images) * 10, images)
+            h2 = vb.forward_masked(changed, ids_keep=ids_keep)
+            one_visible = torch.where(patch_pixels(ids_keep[:, :1]), images + 1.0, images)
+            h3 = vb.forward_masked(one_visible, ids_keep=ids_keep)
+        else:  # the masked branch's input is the trunk's tokens: hidden tokens never reach H_O
+            tokens = vb.trunk_tokens(images)
+            assert torch.equal(vb.forward_masked_from_tokens(tokens, ids_keep).visible, h.visible)
+            hidden = torch.zeros(3, 16, 1, dtype=torch.bool).scatter_(1, ids_hidden[..., None], True)
+            h2 = vb.forward_masked_from_tokens(
+                torch.where(hidden, torch.randn_like(tokens) * 10, tokens), ids_keep
+            )
+            first = torch.zeros_like(hidden).scatter_(1, ids_keep[:, :1, None], True)
+            # (a random change: a constant shift per token would vanish in the token transformer's LayerNorm)
+            h3 = vb.forward_masked_from_tokens(
+                torch.where(first, tokens + torch.randn_like(tokens), tokens), ids_keep
+            )
+        assert torch.equal(h.visible, h2.visible)
+        for i in range(3):
+            assert not torch.allclose(h.visible[i], h3.visible[i])
+        # The full view sees everything, and the generator's position embedding covers the grid.
+        assert vb.forward_full(images)[1].shape == (3, 16, vb.dim)
+        assert vb.patch_pos_embed().shape == (1, 16, vb.dim)
+
+
+@pytest.mark.parametrize("path", ["vit-frozen+tokens", "cnn+tokens"])
+def test_generator_trains_the_token_transformer(path):
+    vb = path_branch(path).train()
+    gen = MaskFeatureGenerator(vb.dim, vb.num_patches, num_heads=2)
+    px = PATHS[path][1]
+    images = torch.randn(4, 3, px, px)
+    view = vb.forward_masked(images)
+    _, z = vb.forward_full(images)
+    target = z.gather(1, view.ids_hidden[..., None].expand(-1, -1, z.shape[-1]))
+    mfm_loss(gen(view.visible, view.ids_hidden, vb.patch_pos_embed()), target).backward()
+    assert vb.tokens.pos_embed.grad.abs().sum() > 0
+    trunk_grads = [p.grad for p in vb.backbone.parameters() if p.grad is not None]
+    assert (len(trunk_grads) == 0) == vb.trunk_frozen
+
+
+def test_cnn_without_token_transformer_has_no_masked_view():
+    vb = VisionBranch(create_backbone("resnet10t", 64), tile_px=64)
+    assert not vb.supports_mfm
+    g, z = vb.forward_full(torch.randn(2, 3, 64, 64))
+    assert g.shape == (2, 512) and z.shape == (2, 4, 512)
+    with pytest.raises(ValueError, match="token_depth"):
+        vb.forward_masked(torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="at least 2"):
+        VisionBranch(create_backbone("resnet10t", 32), tile_px=32, token_depth=1)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ._atomic import atomic_path
+from .model._config import PRESET_NAMES
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DATA = 0, 1, 2, 3
 
@@ -91,17 +92,42 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         default="cpu",
-        choices=["cpu", "paper"],
-        help="cpu: ViT-Ti/16 at 112 px; paper: ViT-B/32 at 224 px (default: %(default)s).",
+        choices=list(PRESET_NAMES),
+        help="cpu: frozen ImageNet EfficientNet-Lite0 at 128 px + token transformer; gpu (= paper): CLIP "
+        "ViT-B/32 at 224 px, fine-tuned; pathology: frozen UNI from --checkpoint-path + token transformer; "
+        "vit-tiny: ViT-Ti/16 at 112 px from scratch (default: %(default)s).",
     )
-    p.add_argument("--backbone", help="Any timm ViT name, overriding the preset's.")
-    p.add_argument("--checkpoint-path", help="Local timm weights for the backbone (e.g. UNI, CONCH exports).")
+    p.add_argument(
+        "--backbone",
+        help="Any timm model, a named trunk (uni, uni2-h, virchow, virchow2, h-optimus-0, clip-vit-b32, "
+        "efficientnet_lite0.imagenet) or hf-hub:owner/name from the local cache, overriding the preset's.",
+    )
+    p.add_argument(
+        "--checkpoint-path", help="Local weights file for the backbone (e.g. UNI's pytorch_model.bin)."
+    )
+    p.add_argument(
+        "--freeze-backbone",
+        help="none, all, or K: train only the last K blocks/stages of the trunk (default: the preset's).",
+    )
+    p.add_argument(
+        "--backbone-lr-mult",
+        type=float,
+        default=1.0,
+        help="Learning-rate multiplier of the trunk (default: %(default)s).",
+    )
+    p.add_argument(
+        "--layer-decay",
+        type=float,
+        help="Layer-wise learning-rate decay of the trunk, e.g. 0.75 (default: off).",
+    )
     p.add_argument(
         "--tile-um", type=float, default=150.0, help="Physical tile side in µm (default: %(default)s)."
     )
     p.add_argument("--tile-px", type=int, help="Tile side in pixels (default: the preset's).")
-    p.add_argument("--epochs", type=int, default=20, help="Maximum epochs (default: %(default)s).")
-    p.add_argument("--lr", type=float, default=1e-4, help="Learning rate (default: %(default)s).")
+    p.add_argument("--epochs", type=int, help="Maximum epochs (default: the preset's, 20).")
+    p.add_argument(
+        "--lr", type=float, help="Learning rate (default: the preset's: 1e-3 cpu/pathology, 1e-4 gpu)."
+    )
     p.add_argument("--genes", help="Gene panel: a comma-separated list or a file with one gene per line.")
     p.add_argument(
         "--n-top-genes",
@@ -259,7 +285,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         table_key=args.table_key,
         genes=_genes_arg(args.genes),
         n_top_genes=args.n_top_genes,
+        preset=args.preset,
         config=cfg,
+        freeze_backbone=args.freeze_backbone,
+        backbone_lr_mult=args.backbone_lr_mult,
+        layer_decay=args.layer_decay,
         backbone=args.backbone,
         checkpoint_path=args.checkpoint_path,
         tile_um=args.tile_um,

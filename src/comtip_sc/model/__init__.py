@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._comtip_model import ComtipModel, ReferenceBank
-from ._config import FLAG_PRESETS, ComtipConfig
+from ._config import FLAG_PRESETS, PRESET_NAMES, ComtipConfig, preset_training
 from ._gene_names import char_ngram_embedding, embed_gene_names, minilm_available, resolve_text_encoder
 from ._gene_text import AttentionPool, GeneTextEncoder
 from ._lightning import ComtipLightningModule
@@ -20,10 +20,14 @@ from ._losses import (
 )
 from ._network import ComtipNetwork, ProjectionHead, build_network
 from ._paat import PairDiscriminator, corrupt_pairs
+from ._tokens import TokenTransformer
+from ._trunk import TRUNK_PRESETS, TrunkPreset
 from ._vision import MaskedView, MaskFeatureGenerator, VisionBranch, create_backbone
 
 __all__ = [
     "FLAG_PRESETS",
+    "PRESET_NAMES",
+    "TRUNK_PRESETS",
     "AttentionPool",
     "ComtipConfig",
     "ComtipLightningModule",
@@ -36,6 +40,8 @@ __all__ = [
     "PairDiscriminator",
     "ProjectionHead",
     "ReferenceBank",
+    "TokenTransformer",
+    "TrunkPreset",
     "VisionBranch",
     "build_network",
     "candidate_values",
@@ -50,6 +56,7 @@ __all__ = [
     "paat_losses",
     "pair_detection_loss",
     "pair_ranking_loss",
+    "preset_training",
     "resolve_text_encoder",
     "value_query_loss",
 ]

@@ -8,26 +8,80 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._constants import COLOUR_NORMS
+from ._freeze import check_freeze
 
 TextEncoderName = str  # "auto" | "minilm" | "char-ngram" | path to a local sentence-transformers model
 
+#: Named starting points: the network's config and the training recipe (``lr``, ``max_epochs``) that goes
+#: with it. ``cs.tl.fit`` and ``comtip fit`` take their defaults from here.
 _PRESETS: dict[str, dict[str, Any]] = {
-    # A ViT-Ti/16 at 112 px gives 7x7 = 49 patches: small enough for a laptop CPU try-out while keeping
-    # the standard architecture, so local timm ViT-Ti weights still load (timm resamples pos_embed).
+    # ImageNet EfficientNet-Lite0 (weights installed with the package), frozen, read as a 4x4 token grid at
+    # 128 px (it reduces 32x), with a 2-block token transformer that trains and hosts MFM. One trunk pass
+    # per tile is ~0.4 GFLOP, a laptop CPU's budget.
     "cpu": {
-        "backbone": "vit_tiny_patch16_224",
-        "tile_px": 112,
-        "embed_dim": 128,
-        "gene_dim": 128,
+        "config": {
+            "backbone": "efficientnet_lite0.imagenet",
+            "pretrained": True,
+            "freeze_backbone": "all",
+            "token_depth": 2,
+            "token_dim": 128,
+            "tile_px": 128,
+            "embed_dim": 128,
+            "gene_dim": 128,
+        },
+        "train": {"lr": 1e-3, "max_epochs": 20},
     },
-    # The paper's setting: ViT-B/32 at 224 px (7x7 patches), 256-d shared space.
-    "paper": {
-        "backbone": "vit_base_patch32_224",
-        "tile_px": 224,
-        "embed_dim": 256,
-        "gene_dim": 256,
+    # The paper's setting: CLIP ViT-B/32 at 224 px (7x7 patches), fine-tuned, 256-d shared space. Without
+    # checkpoint_path (an OpenAI CLIP / open_clip ViT-B/32 file) it starts from random weights.
+    "gpu": {
+        "config": {"backbone": "clip-vit-b32", "tile_px": 224, "embed_dim": 256, "gene_dim": 256},
+        "train": {"lr": 1e-4, "max_epochs": 20},
+    },
+    # A frozen pathology foundation model (UNI, ViT-L/16; weights from a local file) with a token
+    # transformer hosting MFM. backbone="uni2-h", "virchow", "virchow2" or "h-optimus-0" swap the trunk.
+    "pathology": {
+        "config": {
+            "backbone": "uni",
+            "pretrained": True,
+            "freeze_backbone": "all",
+            "token_depth": 2,
+            "token_dim": 256,
+            "tile_px": 224,
+            "embed_dim": 256,
+            "gene_dim": 256,
+        },
+        "train": {"lr": 1e-3, "max_epochs": 20},
+    },
+    # A ViT-Ti/16 trained from scratch at 112 px (7x7 patches), MFM inside the ViT: the package's CPU setting
+    # before pretrained trunks, kept for comparison and the benchmark.
+    "vit-tiny": {
+        "config": {"backbone": "vit_tiny_patch16_224", "tile_px": 112, "embed_dim": 128, "gene_dim": 128},
+        "train": {"lr": 1e-3, "max_epochs": 20},
     },
 }
+_PRESET_ALIASES = {"paper": "gpu"}
+
+#: The names :meth:`ComtipConfig.preset` accepts.
+PRESET_NAMES = (*_PRESETS, *_PRESET_ALIASES)
+
+
+def _preset(name: str) -> dict[str, Any]:
+    key = _PRESET_ALIASES.get(name, name)
+    if key not in _PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose from {list(PRESET_NAMES)}.")
+    return _PRESETS[key]
+
+
+def preset_training(name: str) -> dict[str, Any]:
+    """The training recipe of a preset: ``{"lr": ..., "max_epochs": ...}``.
+
+    Examples
+    --------
+    >>> preset_training("cpu")["lr"], preset_training("paper") == preset_training("gpu")
+    (0.001, True)
+
+    """
+    return dict(_preset(name)["train"])
 
 
 @dataclass
@@ -40,18 +94,35 @@ class ComtipConfig:
     Parameters
     ----------
     backbone
-        Any timm Vision Transformer name (``vit_tiny_patch16_224``, ``vit_small_patch16_224``,
-        ``vit_base_patch32_224``, ...).
+        The trunk: any timm model name (ViTs such as ``vit_base_patch32_224``; CNNs such as ``resnet18``,
+        ``densenet121``, ``tf_efficientnet_lite0``, ``convnext_tiny``), a named trunk
+        (``"efficientnet_lite0.imagenet"``, ``"clip-vit-b32"``, ``"uni"``, ``"uni2-h"``, ``"virchow"``,
+        ``"virchow2"``, ``"h-optimus-0"``; see ``docs/model.md``), ``hf-hub:owner/name`` (from the local
+        Hugging Face cache) or ``local-dir:/folder``.
     pretrained
         Load pretrained backbone weights. Weights are only ever read locally: from ``checkpoint_path`` when
-        given, else from the local Hugging Face cache; nothing is downloaded.
+        given, else weights installed with a package (``efficientnet_lite0.imagenet``), else the local
+        Hugging Face cache; nothing is downloaded.
     checkpoint_path
-        Local file with timm weights for ``backbone`` (``.safetensors``, ``.pth`` or ``.bin``). Setting it
-        implies ``pretrained``.
+        Local weights file for ``backbone`` (``.safetensors``, ``.pth`` or ``.bin``; timm layout, or a layout
+        timm's checkpoint filter converts such as OpenAI CLIP). Setting it implies ``pretrained``.
     backbone_kwargs
         Extra keyword arguments for :func:`timm.create_model` (e.g. ``depth=2, embed_dim=64`` for tests).
+        ``pretrained_cfg_overlay`` (e.g. ``{"mean": [...], "std": [...]}``) is merged over the trunk's.
     tile_px
-        Tile side in pixels; the ViT is built with ``img_size=tile_px``.
+        Tile side in pixels; transformers are built with ``img_size=tile_px``.
+    freeze_backbone
+        ``"none"`` (train the whole trunk), ``"all"`` (a fixed feature extractor) or ``k``: train only the
+        last ``k`` blocks (ViT) or stages (CNN) of timm's parameter grouping. Frozen parts stay in eval
+        mode (BatchNorm statistics are not updated).
+    token_depth
+        Blocks of a trainable token transformer on top of the trunk's tokens (0: none). Needed for MFM
+        when the trunk is frozen or is a CNN (MFM then masks the trunk's tokens at its input).
+    token_dim, token_heads
+        Width of the token transformer (``None``: the trunk's) and its attention heads (``None``:
+        ``max(1, token_dim // 64)``).
+    token_pool
+        Global image feature of the token transformer: ``"cls"`` token or ``"mean"`` of its tokens.
     colour_norm
         Tile colour handling, applied the same way in training and prediction: ``None`` (tiles as
         scanned) or ``"section"`` (each image's tiles standardised per RGB channel onto a fixed H&E
@@ -123,8 +194,8 @@ class ComtipConfig:
     Examples
     --------
     >>> cfg = ComtipConfig.preset("cpu", mfm=False)
-    >>> cfg.backbone, cfg.tile_px, cfg.mfm
-    ('vit_tiny_patch16_224', 112, False)
+    >>> cfg.backbone, cfg.tile_px, cfg.freeze_backbone, cfg.mfm
+    ('efficientnet_lite0.imagenet', 128, 'all', False)
     >>> ComtipConfig.from_dict(cfg.to_dict()) == cfg
     True
 
@@ -135,6 +206,11 @@ class ComtipConfig:
     checkpoint_path: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     tile_px: int = 224
+    freeze_backbone: str | int = "none"
+    token_depth: int = 0
+    token_dim: int | None = None
+    token_heads: int | None = None
+    token_pool: Literal["cls", "mean"] = "cls"
     colour_norm: str | None = None
     stain_jitter: float = 0.0
     colour_jitter: float = 0.0
@@ -176,6 +252,17 @@ class ComtipConfig:
             raise ValueError(
                 f"stain_jitter and colour_jitter must be in [0, 1), got {self.stain_jitter} and "
                 f"{self.colour_jitter}."
+            )
+        self.freeze_backbone = check_freeze(self.freeze_backbone)
+        if self.token_depth < 0 or self.token_pool not in ("cls", "mean"):
+            raise ValueError(
+                f"token_depth must be >= 0 and token_pool 'cls' or 'mean', got {self.token_depth}, "
+                f"{self.token_pool!r}."
+            )
+        if self.mfm and self.freeze_backbone == "all" and self.token_depth == 0:
+            raise ValueError(
+                "mfm=True with freeze_backbone='all' needs token_depth >= 1: MFM trains the first trainable "
+                "transformer, and a frozen trunk has none."
             )
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}.")
@@ -236,18 +323,21 @@ class ComtipConfig:
         return cls(**{k: (dict(v) if k == "backbone_kwargs" else v) for k, v in d.items()})
 
     @classmethod
-    def preset(cls, name: Literal["cpu", "paper"], **overrides: Any) -> ComtipConfig:
-        """Named starting points: ``"cpu"`` (ViT-Ti/16 at 112 px) and ``"paper"`` (ViT-B/32 at 224 px).
+    def preset(cls, name: str, **overrides: Any) -> ComtipConfig:
+        """Named starting points (their training recipe: :func:`preset_training`).
+
+        ``"cpu"``: frozen ImageNet EfficientNet-Lite0 at 128 px + a 2-block token transformer with MFM;
+        ``"gpu"`` (alias ``"paper"``): CLIP ViT-B/32 at 224 px, fine-tuned; ``"pathology"``: frozen UNI
+        (local weights via ``checkpoint_path``) + a token transformer; ``"vit-tiny"``: ViT-Ti/16 at 112 px
+        from scratch.
 
         Examples
         --------
         >>> ComtipConfig.preset("paper").backbone
-        'vit_base_patch32_224'
+        'clip-vit-b32'
 
         """
-        if name not in _PRESETS:
-            raise ValueError(f"Unknown preset {name!r}; choose from {sorted(_PRESETS)}.")
-        return cls(**{**_PRESETS[name], **overrides})
+        return cls(**{**_preset(name)["config"], **overrides})
 
     def replace(self, **changes: Any) -> ComtipConfig:
         """Return a copy with some fields changed.

@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from timm.optim import param_groups_layer_decay
 
 from ._config import ComtipConfig
 from ._network import ComtipNetwork, build_network
@@ -39,11 +40,15 @@ class ComtipLightningModule(L.LightningModule):
     min_lr_ratio
         Final learning rate of the cosine decay as a fraction of ``lr``.
     backbone_lr_mult
-        Learning-rate multiplier of the ViT backbone (e.g. 0.1 when fine-tuning pretrained weights).
+        Learning-rate multiplier of the trunk's parameters (e.g. 0.1 when fine-tuning pretrained weights).
+    layer_decay
+        Layer-wise learning-rate decay of the trunk (timm's :func:`~timm.optim.param_groups_layer_decay`):
+        its last layer trains at ``backbone_lr_mult · lr``, each earlier one ``layer_decay`` times slower.
+        ``None``: one rate for the whole trunk. Frozen parameters are never given to the optimiser.
 
     Examples
     --------
-    >>> cfg = ComtipConfig.preset("cpu", text_encoder="char-ngram", backbone_kwargs=dict(depth=1))
+    >>> cfg = ComtipConfig.preset("vit-tiny", text_encoder="char-ngram", backbone_kwargs=dict(depth=1))
     >>> module = ComtipLightningModule(cfg, ["CD3E", "EPCAM"], lr=1e-3)
     >>> module.hparams.lr
     0.001
@@ -60,6 +65,7 @@ class ComtipLightningModule(L.LightningModule):
         warmup_steps: int | None = None,
         min_lr_ratio: float = 0.0,
         backbone_lr_mult: float = 1.0,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.network: ComtipNetwork = build_network(config, gene_names)
@@ -74,6 +80,7 @@ class ComtipLightningModule(L.LightningModule):
                 "warmup_steps": warmup_steps,
                 "min_lr_ratio": min_lr_ratio,
                 "backbone_lr_mult": backbone_lr_mult,
+                "layer_decay": layer_decay,
             }
         )
 
@@ -110,24 +117,34 @@ class ComtipLightningModule(L.LightningModule):
     # -- optimisation ------------------------------------------------------------------------------
     def _param_groups(self) -> list[dict[str, Any]]:
         hp = self.hparams
+        layer_decay = hp.get("layer_decay")
         groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, p in self.network.named_parameters():
             if not p.requires_grad:
                 continue
+            is_backbone = name.startswith("vision.backbone.")
+            if is_backbone and layer_decay is not None:
+                continue  # grouped by timm below
             no_decay = p.ndim < 2 or any(k in name for k in _NO_DECAY_NAMES) or "gene_residual" in name
             no_decay = no_decay or "gene_identity" in name
-            is_backbone = name.startswith("vision.backbone.")
             groups.setdefault((is_backbone, no_decay), []).append(p)
-        out = []
-        for (is_backbone, no_decay), params in groups.items():
-            out.append(
-                {
-                    "params": params,
-                    "lr": hp.lr * (hp.backbone_lr_mult if is_backbone else 1.0),
-                    "weight_decay": 0.0 if no_decay else hp.weight_decay,
-                }
-            )
-        return out
+        out = [
+            {
+                "params": params,
+                "lr": hp.lr * (hp.backbone_lr_mult if is_backbone else 1.0),
+                "weight_decay": 0.0 if no_decay else hp.weight_decay,
+            }
+            for (is_backbone, no_decay), params in groups.items()
+        ]
+        if layer_decay is not None:
+            trunk = self.network.vision.backbone
+            skip = trunk.no_weight_decay() if hasattr(trunk, "no_weight_decay") else ()
+            for g in param_groups_layer_decay(
+                trunk, weight_decay=hp.weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay
+            ):
+                scale = g.pop("lr_scale")
+                out.append({**g, "lr": hp.lr * hp.backbone_lr_mult * scale})
+        return [g for g in out if g["params"]]
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + per-step schedule: linear warm-up, then cosine decay to ``min_lr_ratio · lr``."""

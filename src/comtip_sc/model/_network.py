@@ -98,8 +98,22 @@ class ComtipNetwork(nn.Module):
             checkpoint_path=config.checkpoint_path,
             **config.backbone_kwargs,
         )
-        self.vision = VisionBranch(backbone, config.mask_ratio)
+        self.vision = VisionBranch(
+            backbone,
+            config.mask_ratio,
+            tile_px=config.tile_px,
+            token_depth=config.token_depth,
+            token_dim=config.token_dim,
+            token_heads=config.token_heads,
+            token_pool=config.token_pool,
+            freeze=config.freeze_backbone,
+        )
         d_vis = self.vision.dim
+        if config.mfm and not self.vision.supports_mfm:
+            raise ValueError(
+                f"mfm=True with backbone {config.backbone!r} (a CNN or a frozen trunk) needs token_depth >= 1: "
+                "MFM masks the tokens at the input of the token transformer."
+            )
         if config.mfm:
             heads = config.mfm_heads or max(1, d_vis // 64)
             self.mfm_generator = MaskFeatureGenerator(d_vis, self.vision.num_patches, heads)
@@ -263,7 +277,12 @@ class ComtipNetwork(nn.Module):
         """
         cfg = self.config
         images = batch["image"]
-        pooled, patches = self.vision.forward_full(images)
+        vision = self.vision
+        # When masking happens after the trunk, both views share one trunk pass.
+        tokens = None if vision.mask_in_trunk or vision.tokens is None else vision.trunk_tokens(images)
+        pooled, patches = (
+            vision.forward_full(images) if tokens is None else vision.forward_from_tokens(tokens)
+        )
         img = F.normalize(self.image_head(pooled), dim=-1)
 
         gene_idx, values, mask = self.gene_encoder.select_tokens(
@@ -296,7 +315,10 @@ class ComtipNetwork(nn.Module):
         loss = out["info_nce"]
 
         if cfg.mfm:
-            view = self.vision.forward_masked(images, generator=generator)
+            if tokens is None:
+                view = vision.forward_masked(images, generator=generator)
+            else:
+                view = vision.forward_masked_from_tokens(tokens, generator=generator)
             pred = self.mfm_generator(view.visible, view.ids_hidden, self.vision.patch_pos_embed())
             target = patches.gather(1, view.ids_hidden[..., None].expand(-1, -1, patches.shape[-1]))
             out["mfm"] = mfm_loss(pred, target, cfg.mfm_loss)
@@ -367,7 +389,7 @@ def build_network(config: ComtipConfig | dict[str, Any], gene_names: Sequence[st
 
     Examples
     --------
-    >>> cfg = ComtipConfig.preset("cpu", text_encoder="char-ngram", mfm=False, paat=False,
+    >>> cfg = ComtipConfig.preset("vit-tiny", text_encoder="char-ngram", mfm=False, paat=False,
     ...     backbone_kwargs=dict(depth=1))
     >>> build_network(cfg, ["CD3E", "EPCAM"]).gene_names
     ['CD3E', 'EPCAM']

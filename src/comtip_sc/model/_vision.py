@@ -1,102 +1,42 @@
-"""Vision branch: a timm ViT with a full and a masked view, and the Mask Feature Generator (MFM).
+"""Vision branch: a timm trunk read as tokens, a full and a masked view, and the Mask Feature Generator (MFM).
 
-*Full branch*: all ``P`` patch tokens go through the ViT; it returns the patch features ``Z`` (``B×P×D``)
-and the backbone's own global token (CLS, or the mean for ``global_pool="avg"`` models).
+*Tokens*: every trunk gives a grid of ``P`` tokens: a ViT its patch tokens, a CNN (ResNet, DenseNet,
+EfficientNet, ConvNeXt, ...) the ``h·w`` positions of its last feature map (``B×C×h×w → B×(h·w)×C``).
+An optional trainable :class:`~comtip_sc.model._tokens.TokenTransformer` sits on top.
 
-*Masked branch*: per sample, a random fraction ``r`` of the patch tokens is dropped **after** the patch
-embedding and position embedding are added and **before** the transformer blocks, so the blocks only ever
-see the visible tokens (plus the prefix/CLS tokens): ``H_O``. Hidden pixels cannot leak into ``H_O``.
+*Full branch*: all ``P`` tokens; it returns the features ``Z`` (``B×P×D``) of the last stage (the token
+transformer when there is one, else the trunk) and a global feature (the token transformer's CLS or mean;
+without one, the trunk's own global token or pooled feature map).
+
+*Masked branch*: per sample, a random fraction ``r`` of the ``P`` positions is hidden at the input of the
+first trainable transformer, so the blocks only ever see the visible tokens (plus prefix/CLS tokens):
+``H_O``.
+
+- A ViT that trains (``freeze_backbone`` not ``"all"``): tokens are dropped after the ViT's patch and
+  position embedding, before its blocks (as in the paper); hidden *pixels* cannot reach ``H_O``.
+- A frozen trunk or a CNN: the trunk sees the whole tile and the hidden *tokens* are dropped at the input
+  of the token transformer. A visible token's own trunk feature may depend on hidden pixels (a CNN's
+  receptive field, a frozen ViT's attention); what MFM masks is feature-level context.
 
 *Mask Feature Generator*: one cross-attention block. Each hidden position ``j`` gets a query
-``m + p_j + e_j`` (a learnable mask query ``m`` shared by all positions, the backbone's position embedding
-``p_j`` and a learnable generator position embedding ``e_j``), which attends to ``H_O``; an MLP follows;
-the output is ``Ẑ_U``, regressed onto the (stop-gradient) full-branch features ``Z_U``.
+``m + p_j + e_j`` (a learnable mask query ``m`` shared by all positions, the position embedding ``p_j`` of
+the stage that masks and a learnable generator position embedding ``e_j``), which attends to ``H_O``; an
+MLP follows; the output is ``Ẑ_U``, regressed onto the (stop-gradient) full-branch features ``Z_U``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Literal
 
-import timm
 import torch
 from torch import nn
 
+from ._freeze import check_freeze, freeze_trunk
+from ._tokens import TokenTransformer
+from ._trunk import create_backbone, is_vit
 
-def _local_hub_weights(name: str) -> str | None:
-    """Path of ``name``'s default weights in the local Hugging Face cache, or ``None`` (never downloads)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub comes with timm
-        return None
-    cfg = timm.models.get_pretrained_cfg(name)
-    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not repo:
-        return None
-    for fname in ("model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"):
-        hit = try_to_load_from_cache(repo, fname)
-        if isinstance(hit, str):
-            return hit
-    return None
-
-
-def create_backbone(
-    name: str,
-    tile_px: int,
-    *,
-    pretrained: bool = False,
-    checkpoint_path: str | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """Create a timm ViT without classifier, at ``img_size=tile_px``, loading weights only from local files.
-
-    Parameters
-    ----------
-    name
-        timm model name (must be a ``VisionTransformer``-style model).
-    tile_px
-        Input side in pixels.
-    pretrained
-        Load weights: from ``checkpoint_path`` if given, else from the local Hugging Face cache; raises
-        ``FileNotFoundError`` rather than downloading.
-    checkpoint_path
-        Local timm weights file (``.safetensors``/``.pth``/``.bin``); implies ``pretrained``. It goes
-        through timm's pretrained loader (``pretrained_cfg_overlay=dict(file=...)``), which drops the
-        classifier and resamples position embeddings to ``tile_px``.
-    **kwargs
-        Passed to :func:`timm.create_model` (e.g. ``depth=2, embed_dim=64``).
-
-    Returns
-    -------
-    The backbone module.
-
-    Examples
-    --------
-    >>> m = create_backbone("vit_tiny_patch16_224", 32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
-    >>> m.patch_embed.num_patches
-    16
-
-    """
-    if checkpoint_path is not None or pretrained:
-        file = checkpoint_path or _local_hub_weights(name)
-        if file is None:
-            raise FileNotFoundError(
-                f"pretrained=True but no local weights for {name!r}: pass checkpoint_path=<local timm weights> "
-                "(comtip_sc never downloads weights)."
-            )
-        if not Path(file).is_file():
-            raise FileNotFoundError(f"checkpoint_path {file!r} does not exist.")
-        kwargs = {**kwargs, "pretrained": True, "pretrained_cfg_overlay": {"file": str(file)}}
-    model = timm.create_model(name, img_size=tile_px, num_classes=0, **kwargs)
-    missing = [
-        a
-        for a in ("patch_embed", "_pos_embed", "blocks", "norm", "num_prefix_tokens")
-        if not hasattr(model, a)
-    ]
-    if missing:
-        raise TypeError(f"{name!r} is not a timm VisionTransformer-style model (lacks {missing}).")
-    return model
+__all__ = ["MaskFeatureGenerator", "MaskedView", "VisionBranch", "create_backbone"]
 
 
 @dataclass
@@ -120,14 +60,38 @@ class MaskedView:
 
 
 class VisionBranch(nn.Module):
-    """A timm ViT exposing a full view (all patches) and a masked view (visible patches only).
+    """A timm trunk read as tokens, with a full view (all tokens) and a masked view (visible tokens only).
 
     Parameters
     ----------
     backbone
-        Module from :func:`create_backbone`.
+        Trunk from :func:`create_backbone` (any timm model).
     mask_ratio
-        Fraction of patch tokens hidden in the masked view.
+        Fraction of tokens hidden in the masked view.
+    tile_px
+        Input side in pixels; needed for trunks other than timm ViTs, to size their token grid.
+    token_depth
+        Blocks of the trainable token transformer on top of the trunk (0: none). A frozen trunk or a CNN
+        needs one for MFM.
+    token_dim
+        Width of the token transformer (``None``: the trunk's).
+    token_heads
+        Its attention heads (``None``: ``max(1, token_dim // 64)``).
+    token_pool
+        Its global feature: ``"cls"`` token or ``"mean"`` of the output tokens.
+    freeze
+        ``"none"``, ``"all"`` or ``k`` (all but the last ``k`` blocks/stages; see
+        :func:`~comtip_sc.model._freeze.freeze_trunk`). Frozen parameters get ``requires_grad=False`` and
+        their modules stay in eval mode (BatchNorm statistics, dropout) while the branch trains.
+
+    Notes
+    -----
+    The branch splits into a frozen part and a trainable part. :meth:`trunk_tokens` runs the trunk
+    (``[B, P, C]``); :meth:`forward_from_tokens` and :meth:`forward_masked_from_tokens` run the token
+    transformer on such tokens. When :attr:`trunk_frozen` is true, ``trunk_tokens`` is a pure function of
+    the images (no trainable parameter, eval mode, no autograd graph), so trunk tokens cached per tile and
+    view can stand in for it: ``forward_full(x) == forward_from_tokens(trunk_tokens(x))`` and
+    ``forward_masked(x, ids_keep) == forward_masked_from_tokens(trunk_tokens(x), ids_keep)``.
 
     Examples
     --------
@@ -137,25 +101,98 @@ class VisionBranch(nn.Module):
     (torch.Size([2, 32]), torch.Size([2, 16, 32]))
     >>> vb.forward_masked(torch.zeros(2, 3, 32, 32)).visible.shape  # CLS + 8 visible patches
     torch.Size([2, 9, 32])
+    >>> cnn = VisionBranch(create_backbone("resnet10t", 64), tile_px=64, token_depth=1, token_dim=32, freeze="all")
+    >>> cnn.num_patches, cnn.trunk_frozen, cnn.forward_full(torch.zeros(2, 3, 64, 64))[1].shape
+    (4, True, torch.Size([2, 4, 32]))
 
     """
 
-    def __init__(self, backbone: nn.Module, mask_ratio: float = 0.5) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        mask_ratio: float = 0.5,
+        *,
+        tile_px: int | None = None,
+        token_depth: int = 0,
+        token_dim: int | None = None,
+        token_heads: int | None = None,
+        token_pool: Literal["cls", "mean"] = "cls",
+        freeze: str | int = "none",
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.mask_ratio = float(mask_ratio)
-        self.num_patches = int(backbone.patch_embed.num_patches)
-        self.num_prefix = int(backbone.num_prefix_tokens)
-        self.dim = int(backbone.num_features)
+        self.freeze = check_freeze(freeze)
+        self._frozen_modules = freeze_trunk(backbone, self.freeze)
+        #: No trainable trunk parameter: trunk tokens are a fixed function of the images (cacheable).
+        self.trunk_frozen = not any(p.requires_grad for p in backbone.parameters())
+        self.is_vit = is_vit(backbone)
+        self._trunk_prefix = int(getattr(backbone, "num_prefix_tokens", 0))
+        if self.is_vit:
+            self.num_patches, trunk_dim = int(backbone.patch_embed.num_patches), int(backbone.num_features)
+        elif tile_px is None:
+            raise ValueError(f"A {type(backbone).__name__} trunk needs tile_px to size its token grid.")
+        else:
+            self.num_patches, trunk_dim = self._probe(tile_px)
+        if self.num_patches < 2:
+            raise ValueError(
+                f"The {type(backbone).__name__} trunk gives {self.num_patches} token at tile_px={tile_px}; "
+                "masking needs at least 2 (a CNN reducing 32x needs tile_px >= 64, 128 for a 4x4 grid)."
+            )
+        self.tokens: TokenTransformer | None = None
+        if token_depth > 0:
+            width = int(token_dim or trunk_dim)
+            heads = token_heads or max(1, width // 64)
+            self.tokens = TokenTransformer(trunk_dim, width, token_depth, self.num_patches, heads, token_pool)
+        #: The masked view drops tokens inside the trunk (a ViT that trains) rather than after it.
+        self.mask_in_trunk = self.is_vit and not self.trunk_frozen
+        self.trunk_dim = trunk_dim
+        self.dim = self.tokens.dim if self.tokens is not None else trunk_dim
+        if self.tokens is not None:
+            self.num_prefix = self.tokens.num_prefix
+        else:
+            self.num_prefix = self._trunk_prefix if self.is_vit else 0
         self.n_keep = max(1, min(self.num_patches - 1, round(self.num_patches * (1.0 - self.mask_ratio))))
+        self.train(self.training)
 
     # -- helpers -----------------------------------------------------------------------------------
+    @property
+    def supports_mfm(self) -> bool:
+        """Whether a masked view exists (a ViT that trains, or a token transformer)."""
+        return self.mask_in_trunk or self.tokens is not None
+
+    def train(self, mode: bool = True) -> VisionBranch:
+        """Set train/eval mode; the frozen part of the trunk always stays in eval mode."""
+        super().train(mode)
+        for name in self._frozen_modules:
+            self.backbone.get_submodule(name).eval()
+        return self
+
+    def _probe(self, tile_px: int) -> tuple[int, int]:
+        """Token count and width of the trunk at ``tile_px`` (one forward pass of a blank tile)."""
+        was = self.backbone.training
+        self.backbone.eval()
+        with torch.no_grad():
+            tokens = self._as_tokens(self.backbone.forward_features(torch.zeros(1, 3, tile_px, tile_px)))
+        self.backbone.train(was)
+        return int(tokens.shape[1]), int(tokens.shape[2])
+
+    def _as_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """Trunk output → ``[B, P, C]``: a feature map's positions, or a transformer's non-prefix tokens."""
+        if features.ndim == 4:
+            if getattr(self.backbone, "output_fmt", "NCHW") == "NHWC":
+                return features.flatten(1, 2)
+            return features.flatten(2).transpose(1, 2)
+        return features[:, self._trunk_prefix :]
+
     def patch_pos_embed(self) -> torch.Tensor | None:
-        """The backbone's position embeddings of the patch tokens, ``[1, P, D]`` (``None`` if it has none)."""
+        """Position embeddings ``[1, P, D]`` of the stage that masks (``None`` if it has none)."""
+        if self.tokens is not None:
+            return self.tokens.pos_embed
         pe = getattr(self.backbone, "pos_embed", None)
         if pe is None:
             return None
-        return pe if getattr(self.backbone, "no_embed_class", False) else pe[:, self.num_prefix :]
+        return pe if getattr(self.backbone, "no_embed_class", False) else pe[:, self._trunk_prefix :]
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         bb = self.backbone
@@ -184,13 +221,48 @@ class VisionBranch(nn.Module):
         ids_hidden = order[:, self.n_keep :].sort(dim=1).values
         return ids_keep, ids_hidden
 
+    def _mask(
+        self, b: int, device: torch.device, ids_keep: torch.Tensor | None, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if ids_keep is None:
+            return self.random_mask(b, device, generator)
+        keep = torch.zeros(b, self.num_patches, dtype=torch.bool, device=device)
+        keep.scatter_(1, ids_keep, True)
+        return ids_keep, (~keep).nonzero()[:, 1].view(b, -1)
+
+    # -- the frozen part and the trainable part ----------------------------------------------------
+    def trunk_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk's tokens ``[B, P, C]`` (without autograd graph when :attr:`trunk_frozen`)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):
+            return self._as_tokens(self.backbone.forward_features(images))
+
+    def forward_from_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full view from trunk tokens ``[B, P, C]``: ``(global [B, D], features Z [B, P, D])``."""
+        if self.tokens is None:
+            raise ValueError("forward_from_tokens needs a token transformer (token_depth >= 1).")
+        return self.tokens(tokens)
+
+    def forward_masked_from_tokens(
+        self,
+        tokens: torch.Tensor,
+        ids_keep: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MaskedView:
+        """Masked view from trunk tokens ``[B, P, C]``: only the visible ones enter the token transformer."""
+        if self.tokens is None:
+            raise ValueError("forward_masked_from_tokens needs a token transformer (token_depth >= 1).")
+        ids_keep, ids_hidden = self._mask(tokens.shape[0], tokens.device, ids_keep, generator)
+        return MaskedView(self.tokens.forward_with_prefix(tokens, ids_keep), ids_keep, ids_hidden)
+
     # -- views -------------------------------------------------------------------------------------
     def forward_full(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full view: ``(global [B, D], patch features Z [B, P, D])``."""
-        bb = self.backbone
-        tokens = bb.forward_features(images)
-        pooled = bb.forward_head(tokens, pre_logits=True)
-        return pooled, tokens[:, self.num_prefix :]
+        """Full view: ``(global [B, D], features Z [B, P, D])``."""
+        if self.tokens is not None:
+            return self.forward_from_tokens(self.trunk_tokens(images))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):
+            features = self.backbone.forward_features(images)
+            pooled = self.backbone.forward_head(features, pre_logits=True)
+        return pooled, self._as_tokens(features)
 
     def forward_masked(
         self,
@@ -198,32 +270,35 @@ class VisionBranch(nn.Module):
         ids_keep: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> MaskedView:
-        """Masked view: only the visible patch tokens (+ prefix tokens) enter the transformer blocks.
+        """Masked view: only the visible tokens (+ prefix tokens) enter the first trainable transformer.
 
         Parameters
         ----------
         images
             ``[B, 3, H, W]``.
         ids_keep
-            Optional ``[B, n_keep]`` visible patch indices (otherwise drawn with :meth:`random_mask`).
+            Optional ``[B, n_keep]`` visible token positions (otherwise drawn with :meth:`random_mask`).
         generator
             Random generator for the mask.
 
         """
+        if not self.mask_in_trunk:
+            if self.tokens is None:
+                raise ValueError(
+                    "This trunk is frozen or not a ViT: its masked view needs a token transformer "
+                    "(token_depth >= 1)."
+                )
+            return self.forward_masked_from_tokens(self.trunk_tokens(images), ids_keep, generator)
         bb = self.backbone
-        b = images.shape[0]
-        if ids_keep is None:
-            ids_keep, ids_hidden = self.random_mask(b, images.device, generator)
-        else:
-            keep = torch.zeros(b, self.num_patches, dtype=torch.bool, device=images.device)
-            keep.scatter_(1, ids_keep, True)
-            ids_hidden = (~keep).nonzero()[:, 1].view(b, -1)
+        ids_keep, ids_hidden = self._mask(images.shape[0], images.device, ids_keep, generator)
         # Position embeddings are added on the full grid first, so each kept token carries its own position;
         # the gather then removes hidden tokens before any block can mix information across tokens.
         x = bb._pos_embed(bb.patch_embed(images))
-        prefix, patches = x[:, : self.num_prefix], x[:, self.num_prefix :]
+        prefix, patches = x[:, : self._trunk_prefix], x[:, self._trunk_prefix :]
         visible = patches.gather(1, ids_keep[..., None].expand(-1, -1, patches.shape[-1]))
         h = self._run_blocks(torch.cat([prefix, visible], dim=1))
+        if self.tokens is not None:
+            h = self.tokens.forward_with_prefix(h[:, self._trunk_prefix :], ids_keep, visible_only=True)
         return MaskedView(visible=h, ids_keep=ids_keep, ids_hidden=ids_hidden)
 
 

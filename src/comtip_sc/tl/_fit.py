@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ from .._constants import DEFAULT_TILE_UM, NORM_TARGET_SUM, PANEL_KEY, SAMPLE_KEY
 from .._sections import check_counts, get_table, resolve_sections, spot_layout
 from ..model import ComtipConfig, ComtipLightningModule
 from ..model._comtip_model import ComtipModel, ReferenceBank
+from ..model._config import preset_training
+from ..model._trunk import TRUNK_PRESETS
 from ..pp._genes import select_genes
 from ..pp._tile_cache import cache_tiles
 from ..pp._tiles import SpotTiles
@@ -122,10 +125,13 @@ def fit(
     checkpoint_path: str | None = None,
     tile_um: float = DEFAULT_TILE_UM,
     tile_px: int | None = None,
+    freeze_backbone: str | int | None = None,
+    backbone_lr_mult: float = 1.0,
+    layer_decay: float | None = None,
     spot_diameter_um: float | None = None,
-    max_epochs: int = 20,
+    max_epochs: int | None = None,
     batch_size: int = 32,
-    lr: float = 1e-4,
+    lr: float | None = None,
     weight_decay: float = 0.05,
     val_sections: Sequence[str] | str | None = "auto",
     early_stopping_patience: int | None = 5,
@@ -162,22 +168,33 @@ def fit(
     n_top_genes
         Panel size when it is chosen here.
     preset
-        Starting configuration: ``"cpu"`` (ViT-Ti/16, 112 px) or ``"paper"`` (ViT-B/32, 224 px).
+        Starting configuration and training recipe (``lr``, ``max_epochs``; see ``docs/model.md``):
+        ``"cpu"`` (frozen ImageNet EfficientNet-Lite0 at 128 px + a small token transformer, lr 1e-3),
+        ``"gpu"`` or ``"paper"`` (CLIP ViT-B/32 at 224 px, fine-tuned; CLIP weights from ``checkpoint_path``;
+        lr 1e-4), ``"pathology"`` (frozen UNI from ``checkpoint_path`` + a token transformer, lr 1e-3) or
+        ``"vit-tiny"`` (ViT-Ti/16 at 112 px from scratch, lr 1e-3).
     config
-        A full :class:`~comtip_sc.model.ComtipConfig`; overrides ``preset``. Its ``colour_norm="section"``
+        A full :class:`~comtip_sc.model.ComtipConfig`; overrides ``preset``'s network (``lr`` and
+        ``max_epochs`` still default to ``preset``'s). Its ``colour_norm="section"``
         standardises each section's tile colour, in training and in every later prediction (for
         sections scanned with different brightness or stain; see the data-layout docs).
-    backbone, pretrained, checkpoint_path, tile_px
-        Override the corresponding config fields (any timm ViT name; local weights only).
+    backbone, pretrained, checkpoint_path, tile_px, freeze_backbone
+        Override the corresponding config fields (any timm model or named trunk; local weights only;
+        ``freeze_backbone`` is ``"none"``, ``"all"`` or the number of last blocks/stages that train).
+    backbone_lr_mult, layer_decay
+        Learning-rate multiplier of the trunk, and layer-wise decay of it (timm's
+        ``param_groups_layer_decay``; ``None``: off). See :class:`~comtip_sc.model.ComtipLightningModule`.
     tile_um
         Physical tile side in µm.
     spot_diameter_um
         Spot diameter in µm, for tables that do not record it in ``uns["comtip"]["spot_diameter_um"]``
         (e.g. ``spatialdata_io.visium`` output: 55). It fixes the µm scale of each section.
     max_epochs, batch_size, lr, weight_decay
-        Optimisation settings. The default ``lr=1e-4`` suits pretrained backbones; a backbone trained from
-        scratch on a few hundred spots needs more: on her2st/MOB with 12 epochs, ``1e-4`` left the PAAT
-        discriminator and the zero-shot read-out at chance, ``1e-3`` trained them (``docs/benchmarks.md``).
+        Optimisation settings; ``max_epochs`` and ``lr`` default to the preset's (``None``). ``1e-4`` suits
+        fine-tuning a pretrained trunk; a trunk trained from scratch on a few hundred spots needs more: on
+        her2st/MOB with 12 epochs, ``1e-4`` left the PAAT discriminator and the zero-shot read-out at chance,
+        ``1e-3`` trained them (``docs/benchmarks.md``), and a frozen trunk's token transformer trains at
+        ``1e-3``.
     val_sections
         Shapes elements held out for validation and early stopping. ``"auto"`` holds out the last
         section when there are several and none when there is one; ``None`` disables validation.
@@ -216,15 +233,32 @@ def fit(
         raise ValueError("fit needs at least one SpatialData.")
     if seed is not None:
         L.seed_everything(seed, workers=True)
+    recipe = preset_training(preset)
+    lr = recipe["lr"] if lr is None else lr
+    max_epochs = recipe["max_epochs"] if max_epochs is None else max_epochs
     cfg = config if config is not None else ComtipConfig.preset(preset)
     overrides = {
         k: v
         for k, v in dict(
-            backbone=backbone, pretrained=pretrained, checkpoint_path=checkpoint_path, tile_px=tile_px
+            backbone=backbone,
+            pretrained=pretrained,
+            checkpoint_path=checkpoint_path,
+            tile_px=tile_px,
+            freeze_backbone=freeze_backbone,
         ).items()
         if v is not None
     }
     cfg = cfg.replace(**overrides) if overrides else cfg
+    if (
+        preset == "pathology"
+        and cfg.pretrained
+        and cfg.checkpoint_path is None
+        and cfg.backbone in TRUNK_PRESETS
+    ):
+        raise ValueError(
+            f"preset='pathology' runs a frozen foundation model ({cfg.backbone!r}) from local weights: pass "
+            "checkpoint_path=<its weights file> (see docs/model.md for the file of each named trunk)."
+        )
 
     vocab: dict[str, int] = {}
     registered = [
@@ -273,7 +307,14 @@ def fit(
         [names[i] for i in val_idx] or "none",
     )
 
-    module = ComtipLightningModule(cfg.to_dict(), genes_vocab, lr=lr, weight_decay=weight_decay)
+    module = ComtipLightningModule(
+        cfg.to_dict(),
+        genes_vocab,
+        lr=lr,
+        weight_decay=weight_decay,
+        backbone_lr_mult=backbone_lr_mult,
+        layer_decay=layer_decay,
+    )
     gene_stats = _gene_stats(registered, vocab)
     module.network.set_gene_max([gene_stats["max"][g] for g in genes_vocab])
     mean, std = module.network.image_mean, module.network.image_std
@@ -328,7 +369,10 @@ def fit(
         trainer.num_devices,
         trainer.precision,
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        # A frozen trunk is kept in eval mode on purpose (BatchNorm statistics stay the pretrained ones).
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     if val_idx and checkpoint.best_model_path:
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
         module.load_state_dict(best["state_dict"])
@@ -372,6 +416,8 @@ def fit(
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "best_checkpoint": checkpoint.best_model_path,
         "lr": lr,
+        "backbone_lr_mult": backbone_lr_mult,
+        "layer_decay": layer_decay,
         "batch_size": batch_size,
         "seed": seed,
     }
