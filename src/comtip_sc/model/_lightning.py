@@ -105,13 +105,13 @@ class ComtipLightningModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Compute and log all loss terms; return the total loss."""
         out = self.network(batch)
-        self._log_terms(out, "train", batch["image"].shape[0])
+        self._log_terms(out, "train", batch["values"].shape[0])
         return out["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Compute and log all loss terms on validation data (random masks/corruptions as in training)."""
         out = self.network(batch)
-        self._log_terms(out, "val", batch["image"].shape[0])
+        self._log_terms(out, "val", batch["values"].shape[0])
         return out["loss"]
 
     # -- optimisation ------------------------------------------------------------------------------

@@ -253,10 +253,25 @@ class ComtipNetwork(nn.Module):
         return tuple(self.vision.backbone.pretrained_cfg.get("std", (0.5, 0.5, 0.5)))
 
     # -- embeddings --------------------------------------------------------------------------------
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image embedding ``[B, embed_dim]`` (full branch global token → projection)."""
-        pooled, _ = self.vision.forward_full(images)
+    def encode_image(
+        self, images: torch.Tensor | None = None, *, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """L2-normalised image embedding ``[B, embed_dim]`` (full branch global token → projection).
+
+        Give either ``images`` ``[B, 3, H, W]`` or, for a frozen trunk, its cached ``tokens`` ``[B, P, C]``
+        (:func:`~comtip_sc.pp.cache_trunk_tokens`).
+        """
+        if tokens is not None:
+            pooled, _ = self.vision.forward_from_tokens(tokens)
+        else:
+            pooled, _ = self.vision.forward_full(images)
         return F.normalize(self.image_head(pooled), dim=-1)
+
+    def encode_batch_images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`encode_image` of a collated batch, which holds ``"image"`` or cached ``"tokens"``."""
+        if "tokens" in batch:
+            return self.encode_image(tokens=batch["tokens"])
+        return self.encode_image(batch["image"])
 
     def encode_genes(self, gene_idx: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised gene-sentence embedding ``[B, embed_dim]`` (all real genes; top-k in names-only)."""
@@ -276,10 +291,13 @@ class ComtipNetwork(nn.Module):
 
         """
         cfg = self.config
-        images = batch["image"]
+        images = batch.get("image")
         vision = self.vision
-        # When masking happens after the trunk, both views share one trunk pass.
-        tokens = None if vision.mask_in_trunk or vision.tokens is None else vision.trunk_tokens(images)
+        # Cached trunk tokens stand in for a frozen trunk's pass; otherwise, when masking happens after the
+        # trunk, both views share one trunk pass.
+        tokens = batch.get("tokens")
+        if tokens is None and not vision.mask_in_trunk and vision.tokens is not None:
+            tokens = vision.trunk_tokens(images)
         pooled, patches = (
             vision.forward_full(images) if tokens is None else vision.forward_from_tokens(tokens)
         )

@@ -62,7 +62,7 @@ def weights_hash(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
@@ -198,6 +198,9 @@ def cache_trunk_tokens(
             )
             return cached
         logger.info("The trunk-token cache at %s was built for other settings; rebuilding it.", path)
+    # A missing cache another process (DDP rank) finishes first is kept, never swapped under its readers;
+    # a stale one is replaced.
+    replace = path.exists()
     n = len(tiles)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -205,7 +208,7 @@ def cache_trunk_tokens(
     was_training = vision.training
     vision.eval()
     try:
-        with atomic_path(path) as tmp, torch.no_grad():
+        with atomic_path(path, replace_existing=replace) as tmp, torch.no_grad():
             group = zarr.open_group(str(tmp), mode="w")
             arr = None
             for start in tqdm(range(0, n, batch_size), desc="Trunk tokens", unit="batch", disable=None):

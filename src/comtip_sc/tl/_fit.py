@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,7 @@ from ..model import ComtipConfig, ComtipLightningModule
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._config import preset_training
 from ..model._trunk import TRUNK_PRESETS
+from ..pp._feature_cache import cache_trunk_tokens
 from ..pp._genes import select_genes
 from ..pp._tile_cache import cache_tiles
 from ..pp._tiles import SpotTiles
@@ -97,6 +101,35 @@ def _register(
     return _Registered(f"dataset{idx}", panel, values, sections, table.obs_names.to_numpy(), centres)
 
 
+def _wants_token_cache(feature_cache: bool | None, vision: torch.nn.Module, cfg: ComtipConfig) -> bool:
+    """Whether training reads cached trunk tokens: asked for, or by default whenever the trunk is frozen."""
+    jitter = cfg.stain_jitter > 0 or cfg.colour_jitter > 0
+    if feature_cache is None:
+        if jitter and vision.trunk_frozen:
+            log.info(
+                "Stain/colour jitter needs pixels: the frozen trunk runs on every batch (no token cache)."
+            )
+        return bool(vision.trunk_frozen and vision.tokens is not None and not jitter)
+    if feature_cache and not (vision.trunk_frozen and vision.tokens is not None):
+        raise ValueError(
+            "feature_cache=True needs a frozen trunk with a token transformer (freeze_backbone='all', "
+            "token_depth >= 1): a trunk that trains changes its tokens every step."
+        )
+    if feature_cache and jitter:
+        raise ValueError(
+            "feature_cache=True caches tokens of the 8 dihedral views of each tile; stain_jitter and "
+            "colour_jitter change pixels on every step. Set them to 0 or pass feature_cache=False."
+        )
+    return bool(feature_cache)
+
+
+def _cache_device(accelerator: str) -> torch.device:
+    """Where the trunk runs while the token cache is built: this process's GPU when training uses one."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 #: ``fit`` warns when the mean embedding of the training spots is longer than this (see ReferenceBank.cone).
 CONE_WARN = 0.97
 
@@ -143,6 +176,7 @@ def fit(
     num_workers: int = 0,
     seed: int | None = None,
     tile_cache: str | None = None,
+    feature_cache: bool | None = None,
     callbacks: list | None = None,
     logger: Any = None,
     default_root_dir: str | None = None,
@@ -210,6 +244,13 @@ def fit(
         Seed everything (weights, masks, batches, augmentations) for a reproducible run.
     tile_cache
         Folder for a zarr tile cache (cut once, reused by later epochs and runs).
+    feature_cache
+        Train on cached trunk tokens (:func:`~comtip_sc.pp.cache_trunk_tokens`): a frozen trunk's tokens
+        of every tile in its 8 dihedral views, computed once, so that epochs run only the trainable token
+        transformer. ``None`` (default) caches whenever the trunk is frozen under a token transformer (the
+        ``cpu`` and ``pathology`` presets) and no stain/colour jitter is asked for. The cache goes beside
+        the tile cache when ``tile_cache`` is given (and is reused by later runs with the same trunk,
+        weights, tiles and spots), else into a temporary folder removed when fit returns.
     callbacks, logger, default_root_dir, ckpt_path, **trainer_kwargs
         Lightning settings; ``ckpt_path`` resumes training from a Lightning checkpoint. By default
         ``last.ckpt`` is written every epoch (and the best one by validation loss when there are
@@ -318,6 +359,19 @@ def fit(
     gene_stats = _gene_stats(registered, vocab)
     module.network.set_gene_max([gene_stats["max"][g] for g in genes_vocab])
     mean, std = module.network.image_mean, module.network.image_std
+    scratch = ExitStack()
+    if _wants_token_cache(feature_cache, module.network.vision, cfg):
+        folder = tile_cache or scratch.enter_context(tempfile.TemporaryDirectory(prefix="comtip_tokens_"))
+        for i, r in enumerate(registered):
+            full = r.sections[0][1].dataset  # every section is a view of its table's SpotSentences
+            full.tiles = cache_trunk_tokens(
+                full.tiles,
+                module.network.vision,
+                os.path.join(folder, f"dataset{i}_tokens.zarr"),
+                mean=mean,
+                std=std,
+                device=_cache_device(accelerator),
+            )
     dm = SpotDataModule(
         [ds for _, ds in sections],
         val_sections=val_idx,
@@ -433,6 +487,7 @@ def fit(
     )
     calibrate_zero_shot(model)
     network.cpu()
+    scratch.close()
     if max(history["cone"].values()) > CONE_WARN:
         log.warning(
             "The training spots' embeddings point nearly the same way (mean embedding length %s; 1 = all "

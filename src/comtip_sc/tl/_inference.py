@@ -20,7 +20,10 @@ def encode_images(network: nn.Module, loader: DataLoader) -> np.ndarray:
     device = _device(network)
     # disable=None: a progress bar on terminals and notebooks, silence in logs and CI.
     batches = tqdm(loader, desc="Embedding images", unit="batch", disable=None)
-    out = [network.encode_image(batch["image"].to(device)).float().cpu() for batch in batches]
+    out = [
+        network.encode_batch_images({k: v.to(device) for k, v in batch.items()}).float().cpu()
+        for batch in batches
+    ]
     return torch.cat(out).numpy() if out else np.zeros((0, network.config.embed_dim), np.float32)
 
 

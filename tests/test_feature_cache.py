@@ -1,0 +1,123 @@
+"""The trunk-token cache: what it stores, when it is reused or rebuilt, and training on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import comtip_sc as cs
+from comtip_sc.model import ComtipConfig
+from comtip_sc.model._trunk import create_backbone
+from comtip_sc.model._vision import VisionBranch
+from comtip_sc.pp._feature_cache import DIHEDRAL_VIEWS, dihedral_view
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _vision(seed: int = 0) -> VisionBranch:
+    torch.manual_seed(seed)
+    return VisionBranch(
+        create_backbone("resnet10t", 64), tile_px=64, token_depth=1, token_dim=32, freeze="all"
+    )
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    sdata = cs.datasets.toy_tissue(n_rows=3, n_cols=4, n_genes=20, seed=0)
+    return cs.pp.SpotTiles(sdata, tile_um=100, tile_px=64)
+
+
+def _frozen_config(**kw) -> ComtipConfig:
+    settings = dict(
+        backbone="resnet10t",
+        tile_px=64,
+        freeze_backbone="all",
+        token_depth=1,
+        token_dim=32,
+        embed_dim=16,
+        gene_dim=16,
+        n_heads_gene=2,
+        text_encoder="char-ngram",
+    )
+    return ComtipConfig(**{**settings, **kw})
+
+
+def test_cached_tokens_are_the_trunk_tokens_of_every_view(tiles, tmp_path) -> None:
+    vb = _vision().eval()
+    tok = cs.pp.cache_trunk_tokens(tiles, vb, tmp_path / "t.zarr", mean=MEAN, std=STD, batch_size=5)
+    assert len(tok) == len(tiles) and tok.views == DIHEDRAL_VIEWS
+    stack = np.stack([tiles[i] for i in range(len(tiles))])
+    for v in (0, 3, 5):
+        x = torch.from_numpy(np.ascontiguousarray(dihedral_view(stack, v))).permute(0, 3, 1, 2).float() / 255
+        x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        with torch.no_grad():
+            want = vb.trunk_tokens(x).numpy()
+        got = np.stack([tok[i][v] for i in range(len(tok))]).astype(np.float32)
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)  # float16 storage
+    # The views differ: a rotated tile is not the same input.
+    assert not np.allclose(tok[0][0], tok[0][1])
+
+
+def test_cache_is_reused_only_for_the_same_trunk_tiles_and_spots(tiles, tmp_path) -> None:
+    path = tmp_path / "t.zarr"
+    vb = _vision()
+    first = cs.pp.cache_trunk_tokens(tiles, vb, path, mean=MEAN, std=STD, views=2)
+    before = first[0]  # read now: a CachedTokens reads whatever is at its path
+    stamp = (path / "zarr.json").stat().st_mtime_ns
+    again = cs.pp.cache_trunk_tokens(tiles, vb, path, mean=MEAN, std=STD, views=2)
+    assert again.key == first.key and (path / "zarr.json").stat().st_mtime_ns == stamp
+    # Other weights (one BatchNorm statistic changed): rebuilt, with another weights hash.
+    other = _vision()
+    with torch.no_grad():
+        next(m for m in other.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean += 1
+    rebuilt = cs.pp.cache_trunk_tokens(tiles, other, path, mean=MEAN, std=STD, views=2)
+    assert rebuilt.key["weights"] != first.key["weights"]
+    assert not np.array_equal(rebuilt[0], before)
+    # Other views, other tiles (size) or other spots: each rebuilds.
+    assert cs.pp.cache_trunk_tokens(tiles, vb, path, mean=MEAN, std=STD, views=3).views == 3
+    sdata = cs.datasets.toy_tissue(n_rows=3, n_cols=4, n_genes=20, seed=0)
+    wide = cs.pp.SpotTiles(sdata, tile_um=150, tile_px=64)
+    assert cs.pp.cache_trunk_tokens(wide, vb, path, mean=MEAN, std=STD, views=1).key["tile_um"] == 150
+    fewer = cs.pp.SpotTiles(cs.pp.subset_sections(sdata, np.arange(12) < 6), tile_um=150, tile_px=64)
+    assert len(cs.pp.cache_trunk_tokens(fewer, vb, path, mean=MEAN, std=STD, views=1)) == 6
+
+
+def test_cache_needs_a_frozen_trunk(tiles, tmp_path) -> None:
+    vb = VisionBranch(create_backbone("resnet10t", 64), tile_px=64, token_depth=1, token_dim=32)
+    with pytest.raises(ValueError, match="frozen trunk"):
+        cs.pp.cache_trunk_tokens(tiles, vb, tmp_path / "t.zarr", mean=MEAN, std=STD)
+
+
+def test_fit_trains_on_cached_tokens_and_embeds_like_pixels(tmp_path) -> None:
+    sdata = cs.datasets.toy_tissue(n_rows=5, n_cols=5, n_genes=20, seed=0)
+    model = cs.tl.fit(
+        sdata,
+        config=_frozen_config(),
+        tile_um=100,
+        max_epochs=2,
+        batch_size=8,
+        seed=0,
+        tile_cache=str(tmp_path / "cache"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    # The default for a frozen trunk under a token transformer: tokens cached beside the tiles.
+    assert (tmp_path / "cache" / "dataset0_tokens.zarr").is_dir()
+    assert model.history["global_steps"] == 2 * (25 // 8)
+    # The bank's image embeddings (from cached view 0) match embedding the tiles through the trunk.
+    cs.tl.comtip_embed(sdata, model, accelerator="cpu")
+    emb = sdata.tables["table"].obsm["X_comtip"]
+    np.testing.assert_allclose(emb, model.reference.image_embeddings, atol=5e-3)
+
+
+def test_fit_feature_cache_refuses_what_it_cannot_cache(tmp_path) -> None:
+    sdata = cs.datasets.toy_tissue(n_rows=3, n_cols=3, n_genes=20, seed=0)
+    kw = dict(tile_um=100, max_epochs=1, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="stain_jitter"):
+        cs.tl.fit(sdata, config=_frozen_config(stain_jitter=0.05), feature_cache=True, **kw)
+    with pytest.raises(ValueError, match="frozen trunk"):
+        cs.tl.fit(sdata, config=_frozen_config(freeze_backbone="none"), feature_cache=True, **kw)
