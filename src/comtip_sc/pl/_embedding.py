@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from spatialdata import SpatialData
 
 from .._constants import EMBED_KEY, TABLE_KEY
-from .._sections import get_table
+from .._tables import get_table
 from ._maps import finish_ax
 from ._utils import finish
 

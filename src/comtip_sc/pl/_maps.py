@@ -15,12 +15,13 @@ from matplotlib.collections import EllipseCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from spatialdata import SpatialData, get_pyramid_levels
+from spatialdata import SpatialData
 from spatialdata.transformations import get_transformation
 
 from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, SAMPLE_KEY, TABLE_KEY
-from .._sections import Section, get_table, resolve_sections
-from ..tl._datamodule import normalized_values
+from .._image import pyramid_levels
+from .._sections import Section, resolve_sections
+from .._tables import get_table, normalized_values
 from ..tl._evaluate import pearson_per_gene
 from ._utils import finish
 
@@ -33,13 +34,6 @@ def _affine(element, cs: str) -> np.ndarray:
     return get_transformation(element, to_coordinate_system=cs).to_affine_matrix(
         input_axes=("x", "y"), output_axes=("x", "y")
     )
-
-
-def _levels(image) -> list:
-    """Pyramid levels as DataArrays, finest first (a single-scale image is one level)."""
-    if hasattr(image, "children"):  # DataTree: multiscale
-        return list(get_pyramid_levels(image))
-    return [image]
 
 
 def _section_of(table: AnnData, sections: list[Section], sample: str | None) -> Section:
@@ -68,7 +62,7 @@ def _section_of(table: AnnData, sections: list[Section], sample: str | None) -> 
 
 def _background(sdata: SpatialData, sec: Section, xy_cs: np.ndarray, radius_cs: np.ndarray):
     """Crop of a coarse pyramid level around the spots, its level→cs affine and the crop window."""
-    levels = _levels(sdata.images[sec.image])
+    levels = pyramid_levels(sdata.images[sec.image])
     margin = 3 * float(np.max(radius_cs))
     lo, hi = xy_cs.min(axis=0) - margin, xy_cs.max(axis=0) + margin
     corners = np.array([[lo[0], lo[1], 1], [hi[0], lo[1], 1], [lo[0], hi[1], 1], [hi[0], hi[1], 1]])
@@ -228,7 +222,7 @@ def predicted_vs_observed(
     scale_shape = float(np.mean(np.linalg.norm(m_shape[:2, :2], axis=0)))
     if spot_size is not None:
         # µm → cs units through the section's pixel size: px_per_um × (cs units per image pixel).
-        m_img = _affine(_levels(sdata.images[sec.image])[0], sec.coordinate_system)
+        m_img = _affine(pyramid_levels(sdata.images[sec.image])[0], sec.coordinate_system)
         cs_per_px = float(np.mean(np.linalg.norm(m_img[:2, :2], axis=0)))
         radius_cs = np.full(len(geom), spot_size / 2 * sec.px_per_um * cs_per_px)
     else:

@@ -11,8 +11,7 @@ from anndata import AnnData
 from spatialdata import SpatialData
 
 from .._constants import TABLE_KEY
-from .._sections import get_table
-from ._datamodule import normalized_values
+from .._tables import get_table, normalized_values
 
 #: Genes in the "highly expressed" and "highly variable" subsets of the protocol.
 N_HEG = 50

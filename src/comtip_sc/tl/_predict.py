@@ -11,9 +11,10 @@ import torch
 from spatialdata import SpatialData
 
 from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, TABLE_KEY
-from .._sections import get_table, resolve_sections, spot_layout
+from .._sections import resolve_sections, spot_layout
+from .._tables import get_table, normalized_values
 from ..model._comtip_model import ComtipModel, ReferenceBank
-from ._datamodule import SpotDataModule, SpotSentences, normalized_values
+from ._datamodule import SpotDataModule, SpotSentences
 from ._embed import image_embeddings
 from ._inference import encode_images, encode_sentences
 from ._ridge import CV_BLOCKS, ridge_cv, spatial_folds
