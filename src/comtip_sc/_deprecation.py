@@ -35,7 +35,9 @@ def renamed_arguments(**old_to_new: str) -> Callable[[F], F]:
                 if old not in kwargs:
                     continue
                 if new in kwargs:
-                    raise TypeError(f"{func.__name__}() got both {old}= and its new name {new}=; pass {new}=.")
+                    raise TypeError(
+                        f"{func.__name__}() got both {old}= and its new name {new}=; pass {new}=."
+                    )
                 warnings.warn(
                     f"{func.__name__}({old}=...) is deprecated and will be removed; use {new}= instead.",
                     FutureWarning,
