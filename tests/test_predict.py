@@ -172,13 +172,20 @@ def test_zero_shot_temperature_default_and_override(tiny_model, unseen_embedded)
     chosen = tiny_model.zero_shot_temperature
     assert default.uns["comtip"]["predict"][PRED_KEY]["temperature"] == pytest.approx(chosen)
     same = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=chosen, **kw).tables["table"]
-    np.testing.assert_allclose(same.obsm[PRED_KEY][kw["genes"]].to_numpy(), default.obsm[PRED_KEY][kw["genes"]].to_numpy())
+    np.testing.assert_allclose(
+        same.obsm[PRED_KEY][kw["genes"]].to_numpy(), default.obsm[PRED_KEY][kw["genes"]].to_numpy()
+    )
     # A very cold read-out snaps every spot to one candidate value; a very warm one flattens towards the
     # middle of the candidate range: the two differ, and the warm one varies less between spots.
     cold = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=1e-4, **kw).tables["table"]
     warm = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=100.0, **kw).tables["table"]
-    assert not np.allclose(cold.obsm[PRED_KEY][kw["genes"]].to_numpy(), warm.obsm[PRED_KEY][kw["genes"]].to_numpy())
-    assert warm.obsm[PRED_KEY][kw["genes"]].to_numpy().std(0).max() < cold.obsm[PRED_KEY][kw["genes"]].to_numpy().std(0).max()
+    assert not np.allclose(
+        cold.obsm[PRED_KEY][kw["genes"]].to_numpy(), warm.obsm[PRED_KEY][kw["genes"]].to_numpy()
+    )
+    assert (
+        warm.obsm[PRED_KEY][kw["genes"]].to_numpy().std(0).max()
+        < cold.obsm[PRED_KEY][kw["genes"]].to_numpy().std(0).max()
+    )
     # By default the read-out uses the candidate grid the value-query term trained on (M values).
     from comtip_sc.tl._zero_shot import zero_shot_values
 

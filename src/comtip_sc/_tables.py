@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 from spatialdata import SpatialData
@@ -113,9 +114,9 @@ def check_counts(table: AnnData, *, layer: str | None = None, what: str = "table
 def log_normalize(x, *, target_sum: float = NORM_TARGET_SUM, cols: np.ndarray | None = None):
     """``log1p(counts / spot total * target_sum)`` as ``float32``, sparse in → sparse out.
 
-    The same values as :func:`scanpy.pp.normalize_total` followed by :func:`scanpy.pp.log1p` (spots
-    with no counts stay 0). Totals are over all genes; ``cols`` then selects the genes returned, so a
-    panel of a wide table is normalised without building the whole normalised matrix.
+    Computed by :func:`scanpy.pp.normalize_total` and :func:`scanpy.pp.log1p` on a copy (spots with no
+    counts stay 0), so the values are scanpy's to the last bit. Totals are over all genes; ``cols`` then
+    selects the genes returned.
 
     Examples
     --------
@@ -124,14 +125,13 @@ def log_normalize(x, *, target_sum: float = NORM_TARGET_SUM, cols: np.ndarray | 
     [8.923, 8.517]
 
     """
-    totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    sub = x if cols is None else x[:, cols]
-    if sp.issparse(sub):
-        out = sp.csr_matrix(sp.diags(scale) @ sp.csr_matrix(sub, dtype=np.float64))
-        out.data = np.log1p(out.data)
-        return out.astype(np.float32)
-    return np.log1p(np.asarray(sub, dtype=np.float64) * scale[:, None]).astype(np.float32)
+    counts = x if sp.issparse(x) else np.asarray(x)
+    if not np.issubdtype(counts.dtype, np.floating):
+        counts = counts.astype(np.float32)
+    norm = sc.pp.normalize_total(AnnData(counts), target_sum=target_sum, inplace=False)["X"]
+    if cols is not None:
+        norm = norm[:, cols]
+    return sc.pp.log1p(norm.astype(np.float32), copy=True)
 
 
 def normalized_values(
