@@ -321,7 +321,7 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
         if label == UNSEEN:
             t = time.perf_counter()
             cs.tl.comtip_predict(
-                fold.test, model, method="zero_shot", genes=held, use_rep="X_bench", layer_added="bench_pred"
+                fold.test, model, method="zero_shot", genes=held, use_rep="X_bench", key_added="bench_pred"
             )
             emit(UNSEEN, _score(fold.test, held, None), fit_s, time.perf_counter() - t + emb_s, len(held))
         for m in ["retrieval", "zero_shot", "head"] if label != UNSEEN else []:
