@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from spatialdata import SpatialData
 
@@ -174,18 +175,16 @@ def _score(
 ) -> dict:
     """``cs.tl.evaluate`` on the test table; ``pred`` (panel order) is written first unless it is there.
 
-    The layer is deleted afterwards unless ``keep``.
+    The predictions (``obsm[layer]``, spots × genes) are deleted afterwards unless ``keep``.
     """
     import comtip_sc as cs
 
     table = test.tables[TABLE_KEY]
     if pred is not None:
-        full = np.full(table.shape, np.nan, np.float32)
-        full[:, table.var_names.get_indexer(panel)] = pred
-        table.layers[layer] = full
-    row = cs.tl.evaluate(test, layer_pred=layer, genes=panel, key_added=None).loc["all"].to_dict()
+        table.obsm[layer] = pd.DataFrame(pred, index=table.obs_names, columns=panel)
+    row = cs.tl.evaluate(test, pred_key=layer, genes=panel).loc["all"].to_dict()
     if not keep:
-        del table.layers[layer]
+        del table.obsm[layer]
     return row
 
 
@@ -322,7 +321,7 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
         if label == UNSEEN:
             t = time.perf_counter()
             cs.tl.comtip_predict(
-                fold.test, model, method="zero_shot", genes=held, use_rep="X_bench", layer_added="bench_pred"
+                fold.test, model, method="zero_shot", genes=held, use_rep="X_bench", key_added="bench_pred"
             )
             emit(UNSEEN, _score(fold.test, held, None), fit_s, time.perf_counter() - t + emb_s, len(held))
         for m in ["retrieval", "zero_shot", "head"] if label != UNSEEN else []:
@@ -330,7 +329,7 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
                 continue
             t = time.perf_counter()
             cs.tl.comtip_predict(
-                fold.test, model, method=m, genes=panel, use_rep="X_bench", layer_added="bench_pred"
+                fold.test, model, method=m, genes=panel, use_rep="X_bench", key_added="bench_pred"
             )
             pred_s = time.perf_counter() - t + emb_s
             row_name = {"retrieval": "retrieval", "zero_shot": "zero-shot"}.get(

@@ -38,7 +38,7 @@ def main() -> None:
         default_root_dir="/tmp/comtip_readme_fig",
     )
     cs.tl.comtip_predict(test, model, method="retrieval")
-    scores = cs.tl.evaluate(test)
+    scores = cs.tl.evaluate(test, key_added="comtip_pcc")
     table = test.tables["table"]
     genes = ["ERBB2", "KRT19"]
     for g in genes:

@@ -74,13 +74,17 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
         == EXIT_OK
     )
     table = ad.read_h5ad(out)
-    pred = table.layers["comtip_pred"]
-    assert np.isfinite(pred[:, ~np.isnan(pred).all(axis=0)]).all()
-    assert (~np.isnan(pred).all(axis=0)).sum() == 40
+    pred = table.obsm["comtip_pred"]
+    assert pred.shape == (table.n_obs, 40) and set(pred.columns) <= set(table.var_names)
+    assert np.isfinite(pred.to_numpy()).all()
     zs = tmp_path / "zs.h5ad"
     cmd = ["predict", "toy", "--model", str(model), "--out", str(zs), "--method", "zero_shot"]
     assert main([*cmd, "--temperature", "0.5", "-q"]) == EXIT_OK
-    assert ad.read_h5ad(zs).uns["comtip"]["predict"]["temperature"] == 0.5
+    assert ad.read_h5ad(zs).uns["comtip"]["predict"]["comtip_pred"]["temperature"] == 0.5
+    old = tmp_path / "old.h5ad"
+    with pytest.warns(FutureWarning, match="--key-added"):
+        assert main([*cmd[:5], str(old), "--method", "zero_shot", "--layer-added", "mine", "-q"]) == EXIT_OK
+    assert "mine" in ad.read_h5ad(old).obsm
     emb = tmp_path / "emb.h5ad"
     assert main(["embed", "toy", "--model", str(model), "--out", str(emb), "-q"]) == EXIT_OK
     np.testing.assert_allclose(np.linalg.norm(ad.read_h5ad(emb).obsm["X_comtip"], axis=1), 1.0, rtol=1e-5)

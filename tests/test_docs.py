@@ -26,7 +26,7 @@ NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 #: Seconds one notebook cell may run (training cells on a busy 2-core CI machine).
 CELL_TIMEOUT = int(os.environ.get("COMTIP_NB_CELL_TIMEOUT", "1800"))
 #: The tutorials the documentation promises; each must exist and execute.
-EXPECTED = {"quickstart", "her2st", "visium", "cli_gpu"}
+EXPECTED = {"quickstart", "her2st", "spatial_downstream", "visium", "cli_gpu"}
 
 _NB_TOOLS = {"nbformat": "nbformat", "nbclient": "nbclient", "ipykernel": "ipykernel"}
 _DOC_TOOLS = {

@@ -12,9 +12,9 @@ from matplotlib.collections import EllipseCollection
 from matplotlib.image import imread
 
 import comtip_sc as cs
-from comtip_sc._constants import PRED_EXTRA_KEY
+from comtip_sc._constants import PRED_KEY
+from comtip_sc._tables import normalized_values
 from comtip_sc.pl import _maps
-from comtip_sc.tl._datamodule import normalized_values
 
 GENES = ["KRT19", "COL1A1"]
 EXTRA = "ERBB2_NOT_IN_PANEL"
@@ -30,7 +30,7 @@ def predicted(tiny_model):
     sdata = _toy()
     cs.tl.comtip_embed(sdata, tiny_model)
     cs.tl.comtip_predict(sdata, tiny_model, method="zero_shot", genes=[*GENES, EXTRA], use_rep="X_comtip")
-    cs.tl.evaluate(sdata)
+    cs.tl.evaluate(sdata, key_added="comtip_pcc")
     return sdata
 
 
@@ -64,7 +64,7 @@ def test_map_rows_share_one_colour_scale(predicted):
             assert obs_coll.get_clim() == pred_coll.get_clim()
             # The scale spans both panels' values, and the panels show the right values.
             obs = normalized_values(table, [gene])[:, 0]
-            pred = table.layers["comtip_pred"][:, table.var_names.get_loc(gene)]
+            pred = table.obsm[PRED_KEY][gene].to_numpy()
             np.testing.assert_allclose(obs_coll.get_array(), obs, rtol=1e-6)
             np.testing.assert_allclose(pred_coll.get_array(), pred, rtol=1e-6)
             vmin, vmax = obs_coll.get_clim()
@@ -81,7 +81,7 @@ def test_map_titles_carry_pearson_r(predicted):
     try:
         table = predicted.tables["table"]
         obs = normalized_values(table, ["KRT19"])[:, 0]
-        pred = table.layers["comtip_pred"][:, table.var_names.get_loc("KRT19")]
+        pred = table.obsm[PRED_KEY]["KRT19"].to_numpy()
         r = np.corrcoef(obs, pred)[0, 1]
         titles = [ax.get_title() for ax in fig.axes[:2]]
         assert titles == [f"KRT19 observed (r = {r:.2f})", f"KRT19 predicted (r = {r:.2f})"]
@@ -126,13 +126,13 @@ def test_map_custom_spot_size(predicted):
 
 def test_map_gene_outside_table_is_predicted_only(predicted, tmp_path):
     table = predicted.tables["table"]
-    assert EXTRA in table.obsm[PRED_EXTRA_KEY].columns
+    assert EXTRA in table.obsm[PRED_KEY].columns and EXTRA not in table.var_names
     fig = cs.pl.predicted_vs_observed(predicted, ["KRT19", EXTRA], return_fig=True, show=False)
     try:
         ax_obs, ax_pred = fig.axes[3], fig.axes[4]
         assert _maps_of(ax_obs) == []
         (coll,) = _maps_of(ax_pred)
-        np.testing.assert_allclose(coll.get_array(), table.obsm[PRED_EXTRA_KEY][EXTRA].to_numpy())
+        np.testing.assert_allclose(coll.get_array(), table.obsm[PRED_KEY][EXTRA].to_numpy())
         assert ax_pred.get_title().startswith(f"{EXTRA} predicted")
         fig.savefig(tmp_path / "extra.png")
         _assert_png(tmp_path / "extra.png")
@@ -143,10 +143,12 @@ def test_map_gene_outside_table_is_predicted_only(predicted, tmp_path):
 def test_map_errors(predicted):
     with pytest.raises(KeyError, match="NOT_A_GENE"):
         cs.pl.predicted_vs_observed(predicted, "NOT_A_GENE", show=False)
-    with pytest.raises(KeyError, match="no_such_layer"):
-        cs.pl.predicted_vs_observed(predicted, "KRT19", layer_pred="no_such_layer", show=False)
-    # A table gene that was not predicted (NaN in the layer) is refused rather than drawn blank.
-    with pytest.raises(ValueError, match="ACTB"):
+    with pytest.raises(KeyError, match=r"no_such_key.*comtip_predict"):
+        cs.pl.predicted_vs_observed(predicted, "KRT19", pred_key="no_such_key", show=False)
+    with pytest.warns(FutureWarning, match="pred_key"), pytest.raises(KeyError, match="old_name"):
+        cs.pl.predicted_vs_observed(predicted, "KRT19", layer_pred="old_name", show=False)
+    # A table gene that was not predicted is refused rather than drawn blank.
+    with pytest.raises(KeyError, match=r"ACTB.*no prediction"):
         cs.pl.predicted_vs_observed(predicted, "ACTB", show=False)
 
 
@@ -168,7 +170,7 @@ def test_map_needs_sample_when_table_spans_sections(tiny_model, tmp_path):
         table = both.tables["table"]
         rows = np.flatnonzero(table.obs["sample"].astype(str).to_numpy() == "other")
         (coll,) = _maps_of(fig.axes[1])
-        pred = table.layers["comtip_pred"][rows, table.var_names.get_loc("KRT19")]
+        pred = table.obsm[PRED_KEY]["KRT19"].to_numpy()[rows]
         np.testing.assert_allclose(coll.get_array(), pred)
         fig.savefig(tmp_path / "other.png")
         _assert_png(tmp_path / "other.png")
@@ -181,7 +183,7 @@ def test_gene_pcc_renders_and_ranks(predicted, tmp_path):
     out = tmp_path / "pcc.png"
     cs.pl.gene_pcc(predicted, save=out, show=False)
     _assert_png(out)
-    fig = cs.pl.gene_pcc(predicted.tables["table"], n_top=1, return_fig=True, show=False)
+    fig = cs.pl.gene_pcc(predicted.tables["table"], n_top_genes=1, return_fig=True, show=False)
     try:
         ax = fig.axes[0]
         r = predicted.tables["table"].var["comtip_pcc"].dropna()
@@ -204,43 +206,67 @@ def test_gene_pcc_on_given_axes_and_errors(predicted):
 
 
 # ------------------------------------------------------------------ embedding
-def test_embedding_renders_without_touching_the_table(predicted, tmp_path):
-    table = predicted.tables["table"]
-    before = (set(table.obs.columns), set(table.obsm.keys()), set(table.obsp.keys()), set(table.uns.keys()))
-    out = tmp_path / "umap.png"
-    cs.pl.embedding(predicted, save=out, show=False)
-    _assert_png(out)
-    after = (set(table.obs.columns), set(table.obsm.keys()), set(table.obsp.keys()), set(table.uns.keys()))
-    assert after == before
+@pytest.fixture(scope="module")
+def clustered(tiny_model):
+    sdata = _toy()
+    cs.tl.comtip_embed(sdata, tiny_model)
+    cs.tl.embedding_clusters(sdata, n_neighbors=10)
+    return sdata
 
 
-def test_embedding_inplace_keeps_results_and_reuses_them(tiny_model):
+def test_embedding_clusters_writes_its_keys(tiny_model):
     sdata = _toy()
     cs.tl.comtip_embed(sdata, tiny_model)
     table = sdata.tables["table"]
-    fig = cs.pl.embedding(sdata, inplace=True, return_fig=True, show=False)
+    before = set(table.obsm.keys())
+    out = cs.tl.embedding_clusters(sdata, n_neighbors=10, resolution=0.5, copy=True)
+    assert set(table.obsm.keys()) == before and "comtip_leiden" not in table.obs  # copy=True: input untouched
+    t = out.tables["table"]
+    assert t.obsm["X_comtip_umap"].shape == (t.n_obs, 2)
+    assert t.uns["X_comtip_neighbors"]["params"]["use_rep"] == "X_comtip"
+    assert t.obsp["X_comtip_neighbors_connectivities"].shape == (t.n_obs, t.n_obs)
+    assert t.obs["comtip_leiden"].dtype == "category" and t.obs["comtip_leiden"].notna().all()
+    rec = t.uns["comtip"]["embedding_clusters"]["comtip_leiden"]
+    assert rec["n_clusters"] == t.obs["comtip_leiden"].nunique() and rec["resolution"] == 0.5
+    # scanpy's default keys stay free for an expression analysis of the same table.
+    assert "neighbors" not in t.uns and "X_umap" not in t.obsm
+    with pytest.raises(KeyError, match=r"X_missing.*comtip_embed"):
+        cs.tl.embedding_clusters(sdata, use_rep="X_missing")
+
+
+def test_embedding_renders_without_touching_the_table(clustered, tmp_path):
+    table = clustered.tables["table"]
+    before = (set(table.obs.columns), set(table.obsm.keys()), set(table.obsp.keys()), set(table.uns.keys()))
+    out = tmp_path / "umap.png"
+    cs.pl.embedding(clustered, save=out, show=False)
+    _assert_png(out)
+    after = (set(table.obs.columns), set(table.obsm.keys()), set(table.obsp.keys()), set(table.uns.keys()))
+    assert after == before
+    fig = cs.pl.embedding(clustered, return_fig=True, show=False)
     try:
-        assert [ax.get_title() for ax in fig.axes[:2]] == ["sample (X_comtip)", "leiden (X_comtip)"]
+        titles = [ax.get_title() for ax in fig.axes[:2]]
+        assert titles == ["sample (X_comtip_umap)", "comtip_leiden (X_comtip_umap)"]
     finally:
         plt.close(fig)
-    assert table.obsm["X_umap"].shape == (table.n_obs, 2)
-    assert table.uns["neighbors"]["params"]["use_rep"] == "X_comtip"
-    assert table.obs["leiden"].nunique() >= 1
-    umap = table.obsm["X_umap"].copy()
-    ax = cs.pl.embedding(sdata, color="KRT19", ax=plt.subplots()[1], show=False)
+    ax = cs.pl.embedding(clustered, color="KRT19", ax=plt.subplots()[1], show=False)
+    # The points are the stored layout (scanpy draws them sorted by colour value).
+    np.testing.assert_allclose(
+        np.sort(ax.collections[0].get_offsets(), axis=0),
+        np.sort(table.obsm["X_comtip_umap"], axis=0),
+        rtol=1e-5,
+    )
     plt.close(ax.figure)
-    np.testing.assert_array_equal(table.obsm["X_umap"], umap)  # reused, not recomputed
 
 
-def test_embedding_errors(predicted):
-    with pytest.raises(KeyError, match="X_missing"):
-        cs.pl.embedding(predicted, use_rep="X_missing", show=False)
-    with pytest.raises(KeyError, match="no_column"):
-        cs.pl.embedding(predicted, color="no_column", show=False)
+def test_embedding_errors_name_the_call_to_make(predicted, clustered):
+    with pytest.raises(KeyError, match=r"X_comtip_umap.*cs\.tl\.embedding_clusters"):
+        cs.pl.embedding(predicted, show=False)
+    with pytest.raises(KeyError, match=r"no_column.*embedding_clusters"):
+        cs.pl.embedding(clustered, color="no_column", show=False)
     fig, ax = plt.subplots()
     try:
         with pytest.raises(ValueError, match="single color"):
-            cs.pl.embedding(predicted, ax=ax, show=False)
+            cs.pl.embedding(clustered, ax=ax, show=False)
     finally:
         plt.close(fig)
 

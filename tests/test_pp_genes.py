@@ -49,7 +49,7 @@ def small_sdata() -> SpatialData:
 
 def test_select_genes_mean_matches_hand_computation():
     adata = _hand_made()
-    select_genes(adata, n_top=3, groupby=None)
+    select_genes(adata, n_top_genes=3, groupby=None)
     assert adata.uns[UNS_KEY]["panel"] == ["g1", "g0", "g3"]
     assert adata.var[PANEL_KEY].tolist() == [True, True, False, True, False]
     assert adata.var[PANEL_KEY].dtype == bool
@@ -59,9 +59,9 @@ def test_select_genes_mean_matches_hand_computation():
 
 def test_select_genes_intersection_across_samples():
     adata = _hand_made()
-    select_genes(adata, n_top=5, groupby=None)
+    select_genes(adata, n_top_genes=5, groupby=None)
     assert "g4" in adata.uns[UNS_KEY]["panel"]  # one group: g4 is detected
-    select_genes(adata, n_top=5, groupby=SAMPLE_KEY)
+    select_genes(adata, n_top_genes=5, groupby=SAMPLE_KEY)
     assert adata.uns[UNS_KEY]["panel"] == ["g1", "g0", "g3", "g2"]  # g4 has no counts in sample B
     assert not adata.var.loc["g4", PANEL_KEY]
     assert adata.uns[UNS_KEY]["select_genes"]["n_candidates"] == 4
@@ -72,7 +72,7 @@ def test_select_genes_uses_existing_norm_layer():
     layer = np.zeros((4, 5), dtype=np.float32)
     layer[:, 2] = 5.0  # g2 wins only if the layer is read
     adata.layers[NORM_LAYER] = layer
-    select_genes(adata, n_top=1, groupby=None)
+    select_genes(adata, n_top_genes=1, groupby=None)
     assert adata.uns[UNS_KEY]["panel"] == ["g2"]
 
 
@@ -93,7 +93,7 @@ def test_select_genes_hvg_matches_scanpy_and_enriches_markers():
     sdata = toy_tissue(seed=1)
     table = sdata.tables[TABLE_KEY]
     markers = {g for genes in table.uns["toy_tissue"]["markers"].values() for g in genes}
-    select_genes(sdata, method="hvg", n_top=len(markers))
+    select_genes(sdata, method="hvg", n_top_genes=len(markers))
     panel = table.uns[UNS_KEY]["panel"]
     assert len(panel) == len(markers) == table.var[PANEL_KEY].sum()
 
@@ -113,25 +113,25 @@ def test_select_genes_hvg_matches_scanpy_and_enriches_markers():
 
 def test_select_genes_hvg_respects_intersection():
     adata = _hand_made()
-    select_genes(adata, method="hvg", n_top=5)
+    select_genes(adata, method="hvg", n_top_genes=5)
     assert "g4" not in adata.uns[UNS_KEY]["panel"]
     assert len(adata.uns[UNS_KEY]["panel"]) <= 4
 
 
 def test_select_genes_on_spatialdata_and_copy(small_sdata):
     table = small_sdata.tables[TABLE_KEY]
-    out = select_genes(small_sdata, n_top=10, copy=True)
+    out = select_genes(small_sdata, n_top_genes=10, copy=True)
     assert isinstance(out, SpatialData) and out is not small_sdata
     assert out.tables[TABLE_KEY] is not table
     assert out.tables[TABLE_KEY].var[PANEL_KEY].sum() == 10
     assert PANEL_KEY not in table.var and UNS_KEY in table.uns and "panel" not in table.uns[UNS_KEY]
     assert set(out.images) == set(small_sdata.images) and set(out.shapes) == set(small_sdata.shapes)
 
-    assert select_genes(small_sdata, n_top=10) is None
+    assert select_genes(small_sdata, n_top_genes=10) is None
     assert table.var[PANEL_KEY].sum() == 10
 
     adata = _hand_made()
-    new = select_genes(adata, n_top=2, copy=True, key_added="mine")
+    new = select_genes(adata, n_top_genes=2, copy=True, key_added="mine")
     assert isinstance(new, AnnData) and new is not adata
     assert new.var["mine"].sum() == 2 and "mine" not in adata.var and UNS_KEY not in adata.uns
 
@@ -145,12 +145,15 @@ def test_normalize_writes_layer_and_keeps_counts(small_sdata):
     layer = table.layers[NORM_LAYER]
     dense = layer.toarray() if sparse.issparse(layer) else np.asarray(layer)
     np.testing.assert_allclose(np.expm1(dense.astype(np.float64)).sum(axis=1), 1e4, rtol=1e-4)
-    assert table.uns[UNS_KEY]["normalize"] == {"target_sum": 1e4, "layer": NORM_LAYER}
+    assert table.uns[UNS_KEY]["normalize"] == {"target_sum": 1e4, "key_added": NORM_LAYER}
+    # The same values as scanpy's own normalize_total + log1p.
+    want = sc.pp.log1p(sc.pp.normalize_total(table, target_sum=1e4, inplace=False)["X"].astype(np.float64))
+    np.testing.assert_allclose(dense, want.toarray() if sparse.issparse(want) else want, rtol=1e-5)
 
 
 def test_normalize_copy_leaves_input_untouched():
     adata = _hand_made()
-    out = normalize(adata, target_sum=100, layer_added="lognorm", copy=True)
+    out = normalize(adata, target_sum=100, key_added="lognorm", copy=True)
     assert "lognorm" not in adata.layers and "lognorm" in out.layers
     np.testing.assert_allclose(np.expm1(out.layers["lognorm"].toarray()).sum(axis=1), 100, rtol=1e-5)
     np.testing.assert_allclose(
@@ -209,3 +212,15 @@ def test_missing_table_lists_available(small_sdata):
     for func in (select_genes, normalize, filter_spots):
         with pytest.raises(KeyError, match=r"nope.*\['table'\]"):
             func(small_sdata, table_key="nope")
+
+
+def test_old_argument_names_warn_and_still_work():
+    adata = _hand_made()
+    with pytest.warns(FutureWarning, match="n_top_genes"):
+        select_genes(adata, n_top=2, groupby=None)
+    assert int(adata.var[PANEL_KEY].sum()) == 2
+    with pytest.warns(FutureWarning, match="key_added"):
+        normalize(adata, layer_added="old")
+    assert "old" in adata.layers
+    with pytest.raises(TypeError, match="n_top_genes"):
+        select_genes(adata, n_top=2, n_top_genes=3, groupby=None)

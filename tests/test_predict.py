@@ -15,7 +15,8 @@ from scipy.stats import pearsonr
 from spatialdata import SpatialData
 
 import comtip_sc as cs
-from comtip_sc._constants import EMBED_KEY, PRED_EXTRA_KEY, PRED_LAYER
+from comtip_sc._constants import EMBED_KEY, PRED_KEY
+from comtip_sc._tables import normalized_values
 from comtip_sc.model._comtip_model import ComtipModel
 
 #: Real gene symbols that the toy tissue does not have.
@@ -44,8 +45,8 @@ def test_embed_unseen_section(unseen_embedded, tiny_model):
     assert np.isfinite(emb).all()
     # Different tissue looks different: the embedding is not one constant vector.
     assert emb.std(axis=0).max() > 1e-3
-    rec = table.uns["comtip"]["embed"]
-    assert rec["key_added"] == EMBED_KEY and rec["n_spots"] == table.n_obs
+    rec = table.uns["comtip"]["embed"][EMBED_KEY]
+    assert rec["n_spots"] == table.n_obs
     assert rec["dim"] == tiny_model.config.embed_dim and rec["tile_um"] == 100
 
 
@@ -71,34 +72,55 @@ def test_embed_copy_leaves_input(tiny_model, unseen_embedded):
 
 # ------------------------------------------------------------------ predict
 @pytest.mark.parametrize("method", ["retrieval", "head", "zero_shot"])
-def test_predict_methods_fill_predicted_genes_only(tiny_model, unseen_embedded, method):
+def test_predict_methods_store_predicted_genes_only(tiny_model, unseen_embedded, method):
     genes = ["KRT19", "COL1A1", "PTPRC"]
     out = cs.tl.comtip_predict(
         unseen_embedded, tiny_model, method=method, genes=genes, use_rep=EMBED_KEY, copy=True
     )
     table = out.tables["table"]
-    layer = table.layers[PRED_LAYER]
-    assert layer.shape == table.shape
-    cols = table.var_names.get_indexer(genes)
-    assert np.isfinite(layer[:, cols]).all()
-    others = np.setdiff1d(np.arange(table.n_vars), cols)
-    assert np.isnan(layer[:, others]).all()
-    assert table.uns["comtip"]["predict"]["method"] == method
-    assert table.uns["comtip"]["predict"]["genes"] == genes
+    pred = table.obsm[PRED_KEY]
+    assert isinstance(pred, pd.DataFrame)
+    assert list(pred.columns) == genes and pred.index.equals(table.obs_names)
+    assert np.isfinite(pred.to_numpy()).all()
+    assert PRED_KEY not in table.layers
+    rec = table.uns["comtip"]["predict"][PRED_KEY]
+    assert rec["method"] == method and rec["genes"] == genes and rec["unmeasured_genes"] == []
     # Predictions live on the log1p scale of the training values.
-    assert layer[:, cols].min() >= -1.0 and layer[:, cols].max() < 15.0
-    assert PRED_LAYER not in unseen_embedded.tables["table"].layers
+    assert pred.to_numpy().min() >= -1.0 and pred.to_numpy().max() < 15.0
+    assert PRED_KEY not in unseen_embedded.tables["table"].obsm
+
+
+def test_each_predict_call_keeps_its_own_record(tiny_model, unseen_embedded):
+    out = cs.tl.comtip_predict(
+        unseen_embedded, tiny_model, method="retrieval", genes=["KRT19"], key_added="by_retrieval", copy=True
+    )
+    cs.tl.comtip_predict(out, tiny_model, method="zero_shot", genes=["EPCAM"], key_added="by_zero_shot")
+    table = out.tables["table"]
+    records = table.uns["comtip"]["predict"]
+    assert records["by_retrieval"]["method"] == "retrieval" and records["by_retrieval"]["genes"] == ["KRT19"]
+    assert records["by_zero_shot"]["method"] == "zero_shot" and records["by_zero_shot"]["genes"] == ["EPCAM"]
+    assert list(table.obsm["by_retrieval"].columns) == ["KRT19"]
+    assert list(table.obsm["by_zero_shot"].columns) == ["EPCAM"]
+
+
+def test_layer_added_is_a_deprecated_alias(tiny_model, unseen_embedded):
+    kw = {"method": "retrieval", "genes": ["KRT19"], "use_rep": EMBED_KEY, "copy": True}
+    with pytest.warns(FutureWarning, match="key_added"):
+        out = cs.tl.comtip_predict(unseen_embedded, tiny_model, layer_added="old_name", **kw)
+    assert list(out.tables["table"].obsm["old_name"].columns) == ["KRT19"]
+    with pytest.raises(TypeError, match="key_added"):
+        cs.tl.comtip_predict(unseen_embedded, tiny_model, layer_added="a", key_added="b", **kw)
 
 
 def test_predict_default_genes_cover_the_panel(tiny_model, unseen_embedded):
     out = cs.tl.comtip_predict(unseen_embedded, tiny_model, use_rep=EMBED_KEY, copy=True)
     table = out.tables["table"]
-    cols = table.var_names.get_indexer(tiny_model.panel)
-    assert (cols >= 0).all()
-    assert np.isfinite(table.layers[PRED_LAYER][:, cols]).all()
+    assert list(table.obsm[PRED_KEY].columns) == list(tiny_model.panel)
+    assert (table.var_names.get_indexer(tiny_model.panel) >= 0).all()
+    assert np.isfinite(table.obsm[PRED_KEY].to_numpy()).all()
 
 
-def test_zero_shot_outside_panel_goes_to_extra(tiny_model, unseen_embedded):
+def test_zero_shot_outside_panel_is_stored_with_the_others(tiny_model, unseen_embedded):
     n_vocab = len(tiny_model.network.gene_names)
     vocab = list(tiny_model.network.gene_names)
     out = cs.tl.comtip_predict(
@@ -110,14 +132,11 @@ def test_zero_shot_outside_panel_goes_to_extra(tiny_model, unseen_embedded):
         copy=True,
     )
     table = out.tables["table"]
-    extra = table.obsm[PRED_EXTRA_KEY]
-    assert isinstance(extra, pd.DataFrame)
-    assert list(extra.columns) == OUTSIDE
-    assert extra.index.equals(table.obs_names)
-    assert np.isfinite(extra.to_numpy()).all()
-    assert np.isfinite(table.layers[PRED_LAYER][:, table.var_names.get_loc("KRT19")]).all()
+    pred = table.obsm[PRED_KEY]
+    assert list(pred.columns) == ["KRT19", *OUTSIDE]
+    assert np.isfinite(pred.to_numpy()).all()
     assert not any(g in table.var_names for g in OUTSIDE)
-    assert table.uns["comtip"]["predict"]["extra_genes"] == OUTSIDE
+    assert table.uns["comtip"]["predict"][PRED_KEY]["unmeasured_genes"] == OUTSIDE
     # The user's model is untouched: no gene was added to its vocabulary.
     assert len(tiny_model.network.gene_names) == n_vocab
     assert list(tiny_model.network.gene_names) == vocab
@@ -149,18 +168,24 @@ def test_fit_calibrates_the_zero_shot_temperature_on_training_spots(tiny_model):
 
 def test_zero_shot_temperature_default_and_override(tiny_model, unseen_embedded):
     kw = {"method": "zero_shot", "genes": ["KRT19", "EPCAM"], "use_rep": EMBED_KEY, "copy": True}
-    cols = unseen_embedded.tables["table"].var_names.get_indexer(kw["genes"])
     default = cs.tl.comtip_predict(unseen_embedded, tiny_model, **kw).tables["table"]
     chosen = tiny_model.zero_shot_temperature
-    assert default.uns["comtip"]["predict"]["temperature"] == pytest.approx(chosen)
+    assert default.uns["comtip"]["predict"][PRED_KEY]["temperature"] == pytest.approx(chosen)
     same = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=chosen, **kw).tables["table"]
-    np.testing.assert_allclose(same.layers[PRED_LAYER][:, cols], default.layers[PRED_LAYER][:, cols])
+    np.testing.assert_allclose(
+        same.obsm[PRED_KEY][kw["genes"]].to_numpy(), default.obsm[PRED_KEY][kw["genes"]].to_numpy()
+    )
     # A very cold read-out snaps every spot to one candidate value; a very warm one flattens towards the
     # middle of the candidate range: the two differ, and the warm one varies less between spots.
     cold = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=1e-4, **kw).tables["table"]
     warm = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=100.0, **kw).tables["table"]
-    assert not np.allclose(cold.layers[PRED_LAYER][:, cols], warm.layers[PRED_LAYER][:, cols])
-    assert warm.layers[PRED_LAYER][:, cols].std(0).max() < cold.layers[PRED_LAYER][:, cols].std(0).max()
+    assert not np.allclose(
+        cold.obsm[PRED_KEY][kw["genes"]].to_numpy(), warm.obsm[PRED_KEY][kw["genes"]].to_numpy()
+    )
+    assert (
+        warm.obsm[PRED_KEY][kw["genes"]].to_numpy().std(0).max()
+        < cold.obsm[PRED_KEY][kw["genes"]].to_numpy().std(0).max()
+    )
     # By default the read-out uses the candidate grid the value-query term trained on (M values).
     from comtip_sc.tl._zero_shot import zero_shot_values
 
@@ -170,7 +195,7 @@ def test_zero_shot_temperature_default_and_override(tiny_model, unseen_embedded)
         zero_shot_values(img, tiny_model, kw["genes"], [chosen], n_candidates=n) for n in (None, m, 24)
     )
     np.testing.assert_array_equal(on_default, on_m)
-    np.testing.assert_allclose(on_default, default.layers[PRED_LAYER][:, cols], rtol=1e-6)
+    np.testing.assert_allclose(on_default, default.obsm[PRED_KEY][kw["genes"]].to_numpy(), rtol=1e-6)
     assert not np.allclose(on_default, on_24)
     with pytest.raises(ValueError, match="temperature"):
         cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=0.0, **kw)
@@ -183,17 +208,16 @@ def test_retrieval_and_head_with_given_reference(tiny_model, unseen_embedded):
             unseen_embedded, tiny_model, method=method, reference=reference, k=5, copy=True
         )
         table = out.tables["table"]
-        rec = table.uns["comtip"]["predict"]
+        rec = table.uns["comtip"]["predict"][PRED_KEY]
         assert rec["reference"] == "given"
-        cols = table.var_names.get_indexer(rec["genes"])
         assert len(rec["genes"]) == len(tiny_model.panel)
-        assert np.isfinite(table.layers[PRED_LAYER][:, cols]).all()
+        assert np.isfinite(table.obsm[PRED_KEY][rec["genes"]].to_numpy()).all()
     # k=1 retrieval returns, per spot, exactly one reference spot's expression row.
     out = cs.tl.comtip_predict(
         unseen_embedded, tiny_model, reference=reference, k=1, genes=["KRT19"], copy=True
     )
-    pred = out.tables["table"].layers[PRED_LAYER][:, out.tables["table"].var_names.get_loc("KRT19")]
-    ref_vals = cs.tl._datamodule.normalized_values(reference.tables["table"], ["KRT19"])[:, 0]
+    pred = out.tables["table"].obsm[PRED_KEY]["KRT19"].to_numpy()
+    ref_vals = normalized_values(reference.tables["table"], ["KRT19"])[:, 0]
     assert np.isin(np.round(pred, 5), np.round(ref_vals, 5)).all()
 
 
@@ -204,7 +228,7 @@ def test_head_chooses_its_penalty_by_spatial_blocks(tiny_model, unseen_embedded)
     runs = {}
     for cv_blocks in (4, None):
         out = cs.tl.comtip_predict(unseen_embedded, tiny_model, cv_blocks=cv_blocks, **kw)
-        runs[cv_blocks] = out.tables["table"].uns["comtip"]["predict"]
+        runs[cv_blocks] = out.tables["table"].uns["comtip"]["predict"][PRED_KEY]
     assert runs[4]["head_cv"] == "4 spatial blocks" and runs[None]["head_cv"] == "loo"
     folds = cs.tl._ridge.spatial_folds(bank.centres, bank.sections, 4)
     expected = cs.tl._ridge.ridge_cv(bank.image_embeddings, bank.expression, folds).alpha_
@@ -215,7 +239,7 @@ def test_head_chooses_its_penalty_by_spatial_blocks(tiny_model, unseen_embedded)
     old = copy.copy(tiny_model)
     old.reference = dataclasses.replace(bank, sections=[], centres=None)
     out = cs.tl.comtip_predict(unseen_embedded, old, **kw)
-    assert out.tables["table"].uns["comtip"]["predict"]["head_cv"] == "loo"
+    assert out.tables["table"].uns["comtip"]["predict"][PRED_KEY]["head_cv"] == "loo"
     with pytest.raises(ValueError, match="cv_blocks"):
         cs.tl.comtip_predict(unseen_embedded, tiny_model, cv_blocks=1, **kw)
 
@@ -273,14 +297,16 @@ def known():
         var=pd.DataFrame(index=["g0", "g1", "g2", "g3", "g4", "flat"]),
     )
     adata.layers["truth"] = truth
-    adata.layers["pred"] = pred
+    adata.obsm["pred"] = pd.DataFrame(pred, index=adata.obs_names, columns=adata.var_names)
     return adata
 
 
 def test_evaluate_matches_hand_computation(known):
-    res = cs.tl.evaluate(known, layer_true="truth", layer_pred="pred", groupby="grp", n_heg=2, n_hvg=3)
+    res = cs.tl.evaluate(
+        known, layer="truth", pred_key="pred", groupby="grp", n_heg=2, n_hvg=3, key_added="comtip_pcc"
+    )
     assert list(res.index) == ["all", "a", "b"]
-    truth, pred = known.layers["truth"], known.layers["pred"]
+    truth, pred = known.layers["truth"], known.obsm["pred"].to_numpy()
     groups = {"all": slice(None), "a": slice(0, 7), "b": slice(7, 12)}
     for name, sel in groups.items():
         want, _ = _hand_metrics(truth[sel], pred[sel], 2, 3)
@@ -294,31 +320,41 @@ def test_evaluate_matches_hand_computation(known):
 
 
 def test_evaluate_normalises_counts_and_subsets_genes(known):
-    res = cs.tl.evaluate(known, layer_pred="pred", genes=["g0", "g1"], n_heg=1, n_hvg=1, key_added=None)
+    res = cs.tl.evaluate(known, pred_key="pred", genes=["g0", "g1"], n_heg=1, n_hvg=1)
     X = known.X.toarray().astype(np.float64)
     norm = np.log1p(X / X.sum(1, keepdims=True) * 1e4)[:, :2]
-    want, _ = _hand_metrics(norm, known.layers["pred"][:, :2], 1, 1)
+    want, _ = _hand_metrics(norm, known.obsm["pred"].to_numpy()[:, :2], 1, 1)
     for metric, value in want.items():
         assert res.loc["all", metric] == pytest.approx(value, rel=1e-6)
-    assert "comtip_pcc" not in known.var
+    assert "comtip_pcc" not in known.var  # evaluate writes nothing unless key_added is given
+
+
+def test_evaluate_old_argument_names_still_work(known):
+    new = cs.tl.evaluate(known, layer="truth", pred_key="pred")
+    with pytest.warns(FutureWarning, match="layer_pred"):
+        old = cs.tl.evaluate(known, layer_true="truth", layer_pred="pred")
+    pd.testing.assert_frame_equal(new, old)
 
 
 def test_evaluate_defaults_to_predicted_genes(known):
-    known.layers["pred"][:, 2] = np.nan
-    res = cs.tl.evaluate(known, layer_true="truth", layer_pred="pred")
+    known.obsm["pred"] = known.obsm["pred"].drop(columns="g2")
+    res = cs.tl.evaluate(known, layer="truth", pred_key="pred", key_added="comtip_pcc")
     assert res.loc["all", "n_genes"] == 5
     assert np.isnan(known.var.loc["g2", "comtip_pcc"])
 
 
 def test_evaluate_bad_inputs_name_the_culprit(known):
-    with pytest.raises(KeyError, match="no_pred"):
-        cs.tl.evaluate(known, layer_pred="no_pred")
+    with pytest.raises(KeyError, match=r"no_pred.*comtip_predict"):
+        cs.tl.evaluate(known, pred_key="no_pred")
     with pytest.raises(KeyError, match="no_truth"):
-        cs.tl.evaluate(known, layer_true="no_truth", layer_pred="pred")
+        cs.tl.evaluate(known, layer="no_truth", pred_key="pred")
     with pytest.raises(KeyError, match="GHOST"):
-        cs.tl.evaluate(known, layer_true="truth", layer_pred="pred", genes=["g0", "GHOST"])
+        cs.tl.evaluate(known, layer="truth", pred_key="pred", genes=["g0", "GHOST"])
     with pytest.raises(KeyError, match="nogroup"):
-        cs.tl.evaluate(known, layer_true="truth", layer_pred="pred", groupby="nogroup")
+        cs.tl.evaluate(known, layer="truth", pred_key="pred", groupby="nogroup")
+    known.obsm["pred"].loc["s3", "g1"] = np.nan
+    with pytest.raises(ValueError, match="g1"):
+        cs.tl.evaluate(known, layer="truth", pred_key="pred")
 
 
 def test_evaluate_on_spatialdata_predictions(tiny_model, unseen_embedded):

@@ -10,7 +10,9 @@ from spatialdata.transformations import Identity, get_transformation, set_transf
 
 import comtip_sc as cs
 from comtip_sc._constants import COLOUR_REF_MEAN, COLOUR_REF_STD, INSTANCE_KEY, REGION_KEY
-from comtip_sc._sections import check_counts, resolve_sections
+from comtip_sc._image import pyramid_levels
+from comtip_sc._sections import resolve_sections
+from comtip_sc._tables import check_counts
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def test_border_tiles_are_padded_not_errors(toy):
 def test_coarse_level_matches_full_resolution(toy):
     # Small tiles are read from a coarser pyramid level; they must show the same field.
     tiles = cs.pp.SpotTiles(toy, tile_um=200, tile_px=16)
-    levels = cs.pp._tiles._levels(toy.images["toy_image"])
+    levels = pyramid_levels(toy.images["toy_image"])
     assert len(levels) > 1, "toy image should be multiscale"
     coarse = tiles[10].astype(float)
     tiles._images[0].arrays = tiles._images[0].arrays[:1]  # force level 0

@@ -31,13 +31,11 @@ NORM_LAYER = "comtip_norm"
 PANEL_KEY = "comtip_panel"
 #: Default ``obsm`` key of the image embedding.
 EMBED_KEY = "X_comtip"
-#: Default layer of predicted expression.
-PRED_LAYER = "comtip_pred"
-#: Predictions for requested genes that the table lacks go to ``obsm[layer_added + PRED_EXTRA_SUFFIX]``
-#: (a DataFrame keyed by gene), so each prediction layer has its own extras.
-PRED_EXTRA_SUFFIX = "_extra"
-#: ``obsm`` key of those extras for the default layer.
-PRED_EXTRA_KEY = PRED_LAYER + PRED_EXTRA_SUFFIX
+#: Default ``obs`` column of the Leiden clusters of the image embedding, and ``obsm`` key of its UMAP.
+CLUSTER_KEY = "comtip_leiden"
+UMAP_KEY = EMBED_KEY + "_umap"
+#: Default ``obsm`` key of predicted expression: a DataFrame of spots × predicted genes.
+PRED_KEY = "comtip_pred"
 
 #: Suffixes of the element names that the readers write, ``f"{sample}{suffix}"``.
 IMAGE_SUFFIX = "_image"

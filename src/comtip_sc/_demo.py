@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._cli_io import load_data, write_result
 from ._constants import EMBED_KEY, SAMPLE_KEY
 
 
@@ -26,7 +27,6 @@ def _split(sdata, table_key: str):
 def run_demo(args: argparse.Namespace) -> int:
     """Fit → comtip_embed → comtip_predict (retrieval and zero-shot) → evaluate, on unseen spots."""
     import comtip_sc as cs
-    from comtip_sc.cli import load_data, write_result
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,20 +78,20 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print(f"Embedded {test.tables[args.table_key].n_obs} unseen spots -> table.obsm[{EMBED_KEY!r}]")
     for method in ("retrieval", "zero_shot"):
-        layer = f"comtip_pred_{method}"
+        key = f"comtip_pred_{method}"
         cs.tl.comtip_predict(
             test,
             model,
             method=method,
             table_key=args.table_key,
-            layer_added=layer,
+            key_added=key,
             use_rep=EMBED_KEY,
             accelerator=args.accelerator,
         )
-        scores = cs.tl.evaluate(test, layer_pred=layer, table_key=args.table_key, key_added=f"pcc_{method}")
+        scores = cs.tl.evaluate(test, pred_key=key, table_key=args.table_key, key_added=f"pcc_{method}")
         row = scores.loc["all"]
         print(
-            f"Predicted {int(row.n_genes)} genes ({method}) -> table.layers[{layer!r}]: "
+            f"Predicted {int(row.n_genes)} genes ({method}) -> table.obsm[{key!r}]: "
             f"PCC-ALL {row['PCC-ALL']:.3f}, PCC-HEG {row['PCC-HEG']:.3f}, MSE {row['MSE']:.3f}"
         )
     result = write_result(test, str(out / "predictions.h5ad"), args.table_key)

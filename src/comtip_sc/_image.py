@@ -1,11 +1,12 @@
-"""H&E image elements: one place that turns an RGB array into a multiscale SpatialData image."""
+"""H&E image elements: building a multiscale SpatialData image from RGB, and reading its pyramid levels."""
 
 from __future__ import annotations
 
 import numpy as np
+from spatialdata import get_pyramid_levels
 from spatialdata.models import Image2DModel
 from spatialdata.transformations import BaseTransformation
-from xarray import DataTree
+from xarray import DataArray, DataTree
 
 #: Pyramid levels halve until the short side is under this many pixels (docs/data_layout.md).
 PYRAMID_MIN_SIDE = 512
@@ -59,3 +60,23 @@ def rgb_image_element(rgb_hwc: np.ndarray, transformations: dict[str, BaseTransf
         transformations=transformations,
     )
     return element.persist()
+
+
+def pyramid_levels(image: DataArray | DataTree) -> list[DataArray]:
+    """The levels of an image element as DataArrays (c, y, x), finest first; a single-scale image is one.
+
+    Sorted by width rather than by the order of the pyramid's children, so the finest level comes first
+    whatever the children are called.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialdata.transformations import Identity
+    >>> el = rgb_image_element(np.zeros((600, 700, 3), np.uint8), {"s": Identity()})
+    >>> [level.sizes["x"] for level in pyramid_levels(el)]
+    [700, 350]
+
+    """
+    if isinstance(image, DataTree):
+        return sorted(get_pyramid_levels(image), key=lambda level: -level.sizes["x"])
+    return [image]

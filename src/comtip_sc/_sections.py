@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from spatialdata import SpatialData
 from spatialdata.models import get_table_keys
@@ -23,6 +22,7 @@ from spatialdata.transformations import (
 )
 
 from ._constants import SAMPLE_KEY, SPOT_DIAMETER_KEY, TABLE_KEY, UNS_KEY
+from ._tables import get_table
 
 
 @dataclass(frozen=True)
@@ -52,44 +52,6 @@ class Section:
     obs_index: np.ndarray
     centers_px: np.ndarray
     px_per_um: float
-
-
-def get_table(sdata: SpatialData | AnnData, table_key: str = TABLE_KEY) -> AnnData:
-    """Return the table of ``sdata`` (or ``sdata`` itself when it is an AnnData), with a clear error."""
-    if isinstance(sdata, AnnData):
-        return sdata
-    if table_key not in sdata.tables:
-        raise KeyError(
-            f"SpatialData has no table {table_key!r}; available tables: {sorted(sdata.tables.keys())}."
-        )
-    return sdata.tables[table_key]
-
-
-def check_counts(table: AnnData, *, layer: str | None = None, what: str = "table") -> None:
-    """Raise ``ValueError`` naming the first spot and gene with a negative or NaN value.
-
-    Examples
-    --------
-    >>> import anndata as ad, numpy as np
-    >>> check_counts(ad.AnnData(np.ones((2, 3), dtype=np.float32)))
-
-    """
-    X = table.layers[layer] if layer is not None else table.X
-    data = X.data if sp.issparse(X) else np.asarray(X)
-    bad = ~np.isfinite(data) | (data < 0)
-    if not bad.any():
-        return
-    dense_bad = bad
-    if sp.issparse(X):
-        coo = X.tocoo()
-        dense_bad = np.zeros(coo.shape, dtype=bool)
-        dense_bad[coo.row[bad], coo.col[bad]] = True
-    rows, cols = np.nonzero(dense_bad)
-    source = f"layer {layer!r}" if layer is not None else "X"
-    raise ValueError(
-        f"{what} {source} has {len(rows)} negative or NaN value(s); the first is at spot "
-        f"{table.obs_names[rows[0]]!r}, gene {table.var_names[cols[0]]!r} (value {data[bad][0]})."
-    )
 
 
 def _spot_diameter_um(table: AnnData, region_rows: np.ndarray, region: str, override: float | None) -> float:

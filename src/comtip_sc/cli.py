@@ -10,9 +10,10 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from ._atomic import atomic_path
+from ._cli_io import load_data, write_result
 from .model._config import PRESET_NAMES
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DATA = 0, 1, 2, 3
@@ -26,42 +27,6 @@ BENCHMARK_HOWTO = (
     "    python -m benchmarks --preset cpu --jobs 2 --data-root <folder with her2st/ and stutility_mob/>\n"
     "(see benchmarks/README.md there)."
 )
-
-
-def load_data(path: str):
-    """Open ``path``: ``toy`` (synthetic tissue), a SpatialData ``.zarr``, a her2st or an stutility_mob folder."""
-    import spatialdata as sd
-
-    import comtip_sc as cs
-
-    if path == "toy":
-        return cs.datasets.toy_tissue()
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
-    if (p / "zmetadata").exists() or (p / "zarr.json").exists() or p.suffix == ".zarr":
-        return sd.read_zarr(p)
-    if (p / "data" / "ST-cnts").is_dir():
-        return cs.datasets.her2st(p)
-    if (p / "inst" / "extdata" / "counts").is_dir():
-        return cs.datasets.mob(p)
-    raise ValueError(
-        f"{path} is neither a SpatialData .zarr nor a her2st / stutility_mob folder; "
-        "convert your data with comtip_sc.io or spatialdata_io first."
-    )
-
-
-def write_result(sdata, out: str, table_key: str) -> str:
-    """Write the table (``.h5ad``) or the whole SpatialData (``.zarr``) to ``out`` atomically."""
-    target = Path(out)
-    if target.suffix not in (".h5ad", ".zarr"):
-        raise ValueError(f"--out must end in .h5ad (table only) or .zarr (whole SpatialData), got {out}.")
-    with atomic_path(target) as tmp:
-        if target.suffix == ".h5ad":
-            sdata.tables[table_key].write_h5ad(tmp)
-        else:
-            sdata.write(tmp)
-    return str(target)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -199,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in [
         ("embed", "Write image embeddings (obsm['X_comtip'])."),
-        ("predict", "Predict expression from images (layers['comtip_pred'])."),
+        ("predict", "Predict expression from images (obsm['comtip_pred'], spots x genes)."),
     ]:
         p = sub.add_parser(name, help=helptext)
         p.add_argument(
@@ -209,9 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--out", required=True, help="Result: .h5ad (the table) or .zarr (the whole SpatialData)."
         )
-        if name == "embed":
-            p.add_argument("--key-added", default="X_comtip", help="obsm key (default: %(default)s).")
-        else:
+        p.add_argument(
+            "--key-added",
+            default="X_comtip" if name == "embed" else "comtip_pred",
+            help="obsm key of the result (default: %(default)s).",
+        )
+        if name == "predict":
             p.add_argument(
                 "--method",
                 default="retrieval",
@@ -231,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="Softmax temperature of zero_shot (default: the one fit chose on the training spots).",
             )
             p.add_argument(
-                "--layer-added", default="comtip_pred", help="Layer of predictions (default: %(default)s)."
+                "--layer-added", help="Deprecated alias of --key-added (predictions are no longer a layer)."
             )
         _add_common(p)
 
@@ -334,6 +302,13 @@ def _cmd_embed_predict(args: argparse.Namespace) -> int:
         )
         what = f"obsm[{args.key_added!r}]"
     else:
+        if args.layer_added is not None:
+            warnings.warn(
+                "--layer-added is deprecated and will be removed; use --key-added.",
+                FutureWarning,
+                stacklevel=1,
+            )
+            args.key_added = args.layer_added
         cs.tl.comtip_predict(
             sdata,
             model,
@@ -342,12 +317,12 @@ def _cmd_embed_predict(args: argparse.Namespace) -> int:
             k=args.k,
             temperature=args.temperature,
             table_key=args.table_key,
-            layer_added=args.layer_added,
+            key_added=args.key_added,
             batch_size=args.batch_size,
             accelerator=args.accelerator,
             spot_diameter_um=args.spot_diameter_um,
         )
-        what = f"layers[{args.layer_added!r}]"
+        what = f"obsm[{args.key_added!r}]"
     out = write_result(sdata, args.out, args.table_key)
     print(f"Wrote {what} of {sdata.tables[args.table_key].n_obs} spots to {out}")
     return EXIT_OK

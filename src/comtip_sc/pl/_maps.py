@@ -8,19 +8,20 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.collections import EllipseCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from spatialdata import SpatialData, get_pyramid_levels
+from spatialdata import SpatialData
 from spatialdata.transformations import get_transformation
 
-from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, SAMPLE_KEY, TABLE_KEY
-from .._sections import Section, get_table, resolve_sections
-from ..tl._datamodule import normalized_values
+from .._constants import PRED_KEY, SAMPLE_KEY, TABLE_KEY
+from .._deprecation import renamed_arguments
+from .._image import pyramid_levels
+from .._sections import Section, resolve_sections
+from .._tables import get_predictions, get_table, normalized_values
 from ..tl._evaluate import pearson_per_gene
 from ._utils import finish
 
@@ -33,13 +34,6 @@ def _affine(element, cs: str) -> np.ndarray:
     return get_transformation(element, to_coordinate_system=cs).to_affine_matrix(
         input_axes=("x", "y"), output_axes=("x", "y")
     )
-
-
-def _levels(image) -> list:
-    """Pyramid levels as DataArrays, finest first (a single-scale image is one level)."""
-    if hasattr(image, "children"):  # DataTree: multiscale
-        return list(get_pyramid_levels(image))
-    return [image]
 
 
 def _section_of(table: AnnData, sections: list[Section], sample: str | None) -> Section:
@@ -68,7 +62,7 @@ def _section_of(table: AnnData, sections: list[Section], sample: str | None) -> 
 
 def _background(sdata: SpatialData, sec: Section, xy_cs: np.ndarray, radius_cs: np.ndarray):
     """Crop of a coarse pyramid level around the spots, its level→cs affine and the crop window."""
-    levels = _levels(sdata.images[sec.image])
+    levels = pyramid_levels(sdata.images[sec.image])
     margin = 3 * float(np.max(radius_cs))
     lo, hi = xy_cs.min(axis=0) - margin, xy_cs.max(axis=0) + margin
     corners = np.array([[lo[0], lo[1], 1], [hi[0], lo[1], 1], [lo[0], hi[1], 1], [hi[0], hi[1], 1]])
@@ -98,30 +92,22 @@ def _as_rgb(img: np.ndarray) -> np.ndarray:
     return np.clip(img / (top if top > 0 else 1.0), 0.0, 1.0)
 
 
-def _values(table: AnnData, genes: Sequence[str], rows: np.ndarray, layer_pred: str, layer_true):
+def _values(table: AnnData, genes: Sequence[str], rows: np.ndarray, pred_key: str, layer: str | None):
     """Per gene: (observed or None, predicted) over ``rows``; clear errors for what is missing."""
-    extra_key = f"{layer_pred}{PRED_EXTRA_SUFFIX}"
-    extra = table.obsm.get(extra_key)
+    frame = get_predictions(table, pred_key)
     out = {}
     for g in genes:
-        if g in table.var_names:
-            if layer_pred not in table.layers:
-                raise KeyError(
-                    f"Layer {layer_pred!r} is not in the table (layers: {list(table.layers.keys())}); "
-                    "run cs.tl.comtip_predict first."
-                )
-            col = table.layers[layer_pred][:, table.var_names.get_loc(g)]
-            pred = np.asarray(col.toarray() if sp.issparse(col) else col, dtype=np.float64).ravel()[rows]
-            if np.isnan(pred).all():
-                raise ValueError(f"Gene {g!r} has no prediction in layer {layer_pred!r} (all NaN).")
-            obs = normalized_values(table, [g], layer=layer_true)[rows, 0].astype(np.float64)
-            out[g] = (obs, pred)
-        elif isinstance(extra, pd.DataFrame) and g in extra.columns:
-            out[g] = (None, extra[g].to_numpy(np.float64)[rows])
-        else:
+        if g not in frame.columns:
             raise KeyError(
-                f"Gene {g!r} is neither in the table's var_names nor predicted in obsm[{extra_key!r}]."
+                f"Gene {g!r} has no prediction in obsm[{pred_key!r}] (predicted: {list(frame.columns)[:10]})."
             )
+        pred = frame[g].to_numpy(np.float64)[rows]
+        if np.isnan(pred).all():
+            raise ValueError(f"Gene {g!r} has no prediction in obsm[{pred_key!r}] (all NaN).")
+        obs = None
+        if g in table.var_names:
+            obs = normalized_values(table, [g], layer=layer)[rows, 0].astype(np.float64)
+        out[g] = (obs, pred)
     return out
 
 
@@ -144,12 +130,13 @@ def _draw(ax: Axes, bg, extent, xy, r, values, norm, cmap, img_alpha: float) -> 
     return coll
 
 
+@renamed_arguments(layer_pred="pred_key", layer_true="layer")
 def predicted_vs_observed(
     sdata: SpatialData,
     genes: str | Sequence[str],
     *,
-    layer_pred: str = PRED_LAYER,
-    layer_true: str | None = None,
+    pred_key: str = PRED_KEY,
+    layer: str | None = None,
     table_key: str = TABLE_KEY,
     sample: str | None = None,
     img_alpha: float = 1.0,
@@ -164,9 +151,8 @@ def predicted_vs_observed(
 
     One row per gene: observed (left) and predicted (right) share one colour scale (same ``vmin`` /
     ``vmax``, one colour bar), so a pale prediction reads as pale. Both titles carry the gene's Pearson
-    correlation over the spots drawn (a constant gene scores 0). A gene the table lacks but that
-    :func:`comtip_sc.tl.comtip_predict` put in ``obsm[layer_pred + "_extra"]`` (zero-shot genes outside
-    the panel) is drawn predicted only.
+    correlation over the spots drawn (a constant gene scores 0). A predicted gene that the table does
+    not measure (zero-shot genes outside the panel) is drawn predicted only.
 
     The background is a crop around the spots, read from a coarse pyramid level of the image; spots
     are mapped into its pixels through the spatialdata transformations to the section's coordinate
@@ -178,11 +164,12 @@ def predicted_vs_observed(
         SpatialData with images, spot circles and a table with predictions.
     genes
         Gene(s) to draw, one row each.
-    layer_pred
-        Layer of predictions (normalised log1p scale).
-    layer_true
-        Layer of observed expression already on the normalised log1p scale; ``None`` normalises the raw
-        counts in ``X`` (1e4 per spot + log1p) without writing anything.
+    pred_key
+        ``obsm`` key of the predictions (:func:`comtip_sc.tl.comtip_predict`'s ``key_added``). Formerly
+        ``layer_pred``, still accepted with a :class:`FutureWarning`.
+    layer
+        Layer of observed expression: ``None`` normalises the raw counts in ``X`` (1e4 per spot + log1p)
+        without writing anything; a layer name is taken as already on that scale. Formerly ``layer_true``.
     table_key
         Table holding observed and predicted values.
     sample
@@ -218,7 +205,7 @@ def predicted_vs_observed(
     sec = _section_of(
         table, resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um), sample
     )
-    values = _values(table, genes, sec.obs_index, layer_pred, layer_true)
+    values = _values(table, genes, sec.obs_index, pred_key, layer)
 
     shapes = sdata.shapes[sec.region]
     ids = table.obs[table.uns["spatialdata_attrs"]["instance_key"]].to_numpy()[sec.obs_index]
@@ -228,7 +215,7 @@ def predicted_vs_observed(
     scale_shape = float(np.mean(np.linalg.norm(m_shape[:2, :2], axis=0)))
     if spot_size is not None:
         # µm → cs units through the section's pixel size: px_per_um × (cs units per image pixel).
-        m_img = _affine(_levels(sdata.images[sec.image])[0], sec.coordinate_system)
+        m_img = _affine(pyramid_levels(sdata.images[sec.image])[0], sec.coordinate_system)
         cs_per_px = float(np.mean(np.linalg.norm(m_img[:2, :2], axis=0)))
         radius_cs = np.full(len(geom), spot_size / 2 * sec.px_per_um * cs_per_px)
     else:
@@ -269,7 +256,7 @@ def predicted_vs_observed(
     name = sec.region
     if SAMPLE_KEY in table.obs:
         name = ", ".join(pd.unique(table.obs[SAMPLE_KEY].astype(str).to_numpy()[sec.obs_index]))
-    fig.suptitle(f"{name}: {layer_pred}", fontsize=10)
+    fig.suptitle(f"{name}: {pred_key}", fontsize=10)
     fig.tight_layout()
     return finish(fig, show=show, save=save, return_fig=return_fig)
 
@@ -299,11 +286,12 @@ def finish_ax(
     return ax if show is False else None
 
 
+@renamed_arguments(n_top="n_top_genes")
 def gene_pcc(
     sdata_or_table: SpatialData | AnnData,
     *,
     key: str = "comtip_pcc",
-    n_top: int = 10,
+    n_top_genes: int = 10,
     table_key: str = TABLE_KEY,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -312,7 +300,7 @@ def gene_pcc(
 ) -> Figure | Axes | None:
     """Ranked per-gene Pearson correlation of predicted vs observed expression.
 
-    Every evaluated gene is a dot at its rank (best first); the ``n_top`` best are labelled and a dashed
+    Every evaluated gene is a dot at its rank (best first); the ``n_top_genes`` best are labelled and a dashed
     line marks their mean over all genes (the PCC-ALL of :func:`comtip_sc.tl.evaluate`).
 
     Parameters
@@ -322,8 +310,8 @@ def gene_pcc(
     key
         ``var`` column with the per-gene Pearson correlation (``evaluate``'s ``key_added``). Genes with
         NaN there were not evaluated and are left out.
-    n_top
-        Number of best genes labelled with their names.
+    n_top_genes
+        Number of best genes labelled with their names (formerly ``n_top``).
     table_key
         Table of a SpatialData.
     ax
@@ -338,8 +326,8 @@ def gene_pcc(
     Examples
     --------
     >>> import comtip_sc as cs
-    >>> cs.tl.evaluate(sdata, layer_pred="comtip_pred")  # doctest: +SKIP
-    >>> cs.pl.gene_pcc(sdata, n_top=5)  # doctest: +SKIP
+    >>> cs.tl.evaluate(sdata, pred_key="comtip_pred", key_added="comtip_pcc")  # doctest: +SKIP
+    >>> cs.pl.gene_pcc(sdata, n_top_genes=5)  # doctest: +SKIP
 
     """
     table = get_table(sdata_or_table, table_key)
@@ -355,7 +343,7 @@ def gene_pcc(
     ax.scatter(rank, r.to_numpy(), s=12, c=r.to_numpy(), cmap="coolwarm", vmin=-1, vmax=1, zorder=2)
     ax.axhline(float(r.mean()), ls="--", lw=1, c="0.3", label=f"mean r = {r.mean():.3f}")
     ax.axhline(0.0, lw=0.5, c="0.6")
-    for i, (gene, value) in enumerate(r.iloc[:n_top].items()):
+    for i, (gene, value) in enumerate(r.iloc[:n_top_genes].items()):
         # Labels alternate sides of the point so that neighbours at similar r do not overlap.
         ax.annotate(
             gene, (i + 1, value), xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points", fontsize=7

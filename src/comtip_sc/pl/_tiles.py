@@ -9,7 +9,7 @@ import numpy as np
 from spatialdata import SpatialData
 
 from .._constants import DEFAULT_TILE_PX, DEFAULT_TILE_UM, TABLE_KEY
-from .._sections import get_table
+from .._tables import get_table
 from ..pp._tiles import extract_tiles
 from ._utils import finish
 

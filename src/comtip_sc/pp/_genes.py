@@ -14,6 +14,8 @@ from scipy import sparse
 from spatialdata import SpatialData
 
 from .._constants import NORM_LAYER, NORM_TARGET_SUM, PANEL_KEY, SAMPLE_KEY, TABLE_KEY, UNS_KEY
+from .._deprecation import renamed_arguments
+from .._tables import check_counts, get_table, log_normalize, with_tables
 
 __all__ = ["filter_spots", "normalize", "select_genes"]
 
@@ -22,59 +24,11 @@ logger = logging.getLogger(__name__)
 Data = TypeVar("Data", SpatialData, AnnData)
 
 
-def _get_table(data: SpatialData | AnnData, table_key: str) -> AnnData:
-    if isinstance(data, AnnData):
-        return data
-    if isinstance(data, SpatialData):
-        if table_key not in data.tables:
-            raise KeyError(
-                f"SpatialData has no table {table_key!r}; available tables: {sorted(data.tables.keys())}."
-            )
-        return data.tables[table_key]
-    raise TypeError(f"Expected a SpatialData or an AnnData, got {type(data).__name__}.")
-
-
 def _with_table(data: Data, table_key: str, table: AnnData) -> Data:
     """A new container holding ``table``; a SpatialData's other elements are shared, not copied."""
     if isinstance(data, AnnData):
         return table
-    tables = dict(data.tables)
-    tables[table_key] = table
-    return SpatialData(
-        images=dict(data.images),
-        labels=dict(data.labels),
-        points=dict(data.points),
-        shapes=dict(data.shapes),
-        tables=tables,
-        attrs=dict(data.attrs),
-    )
-
-
-def _check_counts(adata: AnnData) -> None:
-    """Raise if ``X`` holds a negative or non-finite value, naming the first such spot and gene."""
-    x = adata.X
-    if x is None:
-        raise ValueError("The table has no X; raw counts are expected there.")
-    if sparse.issparse(x):
-        x = sparse.csr_matrix(x)
-        bad = np.flatnonzero(~(x.data >= 0) | ~np.isfinite(x.data))
-        if bad.size == 0:
-            return
-        rows = np.searchsorted(x.indptr, bad, side="right") - 1
-        first = bad[rows == rows.min()]
-        k = first[np.argmin(x.indices[first])]
-        row, col, value = rows.min(), x.indices[k], x.data[k]
-    else:
-        arr = np.asarray(x)
-        bad = ~(arr >= 0) | ~np.isfinite(arr)
-        if not bad.any():
-            return
-        row, col = np.argwhere(bad)[0]
-        value = arr[row, col]
-    raise ValueError(
-        "Counts in X must be non-negative and finite; first offending entry: "
-        f"spot {adata.obs_names[row]!r}, gene {adata.var_names[col]!r} = {value}."
-    )
+    return with_tables(data, {**data.tables, table_key: table})
 
 
 def _settings(adata: AnnData) -> dict:
@@ -83,12 +37,11 @@ def _settings(adata: AnnData) -> dict:
     return adata.uns[UNS_KEY]
 
 
-def _log_normalised(adata: AnnData, target_sum: float = NORM_TARGET_SUM):
+def _log_normalised(adata: AnnData):
     """The normalised layer if present, otherwise the same values computed without touching ``X``."""
     if NORM_LAYER in adata.layers:
         return adata.layers[NORM_LAYER]
-    norm = sc.pp.normalize_total(adata, target_sum=target_sum, inplace=False)["X"]
-    return sc.pp.log1p(norm.astype(np.float32), copy=False)
+    return log_normalize(adata.X)
 
 
 def _present_in_all_groups(adata: AnnData, groupby: str | None) -> np.ndarray:
@@ -107,10 +60,11 @@ def _present_in_all_groups(adata: AnnData, groupby: str | None) -> np.ndarray:
     return (totals > 0).all(axis=0)
 
 
+@renamed_arguments(n_top="n_top_genes")
 def select_genes(
     data: Data,
     *,
-    n_top: int = 250,
+    n_top_genes: int = 250,
     method: Literal["mean", "hvg", "list"] = "mean",
     genes: Sequence[str] | None = None,
     groupby: str | None = SAMPLE_KEY,
@@ -127,8 +81,9 @@ def select_genes(
     ----------
     data
         SpatialData (its table ``table_key`` is used) or AnnData with raw counts in ``X``.
-    n_top
-        Panel size for ``"mean"`` and ``"hvg"``; fewer if fewer genes qualify.
+    n_top_genes
+        Panel size for ``"mean"`` and ``"hvg"``; fewer if fewer genes qualify (formerly ``n_top``,
+        still accepted with a :class:`FutureWarning`).
     method
         ``"mean"``: highest mean normalised expression (1e4 per spot + log1p; layer ``comtip_norm``
         if present, otherwise computed without changing ``X``). ``"hvg"``: most variable genes by
@@ -164,7 +119,7 @@ def select_genes(
     --------
     >>> import comtip_sc as cs
     >>> sdata = cs.datasets.toy_tissue()
-    >>> cs.pp.select_genes(sdata, n_top=50)
+    >>> cs.pp.select_genes(sdata, n_top_genes=50)
     >>> int(sdata.tables["table"].var["comtip_panel"].sum())
     50
     >>> cs.pp.select_genes(sdata, method="list", genes=["KRT19", "PTPRC"])
@@ -174,11 +129,11 @@ def select_genes(
         raise ValueError(f"method must be 'mean', 'hvg' or 'list', got {method!r}.")
     if (method == "list") != (genes is not None):
         raise ValueError("Pass `genes` together with method='list', and only then.")
-    if method != "list" and n_top < 1:
-        raise ValueError(f"n_top must be positive, got {n_top}.")
+    if method != "list" and n_top_genes < 1:
+        raise ValueError(f"n_top_genes must be positive, got {n_top_genes}.")
 
-    adata = _get_table(data, table_key)
-    _check_counts(adata)
+    adata = get_table(data, table_key)
+    check_counts(adata)
     if copy:
         adata = adata.copy()
     var_names = adata.var_names
@@ -195,21 +150,21 @@ def select_genes(
     else:
         candidates = np.flatnonzero(_present_in_all_groups(adata, groupby))
         n_candidates = len(candidates)
-        if n_candidates < n_top:
+        if n_candidates < n_top_genes:
             logger.warning(
                 "Only %d genes are detected in every %r group; the panel has %d instead of %d genes.",
                 n_candidates,
                 groupby,
                 n_candidates,
-                n_top,
+                n_top_genes,
             )
         lognorm = _log_normalised(adata)[:, candidates]
         if method == "mean":
             score = np.asarray(lognorm.mean(axis=0)).ravel()
             # Stable sort: ties keep the table's gene order, so the panel is reproducible.
-            order = np.argsort(-score, kind="stable")[:n_top]
+            order = np.argsort(-score, kind="stable")[:n_top_genes]
         else:
-            order = _hvg_order(lognorm, adata.obs_names, var_names[candidates], n_top)
+            order = _hvg_order(lognorm, adata.obs_names, var_names[candidates], n_top_genes)
         panel = list(var_names[candidates[order]])
 
     adata.var[key_added] = var_names.isin(panel)
@@ -217,7 +172,7 @@ def select_genes(
     settings["panel"] = panel
     settings["select_genes"] = {
         "method": method,
-        "n_top": int(n_top),
+        "n_top_genes": int(n_top_genes),
         "groupby": groupby or "",
         "key_added": key_added,
         "n_candidates": int(n_candidates),
@@ -232,10 +187,10 @@ def select_genes(
     return _with_table(data, table_key, adata) if copy else None
 
 
-def _hvg_order(lognorm, obs_names: pd.Index, genes: pd.Index, n_top: int) -> np.ndarray:
-    """Indices (into ``genes``) of the top ``n_top`` genes by scanpy's normalised dispersion."""
+def _hvg_order(lognorm, obs_names: pd.Index, genes: pd.Index, n_top_genes: int) -> np.ndarray:
+    """Indices (into ``genes``) of the top ``n_top_genes`` genes by scanpy's normalised dispersion."""
     tmp = AnnData(X=lognorm, obs=pd.DataFrame(index=obs_names), var=pd.DataFrame(index=genes))
-    n = min(n_top, len(genes))
+    n = min(n_top_genes, len(genes))
     df = sc.pp.highly_variable_genes(tmp, flavor="seurat", n_top_genes=n, inplace=False)
     disp = df["dispersions_norm"].to_numpy(dtype=float)
     disp = np.where(np.isnan(disp), -np.inf, disp)
@@ -243,17 +198,19 @@ def _hvg_order(lognorm, obs_names: pd.Index, genes: pd.Index, n_top: int) -> np.
     return hv[np.argsort(-disp[hv], kind="stable")]
 
 
+@renamed_arguments(layer_added="key_added")
 def normalize(
     data: Data,
     *,
     target_sum: float = NORM_TARGET_SUM,
-    layer_added: str = NORM_LAYER,
+    key_added: str = NORM_LAYER,
     table_key: str = TABLE_KEY,
     copy: bool = False,
 ) -> Data | None:
     """Library-size normalise and log-transform into a layer, keeping raw counts in ``X``.
 
-    Uses :func:`scanpy.pp.normalize_total` and :func:`scanpy.pp.log1p` on a copy of ``X``.
+    The values of :func:`scanpy.pp.normalize_total` followed by :func:`scanpy.pp.log1p`, computed from
+    ``X`` without changing it (sparse counts give a sparse layer).
 
     Parameters
     ----------
@@ -261,8 +218,8 @@ def normalize(
         SpatialData (its table ``table_key`` is used) or AnnData with raw counts in ``X``.
     target_sum
         Total each spot is scaled to before ``log1p``.
-    layer_added
-        Layer written (``float32``).
+    key_added
+        Layer written (``float32``; formerly ``layer_added``, still accepted with a :class:`FutureWarning`).
     table_key
         Table to use when ``data`` is a SpatialData.
     copy
@@ -271,7 +228,7 @@ def normalize(
     Returns
     -------
     ``None``, or with ``copy=True`` a new object of the type of ``data``. Writes
-    ``layers[layer_added]`` and the settings in ``uns["comtip"]["normalize"]``.
+    ``layers[key_added]`` and the settings in ``uns["comtip"]["normalize"]``.
 
     Examples
     --------
@@ -282,15 +239,14 @@ def normalize(
     dtype('float32')
 
     """
-    adata = _get_table(data, table_key)
-    _check_counts(adata)
+    adata = get_table(data, table_key)
+    check_counts(adata)
     if copy:
         adata = adata.copy()
-    norm = sc.pp.normalize_total(adata, target_sum=target_sum, inplace=False)["X"]
-    adata.layers[layer_added] = sc.pp.log1p(norm.astype(np.float32), copy=False)
-    _settings(adata)["normalize"] = {"target_sum": float(target_sum), "layer": layer_added}
+    adata.layers[key_added] = log_normalize(adata.X, target_sum=target_sum)
+    _settings(adata)["normalize"] = {"target_sum": float(target_sum), "key_added": key_added}
     logger.info(
-        "normalize: log1p(counts / total * %g) written to layers[%r]; X unchanged.", target_sum, layer_added
+        "normalize: log1p(counts / total * %g) written to layers[%r]; X unchanged.", target_sum, key_added
     )
     return _with_table(data, table_key, adata) if copy else None
 
@@ -332,8 +288,8 @@ def filter_spots(
     True
 
     """
-    adata = _get_table(data, table_key)
-    _check_counts(adata)
+    adata = get_table(data, table_key)
+    check_counts(adata)
     keep, _ = sc.pp.filter_cells(adata.X, min_counts=min_counts, inplace=False)
     removed = ~keep
     if SAMPLE_KEY in adata.obs:

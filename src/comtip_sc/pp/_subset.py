@@ -7,7 +7,7 @@ from spatialdata import SpatialData
 from spatialdata.transformations import get_transformation
 
 from .._constants import REGION_KEY, TABLE_KEY
-from .._sections import get_table
+from .._tables import get_table
 
 
 def subset_sections(sdata: SpatialData, keep: np.ndarray, *, table_key: str = TABLE_KEY) -> SpatialData:
@@ -53,4 +53,9 @@ def subset_sections(sdata: SpatialData, keep: np.ndarray, *, table_key: str = TA
     sub.obs[REGION_KEY] = sub.obs[REGION_KEY].astype(str).astype("category")
     systems = {cs for r in regions for cs in get_transformation(sdata.shapes[r], get_all=True)}
     images = {k: v for k, v in sdata.images.items() if systems & set(get_transformation(v, get_all=True))}
-    return SpatialData(images=images, shapes={r: sdata.shapes[r] for r in regions}, tables={table_key: sub})
+    return SpatialData(
+        images=images,
+        shapes={r: sdata.shapes[r] for r in regions},
+        tables={table_key: sub},
+        attrs=dict(sdata.attrs),
+    )

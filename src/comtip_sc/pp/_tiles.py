@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from spatialdata import SpatialData
-from xarray import DataArray, DataTree
 
 from .._constants import (
     COLOUR_NORM_SPOTS,
@@ -26,7 +25,9 @@ from .._constants import (
     DEFAULT_TILE_UM,
     TABLE_KEY,
 )
-from .._sections import get_table, resolve_sections
+from .._image import pyramid_levels
+from .._sections import resolve_sections
+from .._tables import get_table
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +37,6 @@ _REF_STD = np.asarray(COLOUR_REF_STD)
 
 #: Value of pixels outside the image (slides are white where there is no tissue).
 PAD_VALUE = 255
-
-
-def _levels(image: DataArray | DataTree) -> list:
-    """The dask arrays (c, y, x) of every pyramid level, finest first."""
-    if isinstance(image, DataTree):
-        arrays = []
-        for key in sorted(image.children, key=lambda k: int(k.replace("scale", ""))):
-            node = image[key]
-            arrays.append(next(iter(node.data_vars.values())).data)
-        return arrays
-    return [image.data]
 
 
 @dataclass
@@ -125,7 +115,7 @@ class SpotTiles:
         for sec in sections:
             if sec.image not in self.image_names:
                 self.image_names.append(sec.image)
-                arrays = _levels(sdata.images[sec.image])
+                arrays = [level.data for level in pyramid_levels(sdata.images[sec.image])]
                 base = np.array(arrays[0].shape[1:][::-1], dtype=float)
                 factors = np.array([base / np.array(a.shape[1:][::-1], dtype=float) for a in arrays])
                 self._images.append(_ImageLevels(arrays, factors))

@@ -13,47 +13,12 @@ from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
-import scipy.sparse as sp
 import torch
-from anndata import AnnData
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-from .._constants import NORM_TARGET_SUM
+# normalized_values is imported from here by the training code and the benchmark harness.
+from .._tables import normalized_values  # noqa: F401
 from . import _augment
-
-
-def normalized_values(
-    table: AnnData, genes: Sequence[str], *, layer: str | None = None, target_sum: float = NORM_TARGET_SUM
-) -> np.ndarray:
-    """Values of ``genes`` on the 1e4-per-spot + log1p scale, as a dense ``float32`` array.
-
-    With ``layer=None`` the raw counts in ``X`` are normalised on the fly over all genes of the table
-    (so the scale matches :func:`comtip_sc.pp.normalize`) without writing anything into ``table``.
-    With a layer name, that layer is taken as already normalised.
-
-    Examples
-    --------
-    >>> import anndata as ad, numpy as np
-    >>> t = ad.AnnData(np.array([[1.0, 3.0], [2.0, 2.0]]))
-    >>> t.var_names = ["A", "B"]
-    >>> normalized_values(t, ["B"]).round(3).ravel().tolist()
-    [8.923, 8.517]
-
-    """
-    missing = [g for g in genes if g not in table.var_names]
-    if missing:
-        raise KeyError(f"Genes {missing[:10]} ({len(missing)} in all) are not in the table's var_names.")
-    cols = table.var_names.get_indexer(list(genes))
-    if layer is not None:
-        if layer not in table.layers:
-            raise KeyError(f"Layer {layer!r} is not in the table (layers: {list(table.layers.keys())}).")
-        X = table.layers[layer][:, cols]
-        return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
-    totals = np.asarray(table.X.sum(axis=1)).ravel().astype(np.float64)
-    X = table.X[:, cols]
-    X = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    return np.log1p(X * scale[:, None]).astype(np.float32)
 
 
 class SpotSentences(Dataset):

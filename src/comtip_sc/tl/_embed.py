@@ -91,7 +91,7 @@ def comtip_embed(
     Returns
     -------
     ``None``, or the new SpatialData when ``copy=True``. Writes L2-normalised embeddings to
-    ``table.obsm[key_added]`` and the settings to ``table.uns["comtip"]["embed"]``. The embedding
+    ``table.obsm[key_added]`` and the settings to ``table.uns["comtip"]["embed"][key_added]``. The embedding
     feeds ``sc.pp.neighbors(table, use_rep=key_added)`` directly.
 
     Examples
@@ -115,8 +115,8 @@ def comtip_embed(
     record(
         table,
         "embed",
+        key_added,
         {
-            "key_added": key_added,
             "n_spots": len(emb),
             "dim": int(emb.shape[1]),
             "tile_um": model.tile_um,

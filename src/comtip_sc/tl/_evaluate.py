@@ -6,13 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from .._constants import TABLE_KEY
-from .._sections import get_table
-from ._datamodule import normalized_values
+from .._constants import PRED_KEY, TABLE_KEY
+from .._deprecation import renamed_arguments
+from .._tables import get_predictions, get_table, normalized_values
 
 #: Genes in the "highly expressed" and "highly variable" subsets of the protocol.
 N_HEG = 50
@@ -54,15 +53,16 @@ def _metrics(
     return row, r
 
 
+@renamed_arguments(layer_true="layer", layer_pred="pred_key")
 def evaluate(
     sdata: SpatialData | AnnData,
     *,
-    layer_true: str | None = None,
-    layer_pred: str = "comtip_pred",
+    pred_key: str = PRED_KEY,
+    layer: str | None = None,
     genes: Sequence[str] | None = None,
     groupby: str | None = None,
     table_key: str = TABLE_KEY,
-    key_added: str | None = "comtip_pcc",
+    key_added: str | None = None,
     n_heg: int = N_HEG,
     n_hvg: int = N_HVG,
 ) -> pd.DataFrame:
@@ -77,18 +77,22 @@ def evaluate(
     ----------
     sdata
         SpatialData (its ``table_key`` table is used) or an AnnData.
-    layer_true
-        Layer of observed expression on the normalised log1p scale; ``None`` normalises ``X`` (1e4 + log1p).
-    layer_pred
-        Layer of predictions (e.g. from :func:`comtip_predict`).
+    pred_key
+        ``obsm`` key of the predictions written by :func:`comtip_predict` (its ``key_added``). Formerly
+        ``layer_pred``, still accepted with a :class:`FutureWarning`.
+    layer
+        Layer of observed expression, as everywhere in the package: ``None`` reads the raw counts in
+        ``X`` and normalises them (1e4 per spot + log1p) without writing anything; a layer name is taken
+        as already on that scale (e.g. from :func:`comtip_sc.pp.normalize`). Formerly ``layer_true``.
     genes
-        Genes to score; default every gene with a prediction (no NaN).
+        Genes to score; default every predicted gene that the table measures.
     groupby
         ``obs`` column: one row of metrics per group (e.g. per section), plus ``"all"``.
     table_key
         Table of a SpatialData.
     key_added
-        ``var`` column receiving the per-gene Pearson over all evaluated spots (``None``: not written).
+        ``None`` (default): nothing is written. A name: the per-gene Pearson over all evaluated spots goes
+        to ``var[key_added]`` (NaN for genes not evaluated), as :func:`comtip_sc.pl.gene_pcc` reads it.
     n_heg, n_hvg
         Sizes of the HEG / HVG subsets.
 
@@ -98,29 +102,33 @@ def evaluate(
 
     Examples
     --------
-    >>> cs.tl.evaluate(sdata, layer_pred="comtip_pred", groupby="sample")  # doctest: +SKIP
+    >>> cs.tl.evaluate(sdata, pred_key="comtip_pred", groupby="sample")  # doctest: +SKIP
+    >>> cs.tl.evaluate(sdata, key_added="comtip_pcc")  # doctest: +SKIP
+    >>> cs.pl.gene_pcc(sdata, key="comtip_pcc")  # doctest: +SKIP
 
     """
     table = get_table(sdata, table_key)
-    if layer_pred not in table.layers:
-        raise KeyError(f"Layer {layer_pred!r} is not in the table; run cs.tl.comtip_predict first.")
-    pred_all = table.layers[layer_pred]
-    pred_all = np.asarray(pred_all.toarray() if sp.issparse(pred_all) else pred_all, dtype=np.float64)
+    frame = get_predictions(table, pred_key)
     if genes is None:
-        keep = ~np.isnan(pred_all).any(axis=0)
-        genes = table.var_names[keep].tolist()
+        genes = [g for g in frame.columns if g in table.var_names]
         if not genes:
-            raise ValueError(f"Layer {layer_pred!r} has no gene predicted for every spot.")
+            raise ValueError(
+                f"obsm[{pred_key!r}] predicts no gene that the table measures "
+                f"(predicted: {list(frame.columns)[:10]})."
+            )
     else:
+        genes = list(genes)
         missing = [g for g in genes if g not in table.var_names]
         if missing:
             raise KeyError(f"Genes {missing[:10]} are not in the table.")
-    cols = table.var_names.get_indexer(list(genes))
-    pred = pred_all[:, cols]
+        unpredicted = [g for g in genes if g not in frame.columns]
+        if unpredicted:
+            raise KeyError(f"Genes {unpredicted[:10]} have no prediction in obsm[{pred_key!r}].")
+    pred = frame[list(genes)].to_numpy(np.float64)
     if np.isnan(pred).any():
         bad = [genes[j] for j in np.flatnonzero(np.isnan(pred).any(axis=0))[:5]]
-        raise ValueError(f"Layer {layer_pred!r} has NaN predictions for genes {bad}.")
-    true = normalized_values(table, list(genes), layer=layer_true).astype(np.float64)
+        raise ValueError(f"obsm[{pred_key!r}] has NaN predictions for genes {bad}.")
+    true = normalized_values(table, list(genes), layer=layer).astype(np.float64)
     overall, r = _metrics(true, pred, n_heg, n_hvg)
     rows = {"all": overall}
     if groupby is not None:
@@ -136,6 +144,6 @@ def evaluate(
             rows[g], _ = _metrics(true[sel], pred[sel], n_heg, n_hvg)
     if key_added is not None:
         col = np.full(table.n_vars, np.nan)
-        col[cols] = r
+        col[table.var_names.get_indexer(list(genes))] = r
         table.var[key_added] = col
     return pd.DataFrame.from_dict(rows, orient="index")

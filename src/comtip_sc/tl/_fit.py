@@ -18,7 +18,8 @@ from anndata import AnnData
 from spatialdata import SpatialData
 
 from .._constants import DEFAULT_TILE_UM, NORM_TARGET_SUM, PANEL_KEY, SAMPLE_KEY, TABLE_KEY
-from .._sections import check_counts, get_table, resolve_sections, spot_layout
+from .._sections import resolve_sections, spot_layout
+from .._tables import check_counts, get_table
 from ..model import ComtipConfig, ComtipLightningModule
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._config import preset_training
@@ -78,7 +79,7 @@ def _register(
             table.X, obs=table.obs[[SAMPLE_KEY]] if SAMPLE_KEY in table.obs else None, var=table.var[[]]
         )
         groupby = SAMPLE_KEY if SAMPLE_KEY in light.obs else None
-        select_genes(light, n_top=n_top_genes, method="mean", groupby=groupby)
+        select_genes(light, n_top_genes=n_top_genes, method="mean", groupby=groupby)
         panel = light.uns["comtip"]["panel"]
     for g in panel:
         vocab.setdefault(g, len(vocab))

@@ -10,10 +10,12 @@ import pandas as pd
 import torch
 from spatialdata import SpatialData
 
-from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, TABLE_KEY
-from .._sections import get_table, resolve_sections, spot_layout
+from .._constants import PRED_KEY, TABLE_KEY
+from .._deprecation import renamed_arguments
+from .._sections import resolve_sections, spot_layout
+from .._tables import get_table, normalized_values
 from ..model._comtip_model import ComtipModel, ReferenceBank
-from ._datamodule import SpotDataModule, SpotSentences, normalized_values
+from ._datamodule import SpotDataModule, SpotSentences
 from ._embed import image_embeddings
 from ._inference import encode_images, encode_sentences
 from ._ridge import CV_BLOCKS, ridge_cv, spatial_folds
@@ -103,6 +105,7 @@ def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[
     return pred, {"head_cv": "loo" if folds is None else f"{cv_blocks} spatial blocks", "head_alphas": alphas}
 
 
+@renamed_arguments(layer_added="key_added")
 def comtip_predict(
     sdata: SpatialData,
     model: ComtipModel,
@@ -116,7 +119,7 @@ def comtip_predict(
     reference_table_key: str = TABLE_KEY,
     smooth: int | None = None,
     table_key: str = TABLE_KEY,
-    layer_added: str = PRED_LAYER,
+    key_added: str = PRED_KEY,
     use_rep: str | None = None,
     spot_diameter_um: float | None = None,
     batch_size: int = 64,
@@ -167,10 +170,10 @@ def comtip_predict(
         4 on a square legacy ST grid.
     table_key
         Table whose spots are predicted.
-    layer_added
-        Layer of predictions (normalised log1p scale) for the table's genes; genes not predicted are NaN.
-        Predicted genes the table lacks go to ``obsm[layer_added + "_extra"]`` (``"comtip_pred_extra"`` by
-        default; a DataFrame keyed by gene).
+    key_added
+        ``obsm`` key of the predictions: a :class:`pandas.DataFrame` of spots × predicted genes (columns
+        are the gene names, values on the normalised log1p scale), for genes the table measures and
+        genes it lacks alike. Formerly ``layer_added``, still accepted with a :class:`FutureWarning`.
     use_rep
         ``obsm`` key of precomputed image embeddings from :func:`comtip_embed` with this model (default:
         computed here).
@@ -183,11 +186,14 @@ def comtip_predict(
 
     Returns
     -------
-    ``None``, or the new SpatialData when ``copy=True``. Settings go to ``table.uns["comtip"]["predict"]``.
+    ``None``, or the new SpatialData when ``copy=True``. Writes ``table.obsm[key_added]`` and records the
+    call in ``table.uns["comtip"]["predict"][key_added]`` (method, genes and settings), so predictions
+    under different keys keep their own records.
 
     Examples
     --------
     >>> cs.tl.comtip_predict(sdata, model, method="zero_shot", genes=["ERBB2", "KRT19"])  # doctest: +SKIP
+    >>> sdata.tables["table"].obsm["comtip_pred"]["ERBB2"]  # doctest: +SKIP
 
     """
     if method not in ("retrieval", "zero_shot", "head"):
@@ -204,6 +210,8 @@ def comtip_predict(
         raise ValueError(f"temperature must be positive, got {temperature!r}.")
     if smooth is not None and (isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1):
         raise ValueError(f"smooth must be None or a positive int (neighbours per spot), got {smooth!r}.")
+    if genes is not None:
+        genes = list(dict.fromkeys(genes))  # one column per gene
     out, table = target(sdata, table_key, copy)
     device = resolve_device(accelerator)
     if use_rep is not None:
@@ -257,28 +265,18 @@ def comtip_predict(
         resolved = resolve_sections(out, table_key=table_key, spot_diameter_um=spot_diameter_um)
         spot_sections, centres = spot_layout(resolved, table.n_obs)
         pred = smooth_over_neighbours(pred, centres, spot_sections, smooth)
+    table.obsm[key_added] = pd.DataFrame(
+        np.asarray(pred, dtype=np.float32), index=table.obs_names.copy(), columns=pd.Index(names, dtype=str)
+    )
     in_table = [g for g in names if g in table.var_names]
-    layer = np.full(table.shape, np.nan, dtype=np.float32)
-    layer[:, table.var_names.get_indexer(in_table)] = pred[:, [names.index(g) for g in in_table]]
-    table.layers[layer_added] = layer
-    extra = [g for g in names if g not in table.var_names]
-    extra_key = f"{layer_added}{PRED_EXTRA_SUFFIX}"
-    if extra:
-        table.obsm[extra_key] = pd.DataFrame(
-            pred[:, [names.index(g) for g in extra]], index=table.obs_names, columns=extra
-        )
-    else:
-        # A stale frame from an earlier call would contradict what uns records for this one.
-        table.obsm.pop(extra_key, None)
     record(
         table,
         "predict",
+        key_added,
         {
             "method": method,
-            "layer_added": layer_added,
-            "genes": in_table,
-            "extra_genes": extra,
-            "extra_key": extra_key if extra else None,
+            "genes": list(names),
+            "unmeasured_genes": [g for g in names if g not in in_table],
             "k": k if method == "retrieval" else None,
             "temperature": temp if method == "zero_shot" else None,
             "head_cv": head["head_cv"] if method == "head" else None,

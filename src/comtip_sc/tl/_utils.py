@@ -10,7 +10,7 @@ from anndata import AnnData
 from spatialdata import SpatialData
 
 from .._constants import UNS_KEY
-from .._sections import get_table
+from .._tables import get_table, with_tables
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +24,22 @@ def target(sdata: SpatialData, table_key: str, copy: bool) -> tuple[SpatialData,
     table = get_table(sdata, table_key)
     if not copy:
         return sdata, table
-    new = SpatialData(
-        images=dict(sdata.images),
-        labels=dict(sdata.labels),
-        points=dict(sdata.points),
-        shapes=dict(sdata.shapes),
-        tables={k: v.copy() for k, v in sdata.tables.items()},
-    )
+    new = with_tables(sdata, {k: v.copy() for k, v in sdata.tables.items()})
     return new, new.tables[table_key]
 
 
-def record(table: AnnData, key: str, entry: dict[str, Any]) -> None:
-    """Store what a tool wrote in ``table.uns["comtip"][key]`` and log it."""
-    table.uns.setdefault(UNS_KEY, {})[key] = entry
+def record(table: AnnData, tool: str, key: str, entry: dict[str, Any]) -> None:
+    """Store what one call of ``tool`` wrote under ``key`` in ``table.uns["comtip"][tool][key]`` and log it.
+
+    Each output key has its own record, so a second call with another ``key_added`` keeps the first's.
+    """
+    uns = table.uns.setdefault(UNS_KEY, {})
+    if not isinstance(uns.get(tool), dict):
+        uns[tool] = {}
+    uns[tool][key] = entry
     log.info(
-        "comtip: %s -> %s",
+        "comtip: %s -> %s: %s",
+        tool,
         key,
         ", ".join(f"{k}={v}" for k, v in entry.items() if not isinstance(v, dict | list)),
     )

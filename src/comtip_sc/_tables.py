@@ -1,0 +1,191 @@
+"""The expression table: finding it, validating its counts, normalising them, and shallow copies.
+
+Every reader of counts in the package goes through here, so the checks and the 1e4 + log1p scale are
+the same in preprocessing, training, prediction, evaluation and plotting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+from anndata import AnnData
+from spatialdata import SpatialData
+
+from ._constants import NORM_TARGET_SUM, TABLE_KEY
+
+
+def get_table(sdata: SpatialData | AnnData, table_key: str = TABLE_KEY) -> AnnData:
+    """Return the table of ``sdata`` (or ``sdata`` itself when it is an AnnData), with a clear error.
+
+    Examples
+    --------
+    >>> import comtip_sc as cs
+    >>> get_table(cs.datasets.toy_tissue(n_rows=4, n_cols=4, n_genes=20)).n_obs
+    16
+
+    """
+    if isinstance(sdata, AnnData):
+        return sdata
+    if not isinstance(sdata, SpatialData):
+        raise TypeError(f"Expected a SpatialData or an AnnData, got {type(sdata).__name__}.")
+    if table_key not in sdata.tables:
+        raise KeyError(
+            f"SpatialData has no table {table_key!r}; available tables: {sorted(sdata.tables.keys())}."
+        )
+    return sdata.tables[table_key]
+
+
+def with_tables(sdata: SpatialData, tables: dict[str, AnnData]) -> SpatialData:
+    """A new SpatialData sharing ``sdata``'s images, labels, points, shapes and attrs, with ``tables``.
+
+    The elements are shared, not copied (images can be whole slides and are only read); ``attrs`` is a
+    new dict with the same entries, so the copy can annotate itself without touching ``sdata``.
+
+    Examples
+    --------
+    >>> import comtip_sc as cs
+    >>> sdata = cs.datasets.toy_tissue(n_rows=4, n_cols=4, n_genes=20)
+    >>> new = with_tables(sdata, {"table": sdata.tables["table"].copy()})
+    >>> new.images["toy_image"] is sdata.images["toy_image"]
+    True
+
+    """
+    return SpatialData(
+        images=dict(sdata.images),
+        labels=dict(sdata.labels),
+        points=dict(sdata.points),
+        shapes=dict(sdata.shapes),
+        tables=tables,
+        attrs=dict(sdata.attrs),
+    )
+
+
+def check_counts(table: AnnData, *, layer: str | None = None, what: str = "table") -> None:
+    """Raise ``ValueError`` naming the first spot and gene with a negative or non-finite value.
+
+    Parameters
+    ----------
+    table
+        The table to check.
+    layer
+        Layer to check; ``None`` checks ``X`` (raw counts).
+    what
+        How the error names the table.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> check_counts(ad.AnnData(np.ones((2, 3), dtype=np.float32)))
+
+    """
+    if layer is not None and layer not in table.layers:
+        raise KeyError(f"Layer {layer!r} is not in the {what} (layers: {list(table.layers.keys())}).")
+    x = table.layers[layer] if layer is not None else table.X
+    source = f"layer {layer!r}" if layer is not None else "X"
+    if x is None:
+        raise ValueError(f"The {what} has no X; raw counts are expected there.")
+    if sp.issparse(x):
+        # Only the stored entries can be bad; find the first in row-major order without densifying.
+        x = sp.csr_matrix(x)
+        bad = np.flatnonzero(~np.isfinite(x.data) | (x.data < 0))
+        if bad.size == 0:
+            return
+        rows = np.searchsorted(x.indptr, bad, side="right") - 1
+        first = bad[rows == rows.min()]
+        k = first[np.argmin(x.indices[first])]
+        row, col, value, n_bad = rows.min(), x.indices[k], x.data[k], bad.size
+    else:
+        arr = np.asarray(x)
+        mask = ~np.isfinite(arr) | (arr < 0)
+        if not mask.any():
+            return
+        row, col = np.argwhere(mask)[0]
+        value, n_bad = arr[row, col], int(mask.sum())
+    raise ValueError(
+        f"The {what}'s {source} has {n_bad} negative or NaN value(s); counts must be non-negative and "
+        f"finite. The first is at spot {table.obs_names[row]!r}, gene {table.var_names[col]!r} = {value}."
+    )
+
+
+def log_normalize(x, *, target_sum: float = NORM_TARGET_SUM, cols: np.ndarray | None = None):
+    """``log1p(counts / spot total * target_sum)`` as ``float32``, sparse in → sparse out.
+
+    Computed by :func:`scanpy.pp.normalize_total` and :func:`scanpy.pp.log1p` on a copy (spots with no
+    counts stay 0), so the values are scanpy's to the last bit. Totals are over all genes; ``cols`` then
+    selects the genes returned.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> log_normalize(np.array([[1.0, 3.0], [2.0, 2.0]]), cols=np.array([1])).round(3).ravel().tolist()
+    [8.923, 8.517]
+
+    """
+    counts = x if sp.issparse(x) else np.asarray(x)
+    if not np.issubdtype(counts.dtype, np.floating):
+        counts = counts.astype(np.float32)
+    norm = sc.pp.normalize_total(AnnData(counts), target_sum=target_sum, inplace=False)["X"]
+    if cols is not None:
+        norm = norm[:, cols]
+    return sc.pp.log1p(norm.astype(np.float32), copy=True)
+
+
+def normalized_values(
+    table: AnnData, genes: Sequence[str], *, layer: str | None = None, target_sum: float = NORM_TARGET_SUM
+) -> np.ndarray:
+    """Values of ``genes`` on the 1e4-per-spot + log1p scale, as a dense ``float32`` array.
+
+    With ``layer=None`` the raw counts in ``X`` are normalised on the fly (:func:`log_normalize`, the
+    scale of :func:`comtip_sc.pp.normalize`) without writing anything into ``table``. With a layer name,
+    that layer is taken as already normalised.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> t = ad.AnnData(np.array([[1.0, 3.0], [2.0, 2.0]]))
+    >>> t.var_names = ["A", "B"]
+    >>> normalized_values(t, ["B"]).round(3).ravel().tolist()
+    [8.923, 8.517]
+
+    """
+    missing = [g for g in genes if g not in table.var_names]
+    if missing:
+        raise KeyError(f"Genes {missing[:10]} ({len(missing)} in all) are not in the table's var_names.")
+    cols = table.var_names.get_indexer(list(genes))
+    if layer is not None:
+        if layer not in table.layers:
+            raise KeyError(f"Layer {layer!r} is not in the table (layers: {list(table.layers.keys())}).")
+        x = table.layers[layer][:, cols]
+        return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+    x = log_normalize(table.X, target_sum=target_sum, cols=cols)
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+
+
+def get_predictions(table: AnnData, pred_key: str) -> pd.DataFrame:
+    """The predictions of :func:`comtip_sc.tl.comtip_predict` in ``obsm[pred_key]`` (spots × genes).
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np, pandas as pd
+    >>> t = ad.AnnData(np.ones((2, 1), np.float32))
+    >>> t.obsm["comtip_pred"] = pd.DataFrame({"KRT19": [0.5, 1.0]}, index=t.obs_names)
+    >>> get_predictions(t, "comtip_pred").columns.tolist()
+    ['KRT19']
+
+    """
+    if pred_key not in table.obsm:
+        raise KeyError(
+            f"obsm[{pred_key!r}] holds no predictions (obsm: {list(table.obsm.keys())}); run "
+            f"cs.tl.comtip_predict(sdata, model, key_added={pred_key!r}) first."
+        )
+    pred = table.obsm[pred_key]
+    if not isinstance(pred, pd.DataFrame):
+        raise TypeError(
+            f"obsm[{pred_key!r}] is a {type(pred).__name__}, not the DataFrame of genes that "
+            "cs.tl.comtip_predict writes; pass the key of a prediction."
+        )
+    return pred
