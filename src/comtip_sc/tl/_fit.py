@@ -293,12 +293,15 @@ def fit(
     cbs = list(callbacks or [])
     # last.ckpt (for resuming) every epoch; a "best" copy only when validation defines best. Without it a
     # second full checkpoint per epoch, ranked by the augmented training loss, doubled the writes (~1 s per
-    # epoch for a ViT-B/32 with its AdamW state) and was never read.
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        monitor="val/loss" if val_idx else None, mode="min", save_last=True, save_top_k=1 if val_idx else 0
+    # epoch for a ViT-B/32 with its AdamW state) and was never read. last.ckpt has a callback of its own:
+    # Lightning's save_last=True refreshes it only in epochs that also save a top-k checkpoint (never with
+    # save_top_k=0, not when the validation loss got worse), so an interrupted run lost its epochs.
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(monitor="val/loss", mode="min", save_top_k=1)
+    last = L.pytorch.callbacks.ModelCheckpoint(
+        monitor=None, save_top_k=1, filename="last", enable_version_counter=False
     )
     if trainer_kwargs.get("enable_checkpointing", True):
-        cbs.append(checkpoint)
+        cbs.extend([checkpoint, last] if val_idx else [last])
     if val_idx and early_stopping_patience is not None:
         cbs.append(
             L.pytorch.callbacks.EarlyStopping(
@@ -368,7 +371,7 @@ def fit(
         "epochs": int(trainer.current_epoch),
         "global_steps": int(trainer.global_step),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-        "best_checkpoint": checkpoint.best_model_path,
+        "best_checkpoint": checkpoint.best_model_path if val_idx else "",
         "lr": lr,
         "batch_size": batch_size,
         "seed": seed,
