@@ -12,6 +12,7 @@ from spatialdata import SpatialData
 
 from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, TABLE_KEY
 from .._sections import get_table, resolve_sections, spot_layout
+from .._store import store_path, write_table
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ._datamodule import SpotDataModule, SpotSentences, normalized_values
 from ._embed import image_embeddings
@@ -120,6 +121,7 @@ def comtip_predict(
     batch_size: int = 64,
     accelerator: str = "auto",
     copy: bool = False,
+    write: bool = False,
 ) -> SpatialData | None:
     """Predict expression from the H&E tiles alone.
 
@@ -169,6 +171,10 @@ def comtip_predict(
         Spot diameter in µm when the table does not record it (Visium: 55).
     batch_size, accelerator
         Inference settings.
+    write
+        Also write the updated table into the zarr store backing ``sdata`` (:func:`comtip_sc.io.write_table`:
+        a process killed part-way leaves the stored table as it was). Checked before any work: a SpatialData
+        that is not backed, or a read-only store, raises at once.
     copy
         Return a new SpatialData instead of writing into ``sdata``.
 
@@ -193,6 +199,12 @@ def comtip_predict(
         raise ValueError(f"cv_blocks must be at least 2 or None, got {cv_blocks!r}.")
     if temperature is not None and not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature!r}.")
+    if write:
+        if copy:
+            raise ValueError(
+                "write=True writes into the store of sdata, which copy=True promises to leave alone."
+            )
+        store_path(sdata)  # fail before the work, not after it
     out, table = target(sdata, table_key, copy)
     device = resolve_device(accelerator)
     if use_rep is not None:
@@ -271,4 +283,6 @@ def comtip_predict(
             "reference": "given" if reference is not None else "model bank",
         },
     )
+    if write:
+        write_table(out, table_key)
     return out if copy else None
