@@ -65,8 +65,30 @@ def get_table(sdata: SpatialData | AnnData, table_key: str = TABLE_KEY) -> AnnDa
     return sdata.tables[table_key]
 
 
-def check_counts(table: AnnData, *, layer: str | None = None, what: str = "table") -> None:
+def check_genes(table: AnnData, what: str = "table") -> None:
+    """Raise ``ValueError`` naming duplicated gene names (``var_names``) of ``table``.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> check_genes(ad.AnnData(np.ones((2, 2)), var={"x": [0, 1]}))
+
+    """
+    if table.var_names.has_duplicates:
+        dup = table.var_names[table.var_names.duplicated()].unique()
+        raise ValueError(
+            f"{what} has {len(dup)} duplicated gene name(s) in var_names, e.g. {dup[:5].tolist()}. Make them "
+            "unique (table.var_names_make_unique()) or keep one row per gene."
+        )
+
+
+def check_counts(
+    table: AnnData, *, layer: str | None = None, what: str = "table", integer: bool = False
+) -> None:
     """Raise ``ValueError`` naming the first spot and gene with a negative or NaN value.
+
+    With ``integer=True`` (raw counts are needed) a non-integer value is an error too: normalising values
+    that are already normalised would silently change their scale.
 
     Examples
     --------
@@ -77,6 +99,9 @@ def check_counts(table: AnnData, *, layer: str | None = None, what: str = "table
     X = table.layers[layer] if layer is not None else table.X
     data = X.data if sp.issparse(X) else np.asarray(X)
     bad = ~np.isfinite(data) | (data < 0)
+    label = "negative or NaN"
+    if not bad.any() and integer:
+        bad, label = data != np.round(data), "non-integer"
     if not bad.any():
         return
     dense_bad = bad
@@ -87,8 +112,13 @@ def check_counts(table: AnnData, *, layer: str | None = None, what: str = "table
     rows, cols = np.nonzero(dense_bad)
     source = f"layer {layer!r}" if layer is not None else "X"
     raise ValueError(
-        f"{what} {source} has {len(rows)} negative or NaN value(s); the first is at spot "
+        f"{what} {source} has {len(rows)} {label} value(s); the first is at spot "
         f"{table.obs_names[rows[0]]!r}, gene {table.var_names[cols[0]]!r} (value {data[bad][0]})."
+        + (
+            " Raw integer counts are needed here; for normalised values pass layer=."
+            if label == "non-integer"
+            else ""
+        )
     )
 
 

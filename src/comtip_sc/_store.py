@@ -47,7 +47,10 @@ def store_path(sdata: SpatialData) -> Path:
     if not (path / "zarr.json").is_file() and not (path / ".zgroup").is_file():
         raise ValueError(f"{path} (sdata.path) is not a local zarr store.")
     for folder in (path, path / "tables", path.parent):
-        if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        # Permission bits too: a store made read-only (chmod a-w) is meant to stay so, also for root.
+        if folder.exists() and (
+            not os.access(folder, os.W_OK | os.X_OK) or not folder.stat().st_mode & 0o222
+        ):
             raise PermissionError(
                 f"The zarr store {path} is read-only here ({folder} is not writable); nothing was written. "
                 "Write to a copy (sdata.write(new_path)) or pass write=False."

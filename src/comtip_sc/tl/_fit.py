@@ -14,7 +14,7 @@ from anndata import AnnData
 from spatialdata import SpatialData
 
 from .._constants import DEFAULT_TILE_UM, NORM_TARGET_SUM, PANEL_KEY, SAMPLE_KEY, TABLE_KEY
-from .._sections import check_counts, get_table, resolve_sections, spot_layout
+from .._sections import check_counts, check_genes, get_table, resolve_sections, spot_layout
 from ..model import ComtipConfig, ComtipLightningModule
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..pp._genes import select_genes
@@ -55,14 +55,33 @@ def _register(
     spot_diameter_um: float | None,
 ) -> _Registered:
     table = get_table(sdata, table_key)
+    if table.n_obs < 2 or table.n_vars == 0:
+        raise ValueError(
+            f"Table {table_key!r} of dataset {idx} has {table.n_obs} spot(s) and {table.n_vars} gene(s); "
+            "training contrasts spots with each other and needs at least 2 spots and 1 gene."
+        )
+    check_genes(table, what=f"Table {table_key!r} of dataset {idx}")
     if layer is None:
-        check_counts(table, what=f"Table {table_key!r} of dataset {idx}")
+        check_counts(table, what=f"Table {table_key!r} of dataset {idx}", integer=True)
     else:
         check_counts(table, layer=layer, what=f"Table {table_key!r} of dataset {idx}")
     if genes is not None:
         panel = [g for g in genes if g in table.var_names]
         if not panel:
-            raise ValueError(f"None of the requested genes is in table {table_key!r} of dataset {idx}.")
+            raise ValueError(
+                f"None of the requested genes ({list(genes)[:5]}...) is in table {table_key!r} of dataset "
+                f"{idx} (its genes look like {table.var_names[:3].tolist()})."
+            )
+        if len(panel) < len(genes):
+            lacking = [g for g in genes if g not in table.var_names]
+            log.warning(
+                "Table %r of dataset %d lacks %d of the requested genes (%s); training on the other %d.",
+                table_key,
+                idx,
+                len(lacking),
+                lacking[:10],
+                len(panel),
+            )
     elif PANEL_KEY in table.var:
         panel = table.var_names[table.var[PANEL_KEY].to_numpy(bool)].tolist()
     else:
@@ -264,6 +283,8 @@ def fit(
         raise ValueError("Every section is held out for validation; nothing is left to train on.")
     genes_vocab = list(vocab)
     n_train = sum(len(ds) for i, (_, ds) in enumerate(sections) if i not in val_idx)
+    if n_train < 2:
+        raise ValueError(f"Only {n_train} training spot(s) outside val_sections; InfoNCE needs at least 2.")
     log.info(
         "Training CoMTIP on %d section(s) (%s), %d training spots, %d genes in the vocabulary; validation: %s.",
         len(sections),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Literal
 
@@ -11,7 +12,7 @@ import torch
 from spatialdata import SpatialData
 
 from .._constants import PRED_EXTRA_SUFFIX, PRED_LAYER, TABLE_KEY
-from .._sections import get_table, resolve_sections, spot_layout
+from .._sections import check_genes, get_table, resolve_sections, spot_layout
 from .._store import store_path, write_table
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ._datamodule import SpotDataModule, SpotSentences, normalized_values
@@ -20,6 +21,8 @@ from ._inference import encode_images, encode_sentences
 from ._ridge import CV_BLOCKS, ridge_cv, spatial_folds
 from ._utils import record, resolve_device, target
 from ._zero_shot import readout_temperature, zero_shot_values
+
+log = logging.getLogger(__name__)
 
 
 def reference_from(
@@ -41,6 +44,7 @@ def reference_from(
 
     """
     table = get_table(sdata, table_key)
+    check_genes(table, what=f"Reference table {table_key!r}")
     genes = [g for g in model.panel if g in table.var_names]
     if not genes:
         raise ValueError(f"Reference table {table_key!r} shares no gene with the model's panel.")
@@ -206,6 +210,7 @@ def comtip_predict(
             )
         store_path(sdata)  # fail before the work, not after it
     out, table = target(sdata, table_key, copy)
+    check_genes(table, what=f"Table {table_key!r}")
     device = resolve_device(accelerator)
     if use_rep is not None:
         if use_rep not in table.obsm:
@@ -255,6 +260,7 @@ def comtip_predict(
             cols = [names.index(g) for g in genes]
             pred, names = pred[:, cols], list(genes)
     in_table = [g for g in names if g in table.var_names]
+    _report_genes(names, in_table, table, genes is None, f"{layer_added}{PRED_EXTRA_SUFFIX}")
     layer = np.full(table.shape, np.nan, dtype=np.float32)
     layer[:, table.var_names.get_indexer(in_table)] = pred[:, [names.index(g) for g in in_table]]
     table.layers[layer_added] = layer
@@ -286,3 +292,24 @@ def comtip_predict(
     if write:
         write_table(out, table_key)
     return out if copy else None
+
+
+def _report_genes(names: list[str], in_table: list[str], table, default: bool, extra_key: str) -> None:
+    """Refuse a default prediction that shares no gene with the table (another gene-id namespace); log a partial one."""
+    if default and table.n_vars and names and not in_table:
+        raise ValueError(
+            f"None of the {len(names)} genes the model predicts (e.g. {names[:3]}) is in the table's "
+            f"var_names (e.g. {table.var_names[:3].tolist()}): the table and the model name genes differently "
+            "(e.g. Ensembl ids vs symbols). Set var_names to the model's kind of names, or pass genes= to "
+            f"predict into obsm[{extra_key!r}] anyway."
+        )
+    if len(in_table) < len(names):
+        lacking = [g for g in names if g not in set(in_table)]
+        log.warning(
+            "%d of the %d predicted genes are not in the table (e.g. %s); their predictions are in obsm[%r] "
+            "and listed in uns['comtip']['predict']['extra_genes'].",
+            len(lacking),
+            len(names),
+            lacking[:5],
+            extra_key,
+        )
