@@ -107,7 +107,9 @@ def _fingerprint(source: SpotTiles) -> str:
     for name, img in zip(source.image_names, source._images, strict=True):
         h.update(f"{name}:{tuple(img.arrays[0].shape)}".encode())
     h.update(np.round(source.boxes_px, 2).tobytes())
-    for i in np.unique(np.linspace(0, len(source) - 1, _FINGERPRINT_TILES).astype(int)) if len(source) else []:
+    for i in (
+        np.unique(np.linspace(0, len(source) - 1, _FINGERPRINT_TILES).astype(int)) if len(source) else []
+    ):
         h.update(source[int(i)].tobytes())
     return h.hexdigest()
 

@@ -230,7 +230,12 @@ def fit(
     >>> model = cs.tl.fit(sdata, max_epochs=1, batch_size=16, enable_progress_bar=False)  # doctest: +SKIP
 
     """
+    if isinstance(sdata, AnnData):
+        raise TypeError("fit needs SpatialData objects (images, spot shapes, table), got an AnnData.")
     datasets = [sdata] if isinstance(sdata, SpatialData) else list(sdata)
+    not_sd = [type(d).__name__ for d in datasets if not isinstance(d, SpatialData)]
+    if not_sd:
+        raise TypeError(f"fit needs SpatialData objects (images, spot shapes, table), got {not_sd}.")
     if not datasets:
         raise ValueError("fit needs at least one SpatialData.")
     if seed is not None:
