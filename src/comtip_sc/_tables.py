@@ -64,8 +64,30 @@ def with_tables(sdata: SpatialData, tables: dict[str, AnnData]) -> SpatialData:
     )
 
 
-def check_counts(table: AnnData, *, layer: str | None = None, what: str = "table") -> None:
+def check_genes(table: AnnData, what: str = "table") -> None:
+    """Raise ``ValueError`` naming duplicated gene names (``var_names``) of ``table``.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> check_genes(ad.AnnData(np.ones((2, 2)), var={"x": [0, 1]}))
+
+    """
+    if table.var_names.has_duplicates:
+        dup = table.var_names[table.var_names.duplicated()].unique()
+        raise ValueError(
+            f"{what} has {len(dup)} duplicated gene name(s) in var_names, e.g. {dup[:5].tolist()}. Make them "
+            "unique (table.var_names_make_unique()) or keep one row per gene."
+        )
+
+
+def check_counts(
+    table: AnnData, *, layer: str | None = None, what: str = "table", integer: bool = False
+) -> None:
     """Raise ``ValueError`` naming the first spot and gene with a negative or non-finite value.
+
+    With ``integer=True`` (raw counts are needed) a non-integer value is an error too: normalising values
+    that are already normalised would silently change their scale.
 
     Parameters
     ----------
@@ -75,6 +97,8 @@ def check_counts(table: AnnData, *, layer: str | None = None, what: str = "table
         Layer to check; ``None`` checks ``X`` (raw counts).
     what
         How the error names the table.
+    integer
+        Also refuse non-integer values.
 
     Examples
     --------
@@ -88,27 +112,38 @@ def check_counts(table: AnnData, *, layer: str | None = None, what: str = "table
     source = f"layer {layer!r}" if layer is not None else "X"
     if x is None:
         raise ValueError(f"The {what} has no X; raw counts are expected there.")
+    first = _first_bad(x, lambda v: ~np.isfinite(v) | (v < 0))
+    label, rule = "negative or NaN", "counts must be non-negative and finite"
+    if first is None and integer:
+        first = _first_bad(x, lambda v: v != np.round(v))
+        label, rule = "non-integer", "raw integer counts are needed here; for normalised values pass layer="
+    if first is None:
+        return
+    row, col, value, n_bad = first
+    raise ValueError(
+        f"The {what}'s {source} has {n_bad} {label} value(s); {rule}. The first is at spot "
+        f"{table.obs_names[row]!r}, gene {table.var_names[col]!r} = {value}."
+    )
+
+
+def _first_bad(x, is_bad) -> tuple[int, int, float, int] | None:
+    """``(row, col, value, count)`` of the first entry (row-major) where ``is_bad`` holds, else ``None``."""
     if sp.issparse(x):
         # Only the stored entries can be bad; find the first in row-major order without densifying.
         x = sp.csr_matrix(x)
-        bad = np.flatnonzero(~np.isfinite(x.data) | (x.data < 0))
+        bad = np.flatnonzero(is_bad(x.data))
         if bad.size == 0:
-            return
+            return None
         rows = np.searchsorted(x.indptr, bad, side="right") - 1
         first = bad[rows == rows.min()]
         k = first[np.argmin(x.indices[first])]
-        row, col, value, n_bad = rows.min(), x.indices[k], x.data[k], bad.size
-    else:
-        arr = np.asarray(x)
-        mask = ~np.isfinite(arr) | (arr < 0)
-        if not mask.any():
-            return
-        row, col = np.argwhere(mask)[0]
-        value, n_bad = arr[row, col], int(mask.sum())
-    raise ValueError(
-        f"The {what}'s {source} has {n_bad} negative or NaN value(s); counts must be non-negative and "
-        f"finite. The first is at spot {table.obs_names[row]!r}, gene {table.var_names[col]!r} = {value}."
-    )
+        return int(rows.min()), int(x.indices[k]), x.data[k], int(bad.size)
+    arr = np.asarray(x)
+    mask = is_bad(arr)
+    if not mask.any():
+        return None
+    row, col = np.argwhere(mask)[0]
+    return int(row), int(col), arr[row, col], int(mask.sum())
 
 
 def log_normalize(x, *, target_sum: float = NORM_TARGET_SUM, cols: np.ndarray | None = None):

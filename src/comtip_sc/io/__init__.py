@@ -1,7 +1,8 @@
-"""Readers that turn platform output into SpatialData objects laid out as in ``docs/data_layout.md``."""
+"""Readers that turn platform output into SpatialData objects laid out as in ``docs/data_layout.md``, and a crash-safe table writer."""
 
 from __future__ import annotations
 
+from .._store import write_table
 from ._legacy_st import read_legacy_st
 
-__all__ = ["read_legacy_st"]
+__all__ = ["read_legacy_st", "write_table"]

@@ -6,7 +6,7 @@ from ._comtip_model import ComtipModel, ReferenceBank
 from ._config import FLAG_PRESETS, PRESET_NAMES, ComtipConfig, preset_training
 from ._gene_names import char_ngram_embedding, embed_gene_names, minilm_available, resolve_text_encoder
 from ._gene_text import AttentionPool, GeneTextEncoder
-from ._lightning import ComtipLightningModule
+from ._lightning import ComtipLightningModule, NonFiniteLossError
 from ._losses import (
     LogitScale,
     candidate_values,
@@ -37,6 +37,7 @@ __all__ = [
     "LogitScale",
     "MaskFeatureGenerator",
     "MaskedView",
+    "NonFiniteLossError",
     "PairDiscriminator",
     "ProjectionHead",
     "ReferenceBank",

@@ -282,12 +282,23 @@ class ComtipModel:
         except json.JSONDecodeError as err:
             raise ValueError(f"{cfg_file} is truncated or corrupt: {err}.") from err
         version = meta.get("format_version")
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise ValueError(
+                f"{path} was saved by a newer comtip_sc ({meta.get('comtip_sc_version', '?')}) in model format "
+                f"{version}; this comtip_sc ({_package_version()}) reads format {FORMAT_VERSION}. Upgrade "
+                "comtip_sc to load it."
+            )
         if version != FORMAT_VERSION:
             raise ValueError(
                 f"{path} was saved in model format {version!r} (by comtip_sc "
                 f"{meta.get('comtip_sc_version', '?')}); this comtip_sc ({_package_version()}) reads format "
                 f"{FORMAT_VERSION}. Load it with a matching comtip_sc version."
             )
+        lacking = [
+            k for k in ("config", "genes", "panel", "tile_um", "tile_px", "normalization") if k not in meta
+        ]
+        if lacking:
+            raise ValueError(f"{cfg_file} is corrupt: it lacks the entries {lacking}.")
         config = ComtipConfig.from_dict(meta["config"])
         # The saved weights are loaded below, so the backbone must not look for pretrained ones.
         config.pretrained, config.checkpoint_path = False, None

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from timm.optim import param_groups_layer_decay
 
 from ._config import ComtipConfig
 from ._network import ComtipNetwork, build_network
+
+#: Loss terms checked for finiteness at every training step, in the order they are reported.
+LOSS_TERMS = ("info_nce", "mfm", "paat", "paat_bce", "paat_rank", "value_query", "loss")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term, gradient or weight of the training became NaN or infinite."""
+
 
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_query", "queries", "log_scale", "dist_token")
 
@@ -103,10 +113,34 @@ class ComtipLightningModule(L.LightningModule):
             )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Compute and log all loss terms; return the total loss."""
+        """Compute and log all loss terms; return the total loss.
+
+        A non-finite term stops training with :class:`NonFiniteLossError` before its gradients reach the
+        weights, so the last checkpoint written stays the last good one.
+        """
         out = self.network(batch)
+        bad = [k for k in LOSS_TERMS if k in out and not bool(torch.isfinite(out[k]).all())]
+        if bad:
+            # The total is non-finite whenever a term is: name the terms, the total only when alone.
+            terms = [k for k in bad if k != "loss"] or bad
+            values = ", ".join(f"{k}={float(out[k].detach().float().mean()):g}" for k in terms)
+            raise NonFiniteLossError(
+                f"Training stopped at global step {self.global_step} (epoch {self.current_epoch}, batch "
+                f"{batch_idx}): the loss term(s) {terms} became non-finite ({values}). The weights were not updated with it; the last checkpoint "
+                "written is the last good one. Check the inputs for inf/NaN values, or lower lr."
+            )
         self._log_terms(out, "train", batch["values"].shape[0])
         return out["loss"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse a step whose gradients are non-finite (a finite loss can still overflow backwards)."""
+        for name, p in self.network.named_parameters():
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                raise NonFiniteLossError(
+                    f"Training stopped at global step {self.global_step} (epoch {self.current_epoch}): the "
+                    f"gradient of {name!r} is non-finite. The weights were not updated with it; the last "
+                    "checkpoint written is the last good one."
+                )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Compute and log all loss terms on validation data (random masks/corruptions as in training)."""
@@ -159,14 +193,60 @@ class ComtipLightningModule(L.LightningModule):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the current vocabulary (it may have grown through ``add_genes``)."""
+        """Record the vocabulary (it may have grown through ``add_genes``) and the random-number states.
+
+        Lightning restores weights, optimiser and loop counters but not the random-number generators;
+        without them a resumed run shuffles batches and draws masks differently from an uninterrupted one.
+        A checkpoint with non-finite weights is refused, so the last one on disk stays usable.
+        """
+        bad = [
+            k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()
+        ]
+        if bad:
+            raise NonFiniteLossError(
+                f"Refusing to write a checkpoint at global step {self.global_step}: weights {bad[:5]} are "
+                "non-finite. The last checkpoint written is the last good one."
+            )
         checkpoint["comtip_gene_vocab"] = self.network.gene_names
+        checkpoint["comtip_rng"] = _rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Re-add genes appended after construction so the state dict shapes match."""
+        """Re-add genes appended after construction so the state dict shapes match; restore the RNG states.
+
+        Lightning calls this before it first iterates the training data of the resumed run, so batches,
+        masks and corruptions continue exactly where the interrupted run left them.
+        """
         vocab = checkpoint.get("comtip_gene_vocab")
         if vocab and len(vocab) > len(self.network.gene_names):
             self.network.add_genes(vocab[len(self.network.gene_names) :])
+        if checkpoint.get("comtip_rng") is not None:
+            _set_rng_state(checkpoint["comtip_rng"])
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global torch / numpy / Python random states (and CUDA's on this process's devices).
+
+    Only tensors, numbers and tuples: Lightning reads checkpoints with ``torch.load(weights_only=True)``.
+    """
+    # The legacy global numpy state is what seed_everything seeds and what user code may draw from.
+    name, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:

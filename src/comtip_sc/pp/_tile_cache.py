@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -93,6 +94,26 @@ class CachedTiles:
         return np.asarray(tiles.get_orthogonal_selection((idx,)))
 
 
+#: Tiles hashed into a cache's fingerprint of its source (evenly spaced over the spots).
+_FINGERPRINT_TILES = 4
+
+
+def _fingerprint(source: SpotTiles) -> str:
+    """Hash of what the tiles are cut from: images, spot boxes and a few tiles' pixels.
+
+    Spot ids alone do not tell a re-scanned image, moved spots or another section with the same ids.
+    """
+    h = hashlib.sha1()
+    for name, img in zip(source.image_names, source._images, strict=True):
+        h.update(f"{name}:{tuple(img.arrays[0].shape)}".encode())
+    h.update(np.round(source.boxes_px, 2).tobytes())
+    for i in (
+        np.unique(np.linspace(0, len(source) - 1, _FINGERPRINT_TILES).astype(int)) if len(source) else []
+    ):
+        h.update(source[int(i)].tobytes())
+    return h.hexdigest()
+
+
 def cache_tiles(
     sdata: SpatialData,
     path: str | os.PathLike,
@@ -106,7 +127,9 @@ def cache_tiles(
 ) -> CachedTiles:
     """Cut every spot's tile once and store them in a zarr array at ``path``.
 
-    An existing cache with the same ``tile_um``, ``tile_px`` and spots is reused as it is. The cache
+    An existing cache with the same ``tile_um``, ``tile_px``, colour normalisation, spots and source (the
+    images, the spot positions and a few tiles' pixels) is reused as it is; one built from other data raises.
+    The tiles do not depend on the backbone: a cache serves any model with the same ``tile_px``. The cache
     is written to a temporary folder beside ``path`` and renamed into place, so an interrupted run
     never leaves a half-written cache behind.
 
@@ -161,6 +184,12 @@ def cache_tiles(
             and cached.colour_norm == colour_norm
             and np.array_equal(cached.obs_names, source.obs_names)
         )
+        recorded = zarr.open_group(str(path), mode="r").attrs.get("source")
+        if same and recorded is not None and recorded != _fingerprint(source):
+            raise ValueError(
+                f"The tile cache at {path} has the same spots and settings but was cut from other data (other "
+                "images or spot positions); pass overwrite=True to rebuild it, or use another path."
+            )
         if same:
             logger.info("Reusing the tile cache at %s (%d tiles).", path, len(cached))
             return cached
@@ -187,6 +216,7 @@ def cache_tiles(
                 "tile_px": int(tile_px),
                 "colour_norm": colour_norm,
                 "obs_names": source.obs_names.tolist(),
+                "source": _fingerprint(source),
             }
         )
     logger.info("Cached %d tiles of %g µm at %d px in %s.", n, tile_um, tile_px, path)

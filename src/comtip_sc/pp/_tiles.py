@@ -43,6 +43,42 @@ PAD_VALUE = 255
 class _ImageLevels:
     arrays: list  # dask arrays (c, y, x), finest first
     factors: np.ndarray  # downsampling factor of each level relative to level 0 (x, y)
+    channels: list[int]  # the channels read as R, G, B
+    scale: float | None  # multiplier onto 0..255 for images that are not uint8 (None: uint8)
+
+
+def _image_levels(name: str, image: DataArray | DataTree) -> _ImageLevels:
+    """Levels, scale factors and the RGB read-out of one image; unreadable layouts fail naming ``name``."""
+    arrays = [level.data for level in pyramid_levels(image)]
+    base = np.array(arrays[0].shape[1:][::-1], dtype=float)
+    factors = np.array([base / np.array(a.shape[1:][::-1], dtype=float) for a in arrays])
+    n_c, dtype = arrays[0].shape[0], np.dtype(arrays[0].dtype)
+    # 1 channel: grayscale; 2: grayscale + alpha; 4: RGBA. Alpha is dropped, grey is read as R = G = B.
+    channels = {1: [0, 0, 0], 2: [0, 0, 0], 3: [0, 1, 2], 4: [0, 1, 2]}.get(n_c)
+    if channels is None:
+        raise ValueError(
+            f"Image element {name!r} has {n_c} channels; an H&E image needs 3 (RGB), 4 (RGBA), or 1 (grey)."
+        )
+    if n_c != 3:
+        logger.info("Image %r has %d channel(s); reading channels %s as RGB.", name, n_c, channels)
+    scale = None
+    if dtype == np.uint8:
+        pass
+    elif dtype.kind == "u" or dtype.kind == "i":
+        scale = 255.0 / np.iinfo(dtype).max
+    elif dtype.kind == "f":
+        # Floats come as 0..1 or 0..255: the coarsest level tells which, at the cost of one small read.
+        top = float(np.nanmax(np.asarray(arrays[-1][channels[:n_c]])))
+        if top > 255.0:
+            raise ValueError(
+                f"Image element {name!r} is {dtype} with values up to {top:g}; expected 0..1 or 0..255."
+            )
+        scale = 255.0 if top <= 1.0 else 1.0
+    else:
+        raise ValueError(f"Image element {name!r} has pixel type {dtype}; expected integers or floats.")
+    if scale is not None:
+        logger.info("Image %r is %s; its values are scaled by %g onto 0..255.", name, dtype, scale)
+    return _ImageLevels(arrays, factors, channels, scale)
 
 
 class SpotTiles:
@@ -115,16 +151,44 @@ class SpotTiles:
         for sec in sections:
             if sec.image not in self.image_names:
                 self.image_names.append(sec.image)
-                arrays = [level.data for level in pyramid_levels(sdata.images[sec.image])]
-                base = np.array(arrays[0].shape[1:][::-1], dtype=float)
-                factors = np.array([base / np.array(a.shape[1:][::-1], dtype=float) for a in arrays])
-                self._images.append(_ImageLevels(arrays, factors))
+                self._images.append(_image_levels(sec.image, sdata.images[sec.image]))
             self._image_of[sec.obs_index] = self.image_names.index(sec.image)
             self._centers[sec.obs_index] = sec.centers_px
             self._half_px[sec.obs_index] = 0.5 * self.tile_um * sec.px_per_um
         if (self._image_of < 0).any():
             missing = self.obs_names[self._image_of < 0][:5].tolist()
             raise ValueError(f"Spots {missing} of table {table_key!r} are not linked to any image.")
+        self._check_boxes()
+
+    def _check_boxes(self) -> None:
+        """Fail, naming image and spots, on tiles under a pixel, over the whole image, or off the image."""
+        boxes = self.boxes_px
+        for k, (name, img) in enumerate(zip(self.image_names, self._images, strict=True)):
+            on = self._image_of == k
+            height, width = img.arrays[0].shape[1:]
+            side = 2 * self._half_px[on]
+            um_per_px = self.tile_um / float(np.median(side))
+            if side.min() < 1.0:
+                raise ValueError(
+                    f"tile_um={self.tile_um:g} is under one pixel of image {name!r} ({um_per_px:.3g} µm per "
+                    "pixel): there is nothing to resample. Use a larger tile_um."
+                )
+            if side.max() > max(height, width):
+                raise ValueError(
+                    f"tile_um={self.tile_um:g} ({side.max():.0f} px) is larger than image {name!r} "
+                    f"({width}×{height} px, {width * um_per_px:.0f}×{height * um_per_px:.0f} µm). Use a smaller "
+                    "tile_um."
+                )
+            b = boxes[on]
+            off = (b[:, 2] <= 0) | (b[:, 3] <= 0) | (b[:, 0] >= width) | (b[:, 1] >= height)
+            if off.any():
+                spots = self.obs_names[on][off]
+                raise ValueError(
+                    f"{len(spots)} spot(s) have their tile entirely outside image {name!r} ({width}×{height} "
+                    f"px), e.g. {spots[:5].tolist()} at pixel centres "
+                    f"{np.round(self._centers[on][off][:2]).tolist()}. Check the spots' coordinates and the "
+                    "transformation between the shapes and the image."
+                )
 
     def __len__(self) -> int:
         return len(self._image_of)
@@ -175,9 +239,12 @@ class SpotTiles:
         window = np.full((iy1 - iy0, ix1 - ix0, 3), PAD_VALUE, dtype=np.uint8)
         sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, width), min(iy1, height)
         if sx1 > sx0 and sy1 > sy0:
-            chunk = arr[:3, sy0:sy1, sx0:sx1]
+            chunk = arr[: max(img.channels) + 1, sy0:sy1, sx0:sx1]
             # One small window: the threaded scheduler's hand-off costs more than the read itself.
             chunk = np.asarray(chunk.compute(scheduler="synchronous") if hasattr(chunk, "compute") else chunk)
+            chunk = chunk[img.channels]
+            if img.scale is not None:
+                chunk = np.clip(np.rint(np.nan_to_num(chunk * img.scale)), 0, 255).astype(np.uint8)
             window[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = np.moveaxis(chunk, 0, -1)
         # PIL resamples a sub-pixel box with antialiasing, so the physical field is exact.
         box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)

@@ -8,6 +8,7 @@ from spatialdata import SpatialData
 from torch.utils.data import DataLoader, Dataset
 
 from .._constants import EMBED_KEY, TABLE_KEY
+from .._store import store_path, write_table
 from ..model._comtip_model import ComtipModel
 from ._datamodule import SentenceCollate
 from ._inference import encode_images
@@ -63,6 +64,7 @@ def comtip_embed(
     accelerator: str = "auto",
     spot_diameter_um: float | None = None,
     copy: bool = False,
+    write: bool = False,
 ) -> SpatialData | None:
     """Embed every spot's image tile into the shared CoMTIP space.
 
@@ -85,6 +87,10 @@ def comtip_embed(
         ``"auto"`` (GPU when available), ``"cpu"`` or ``"gpu"``. Inference runs on one device.
     spot_diameter_um
         Spot diameter in µm when the table does not record it (Visium: 55).
+    write
+        Also write the updated table into the zarr store backing ``sdata`` (:func:`comtip_sc.io.write_table`:
+        a process killed part-way leaves the stored table as it was). Checked before any work: a SpatialData
+        that is not backed, or a read-only store, raises at once.
     copy
         Return a new SpatialData (with copied tables) instead of writing into ``sdata``.
 
@@ -101,6 +107,12 @@ def comtip_embed(
     >>> sc.pp.neighbors(sdata.tables["table"], use_rep="X_comtip")  # doctest: +SKIP
 
     """
+    if write:
+        if copy:
+            raise ValueError(
+                "write=True writes into the store of sdata, which copy=True promises to leave alone."
+            )
+        store_path(sdata)  # fail before the work, not after it
     out, table = target(sdata, table_key, copy)
     emb = image_embeddings(
         out,
@@ -124,4 +136,6 @@ def comtip_embed(
             "backbone": model.config.backbone,
         },
     )
+    if write:
+        write_table(out, table_key)
     return out if copy else None

@@ -30,9 +30,19 @@ def pearson_per_gene(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """
     t = true - true.mean(axis=0)
     p = pred - pred.mean(axis=0)
-    denom = np.sqrt((t**2).sum(axis=0) * (p**2).sum(axis=0))
+    ss_t, ss_p = (t**2).sum(axis=0), (p**2).sum(axis=0)
+    # A constant column leaves rounding residue after centring (~1e-16 of its magnitude), and that residue
+    # correlates with anything: "constant" is judged relative to the column's magnitude, not absolutely.
+    flat = (ss_t <= _flat_tol(true)) | (ss_p <= _flat_tol(pred))
+    denom = np.sqrt(ss_t * ss_p)
     num = (t * p).sum(axis=0)
-    return np.divide(num, denom, out=np.zeros(true.shape[1]), where=denom > 1e-12)
+    r = np.divide(num, denom, out=np.zeros(true.shape[1]), where=~flat & (denom > 0))
+    return np.clip(r, -1.0, 1.0)
+
+
+def _flat_tol(x: np.ndarray) -> np.ndarray:
+    """Sum of squares under which a column's spread is rounding error of its magnitude."""
+    return len(x) * (1e-9 * np.abs(x).max(axis=0, initial=0.0)) ** 2 + 1e-24
 
 
 def _metrics(

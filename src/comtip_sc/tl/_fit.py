@@ -19,7 +19,7 @@ from spatialdata import SpatialData
 
 from .._constants import DEFAULT_TILE_UM, NORM_TARGET_SUM, PANEL_KEY, SAMPLE_KEY, TABLE_KEY
 from .._sections import resolve_sections, spot_layout
-from .._tables import check_counts, get_table
+from .._tables import check_counts, check_genes, get_table
 from ..model import ComtipConfig, ComtipLightningModule
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._config import preset_training
@@ -63,14 +63,33 @@ def _register(
     spot_diameter_um: float | None,
 ) -> _Registered:
     table = get_table(sdata, table_key)
+    if table.n_obs < 2 or table.n_vars == 0:
+        raise ValueError(
+            f"Table {table_key!r} of dataset {idx} has {table.n_obs} spot(s) and {table.n_vars} gene(s); "
+            "training contrasts spots with each other and needs at least 2 spots and 1 gene."
+        )
+    check_genes(table, what=f"Table {table_key!r} of dataset {idx}")
     if layer is None:
-        check_counts(table, what=f"Table {table_key!r} of dataset {idx}")
+        check_counts(table, what=f"Table {table_key!r} of dataset {idx}", integer=True)
     else:
         check_counts(table, layer=layer, what=f"Table {table_key!r} of dataset {idx}")
     if genes is not None:
         panel = [g for g in genes if g in table.var_names]
         if not panel:
-            raise ValueError(f"None of the requested genes is in table {table_key!r} of dataset {idx}.")
+            raise ValueError(
+                f"None of the requested genes ({list(genes)[:5]}...) is in table {table_key!r} of dataset "
+                f"{idx} (its genes look like {table.var_names[:3].tolist()})."
+            )
+        if len(panel) < len(genes):
+            lacking = [g for g in genes if g not in table.var_names]
+            log.warning(
+                "Table %r of dataset %d lacks %d of the requested genes (%s); training on the other %d.",
+                table_key,
+                idx,
+                len(lacking),
+                lacking[:10],
+                len(panel),
+            )
     elif PANEL_KEY in table.var:
         panel = table.var_names[table.var[PANEL_KEY].to_numpy(bool)].tolist()
     else:
@@ -270,7 +289,12 @@ def fit(
     >>> model = cs.tl.fit(sdata, max_epochs=1, batch_size=16, enable_progress_bar=False)  # doctest: +SKIP
 
     """
+    if isinstance(sdata, AnnData):
+        raise TypeError("fit needs SpatialData objects (images, spot shapes, table), got an AnnData.")
     datasets = [sdata] if isinstance(sdata, SpatialData) else list(sdata)
+    not_sd = [type(d).__name__ for d in datasets if not isinstance(d, SpatialData)]
+    if not_sd:
+        raise TypeError(f"fit needs SpatialData objects (images, spot shapes, table), got {not_sd}.")
     if not datasets:
         raise ValueError("fit needs at least one SpatialData.")
     if seed is not None:
@@ -340,6 +364,8 @@ def fit(
         raise ValueError("Every section is held out for validation; nothing is left to train on.")
     genes_vocab = list(vocab)
     n_train = sum(len(ds) for i, (_, ds) in enumerate(sections) if i not in val_idx)
+    if n_train < 2:
+        raise ValueError(f"Only {n_train} training spot(s) outside val_sections; InfoNCE needs at least 2.")
     log.info(
         "Training CoMTIP on %d section(s) (%s), %d training spots, %d genes in the vocabulary; validation: %s.",
         len(sections),
@@ -391,12 +417,15 @@ def fit(
     cbs = list(callbacks or [])
     # last.ckpt (for resuming) every epoch; a "best" copy only when validation defines best. Without it a
     # second full checkpoint per epoch, ranked by the augmented training loss, doubled the writes (~1 s per
-    # epoch for a ViT-B/32 with its AdamW state) and was never read.
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        monitor="val/loss" if val_idx else None, mode="min", save_last=True, save_top_k=1 if val_idx else 0
+    # epoch for a ViT-B/32 with its AdamW state) and was never read. last.ckpt has a callback of its own:
+    # Lightning's save_last=True refreshes it only in epochs that also save a top-k checkpoint (never with
+    # save_top_k=0, not when the validation loss got worse), so an interrupted run lost its epochs.
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(monitor="val/loss", mode="min", save_top_k=1)
+    last = L.pytorch.callbacks.ModelCheckpoint(
+        monitor=None, save_top_k=1, filename="last", enable_version_counter=False
     )
     if trainer_kwargs.get("enable_checkpointing", True):
-        cbs.append(checkpoint)
+        cbs.extend([checkpoint, last] if val_idx else [last])
     if val_idx and early_stopping_patience is not None:
         cbs.append(
             L.pytorch.callbacks.EarlyStopping(
@@ -469,7 +498,7 @@ def fit(
         "epochs": int(trainer.current_epoch),
         "global_steps": int(trainer.global_step),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-        "best_checkpoint": checkpoint.best_model_path,
+        "best_checkpoint": checkpoint.best_model_path if val_idx else "",
         "lr": lr,
         "backbone_lr_mult": backbone_lr_mult,
         "layer_decay": layer_decay,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Literal
 
@@ -13,7 +14,8 @@ from spatialdata import SpatialData
 from .._constants import PRED_KEY, TABLE_KEY
 from .._deprecation import renamed_arguments
 from .._sections import resolve_sections, spot_layout
-from .._tables import get_table, normalized_values
+from .._store import store_path, write_table
+from .._tables import check_genes, get_table, normalized_values
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ._datamodule import SpotDataModule, SpotSentences
 from ._embed import image_embeddings
@@ -22,6 +24,8 @@ from ._ridge import CV_BLOCKS, ridge_cv, spatial_folds
 from ._smooth import smooth_over_neighbours
 from ._utils import record, resolve_device, target
 from ._zero_shot import readout_temperature, zero_shot_values
+
+log = logging.getLogger(__name__)
 
 
 def reference_from(
@@ -43,6 +47,7 @@ def reference_from(
 
     """
     table = get_table(sdata, table_key)
+    check_genes(table, what=f"Reference table {table_key!r}")
     genes = [g for g in model.panel if g in table.var_names]
     if not genes:
         raise ValueError(f"Reference table {table_key!r} shares no gene with the model's panel.")
@@ -125,6 +130,7 @@ def comtip_predict(
     batch_size: int = 64,
     accelerator: str = "auto",
     copy: bool = False,
+    write: bool = False,
 ) -> SpatialData | None:
     """Predict expression from the H&E tiles alone.
 
@@ -181,6 +187,10 @@ def comtip_predict(
         Spot diameter in µm when the table does not record it (Visium: 55).
     batch_size, accelerator
         Inference settings.
+    write
+        Also write the updated table into the zarr store backing ``sdata`` (:func:`comtip_sc.io.write_table`:
+        a process killed part-way leaves the stored table as it was). Checked before any work: a SpatialData
+        that is not backed, or a read-only store, raises at once.
     copy
         Return a new SpatialData instead of writing into ``sdata``.
 
@@ -212,7 +222,14 @@ def comtip_predict(
         raise ValueError(f"smooth must be None or a positive int (neighbours per spot), got {smooth!r}.")
     if genes is not None:
         genes = list(dict.fromkeys(genes))  # one column per gene
+    if write:
+        if copy:
+            raise ValueError(
+                "write=True writes into the store of sdata, which copy=True promises to leave alone."
+            )
+        store_path(sdata)  # fail before the work, not after it
     out, table = target(sdata, table_key, copy)
+    check_genes(table, what=f"Table {table_key!r}")
     device = resolve_device(accelerator)
     if use_rep is not None:
         if use_rep not in table.obsm:
@@ -265,10 +282,11 @@ def comtip_predict(
         resolved = resolve_sections(out, table_key=table_key, spot_diameter_um=spot_diameter_um)
         spot_sections, centres = spot_layout(resolved, table.n_obs)
         pred = smooth_over_neighbours(pred, centres, spot_sections, smooth)
+    in_table = [g for g in names if g in table.var_names]
+    _report_genes(names, in_table, table, genes is None, key_added)  # may refuse: before any write
     table.obsm[key_added] = pd.DataFrame(
         np.asarray(pred, dtype=np.float32), index=table.obs_names.copy(), columns=pd.Index(names, dtype=str)
     )
-    in_table = [g for g in names if g in table.var_names]
     record(
         table,
         "predict",
@@ -285,4 +303,28 @@ def comtip_predict(
             "smooth": smooth,
         },
     )
+    if write:
+        write_table(out, table_key)
     return out if copy else None
+
+
+def _report_genes(names: list[str], in_table: list[str], table, default: bool, key: str) -> None:
+    """Refuse a default prediction that shares no gene with the table (another gene-id namespace); log a partial one."""
+    if default and table.n_vars and names and not in_table:
+        raise ValueError(
+            f"None of the {len(names)} genes the model predicts (e.g. {names[:3]}) is in the table's "
+            f"var_names (e.g. {table.var_names[:3].tolist()}): the table and the model name genes differently "
+            "(e.g. Ensembl ids vs symbols). Set var_names to the model's kind of names, or pass genes= to "
+            f"predict into obsm[{key!r}] anyway."
+        )
+    if len(in_table) < len(names):
+        lacking = [g for g in names if g not in set(in_table)]
+        log.warning(
+            "%d of the %d predicted genes are not in the table (e.g. %s); their predictions are in obsm[%r] "
+            "beside the others and listed in uns['comtip']['predict'][%r]['unmeasured_genes'].",
+            len(lacking),
+            len(names),
+            lacking[:5],
+            key,
+            key,
+        )
