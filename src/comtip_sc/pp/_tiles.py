@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,9 @@ from .._constants import (
 from .._image import pyramid_levels
 from .._sections import resolve_sections
 from .._tables import get_table
+
+if TYPE_CHECKING:
+    from xarray import DataArray, DataTree
 
 logger = logging.getLogger(__name__)
 
