@@ -209,7 +209,19 @@ def score_embeddings(
     if len(sections) != 1:
         raise ValueError(f"Region labels must cover one test section, they cover {sections}.")
     labels = regions.reindex(table.obs_names).to_numpy()[keep].astype(str)
-    return [
-        {"section": sections[0], "embedding": name, **cluster_scores(x[keep], labels, centres[keep], seed)}
-        for name, x in embeddings.items()
-    ]
+    import torch
+
+    # scanpy's neighbour search resets torch's intra-op threads (1 → 2 on the benchmark machine); the
+    # fits that follow in the same process must run on the threads they would have had without it.
+    threads = torch.get_num_threads()
+    try:
+        return [
+            {
+                "section": sections[0],
+                "embedding": name,
+                **cluster_scores(x[keep], labels, centres[keep], seed),
+            }
+            for name, x in embeddings.items()
+        ]
+    finally:
+        torch.set_num_threads(threads)
