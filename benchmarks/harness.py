@@ -276,7 +276,9 @@ def fit_stnet(preset: BenchPreset, train_tiles, train_y: np.ndarray, test_tiles,
 def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequence[str] | None = None) -> None:
     """Train every method on ``fold.train``, score it on ``fold.test``; ``on_row(dict)`` per finished row.
 
-    ``parts`` (names from :data:`PARTS`) restricts the run to those fits; ``None`` runs them all.
+    ``parts`` (names from :data:`PARTS`) restricts the run to those fits; ``None`` runs them all. When the
+    fold's test spots carry region labels, the clustering rows (``table="clustering"``) come from the
+    ``CoMTIP`` part (its image embedding) and the ``baselines`` part (colour, trunk, expression PCA).
     """
     import comtip_sc as cs
     from comtip_sc.tl._datamodule import SpotDataModule, SpotSentences

@@ -264,6 +264,9 @@ def write_results(
 ) -> list[str]:
     """Write ``expression_prediction_<preset>.{csv,md,json}`` under ``out`` (each via tmp + ``os.replace``).
 
+    Rows with ``table="clustering"`` go to the clustering section of the markdown, the JSON's
+    ``clustering`` entry and ``clustering_<preset>.csv``; the others are expression rows.
+
     ``preset`` names the files: the preset's name, with the datasets appended when a run covers only some.
     """
     cl = pd.DataFrame([r for r in rows if r.get("table") == "clustering"], columns=CLUSTER_COLUMNS)
