@@ -68,11 +68,6 @@ def method_names() -> list[str]:
     return [*names, UNSEEN, STNET, RIDGE, *COLOUR_ROWS, MEAN]
 
 
-def clustering_names(fold: Fold) -> list[str]:
-    """The embeddings of the fold's clustering table (none when its test spots carry no region labels)."""
-    return [] if fold.regions is None else list(EMBEDDINGS)
-
-
 def held_out_genes(panel: list[str]) -> list[str]:
     """The genes held out of the unseen-gene fit: every ``HELD_EVERY``-th gene of the panel (by mean rank).
 
