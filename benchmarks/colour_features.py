@@ -1,137 +1,226 @@
-"""Colour-statistics features of tiles and a spatial neighbour average, for image baselines.
+"""The benchmark's trivial baselines: colour statistics of the tiles + ridge.
 
-A ridge on these 54 numbers per tile (per-channel mean and s.d., 16-bin histogram per channel) is the
-floor any learned image representation has to clear: it sees colour and stain, nothing of morphology.
-``neighbour_average`` smooths a per-spot prediction over each spot's nearest spots of the same section.
-
-Self-contained on purpose (numpy, plus scikit-learn for the neighbour search), so it can be imported
-from its file path:
-
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("colour_features", "benchmarks/colour_features.py")
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    x = mod.colour_features(tiles)        # (n_tiles, 54)
+A spot's tile is reduced to 54 numbers (per RGB channel: mean, standard deviation and a 16-bin
+histogram), regressed onto the panel by ridge with the penalty chosen by the same spatial-block CV as the
+frozen-feature ridge. Eight variants: the spot tile or a context tile 3× wider; features as they are or
+z-scored within each section (train and test alike); predictions as they are or averaged over the 6
+nearest spots of the same section. The best of them per dataset is the bar every model row must clear.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
+from spatialdata import SpatialData
 
-#: Histogram bins per channel: uint8 values are binned by their top 4 bits (width 16).
+from comtip_sc.tl._ridge import ridge_cv
+
+#: Histogram bins per channel (16 bins of 16 grey levels each on uint8 tiles).
 N_BINS = 16
-#: Features per tile: 3 means + 3 standard deviations + 3 x N_BINS histogram fractions.
-N_FEATURES = 3 + 3 + 3 * N_BINS
-#: Tiles per chunk, to bound the memory of the histogram's index array.
-_CHUNK = 1024
+#: Per channel: mean, s.d. and the histogram.
+N_FEATURES = 3 * (2 + N_BINS)
+#: Spots whose predictions are averaged (the spot itself and its nearest neighbours in its section).
+K_NEIGHBOURS = 6
+#: The context tile's side as a multiple of the spot tile's.
+CONTEXT_SCALE = 3.0
 
 
-def feature_names() -> list[str]:
-    """Names of the columns of :func:`colour_features`, in order.
+def colour_stats(tiles: np.ndarray) -> np.ndarray:
+    """Per-channel mean, s.d. and 16-bin histogram of ``uint8`` RGB tiles: ``(n, 54)`` features.
 
-    Examples
-    --------
-    >>> feature_names()[:4], len(feature_names())
-    (['mean_R', 'mean_G', 'mean_B', 'std_R'], 54)
-
-    """
-    rgb = "RGB"
-    return (
-        [f"mean_{c}" for c in rgb]
-        + [f"std_{c}" for c in rgb]
-        + [f"hist_{c}_{b}" for c in rgb for b in range(N_BINS)]
-    )
-
-
-def colour_features(tiles: np.ndarray) -> np.ndarray:
-    """Per-channel mean, standard deviation and 16-bin histogram of each tile.
+    Columns: the 3 channel means, the 3 channel s.d.s (both on the 0–1 scale), then 16 histogram bins
+    of R, of G and of B, each channel's bins summing to 1.
 
     Parameters
     ----------
     tiles
-        ``uint8`` array ``(n, H, W, 3)`` of RGB tiles.
+        ``(n, h, w, 3)`` ``uint8`` tiles.
 
     Returns
     -------
-    ``float32`` array ``(n, 54)``: means (0–255) of R, G, B; their standard deviations; then for R, G
-    and B in turn the fraction of the tile's pixels in each of 16 equal bins of width 16 (each
-    channel's 16 fractions sum to 1). Columns as named by :func:`feature_names`.
+    ``(n, 54)`` ``float32`` features.
 
     Examples
     --------
-    >>> t = np.zeros((1, 2, 2, 3), np.uint8); t[0, 0, 0] = 255
-    >>> f = colour_features(t)
-    >>> f.shape, float(f[0, 0]), float(f[0, 6]), float(f[0, 21])
-    ((1, 54), 63.75, 0.75, 0.25)
+    >>> x = colour_stats(np.zeros((2, 4, 4, 3), np.uint8))
+    >>> x.shape, float(x[0, 6])
+    ((2, 54), 1.0)
 
     """
     tiles = np.asarray(tiles)
-    if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
-        raise ValueError(f"tiles must be a uint8 array (n, H, W, 3), got {tiles.dtype} {tiles.shape}.")
+    if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+        raise ValueError(f"tiles must be uint8 (n, h, w, 3), got {tiles.dtype} {tiles.shape}.")
     n = len(tiles)
-    out = np.empty((n, N_FEATURES), np.float32)
-    if n == 0:
-        return out
-    pixels = tiles.reshape(n, -1, 3)
-    n_px = pixels.shape[1]
-    out[:, 0:3] = pixels.mean(axis=1, dtype=np.float64)
-    out[:, 3:6] = pixels.std(axis=1, dtype=np.float64)
-    for start in range(0, n, _CHUNK):
-        chunk = pixels[start : start + _CHUNK]
-        m = len(chunk)
-        # One bincount for the whole chunk: bin b of channel c of tile i lands at (i * 3 + c) * N_BINS + b.
-        offsets = (np.arange(m)[:, None, None] * 3 + np.arange(3)[None, None, :]) * N_BINS
-        idx = (chunk >> 4).astype(np.int64) + offsets
-        counts = np.bincount(idx.ravel(), minlength=m * 3 * N_BINS).reshape(m, 3 * N_BINS)
-        out[start : start + m, 6:] = counts / n_px
+    px = tiles.reshape(n, -1, 3)
+    values = px.astype(np.float32) / 255.0
+    mean, sd = values.mean(1), values.std(1)
+    # One bincount over (tile, channel, bin) codes instead of a Python loop over tiles.
+    codes = (px >> 4).astype(np.int64) + N_BINS * np.arange(3) + 3 * N_BINS * np.arange(n)[:, None, None]
+    hist = np.bincount(codes.ravel(), minlength=3 * N_BINS * n).reshape(n, 3 * N_BINS)
+    hist = hist / np.float32(px.shape[1])
+    return np.hstack([mean, sd, hist]).astype(np.float32)
+
+
+def zscore_per_section(x: np.ndarray, sections: Sequence[str]) -> np.ndarray:
+    """Standardise every feature within each section (a constant feature becomes 0).
+
+    Examples
+    --------
+    >>> z = zscore_per_section(np.array([[1.0], [3.0], [10.0], [10.0]]), ["a", "a", "b", "b"])
+    >>> z.ravel().tolist()
+    [-1.0, 1.0, 0.0, 0.0]
+
+    """
+    x = np.asarray(x, dtype=np.float64)
+    sections = np.asarray(sections).astype(str)
+    out = np.empty_like(x)
+    for name in np.unique(sections):
+        rows = sections == name
+        sd = x[rows].std(0)
+        out[rows] = (x[rows] - x[rows].mean(0)) / np.where(sd > 0, sd, 1.0)
     return out
 
 
 def neighbour_average(
-    pred: np.ndarray, centres: np.ndarray, sections: Sequence[str], k: int = 6
+    pred: np.ndarray, centres: np.ndarray, sections: Sequence[str], k: int = K_NEIGHBOURS
 ) -> np.ndarray:
-    """Average each spot's row of ``pred`` with its ``k`` nearest spots in the same section.
+    """Average every spot's prediction over its ``k`` nearest spots (itself included) in its own section.
 
     Parameters
     ----------
     pred
-        ``(n_spots, n_genes)`` predictions (or any per-spot features).
+        ``(n_spots, n_genes)`` predictions.
     centres
-        ``(n_spots, 2)`` spot centres, in a unit consistent within each section.
+        ``(n_spots, 2)`` spot centres, in any unit consistent within a section.
     sections
-        Section of every spot; spots of different sections are never averaged together.
+        Section of every spot; neighbours are never taken from another section.
     k
-        Neighbours per spot, the spot itself not counted (a section of ``k`` spots or fewer uses all of
-        its spots). 6 is the first ring of a hexagonal Visium grid.
+        Spots averaged (fewer in a section with fewer spots).
 
     Returns
     -------
-    ``float64`` array shaped like ``pred``: the mean over the spot and its neighbours.
+    ``(n_spots, n_genes)`` averaged predictions.
 
     Examples
     --------
-    >>> xy = np.array([[0, 0], [0, 1], [0, 3], [9, 9]], float)
-    >>> neighbour_average(np.array([[0.0], [3.0], [6.0], [9.0]]), xy, ["a"] * 3 + ["b"], k=1).ravel()
-    array([1.5, 1.5, 4.5, 9. ])
+    >>> xy = np.array([[0, 0], [0, 1], [0, 3], [0, 4]], float)
+    >>> neighbour_average(np.array([[0.0], [2.0], [4.0], [100.0]]), xy, ["a"] * 3 + ["b"], k=2).ravel()
+    array([  1.,   1.,   3., 100.])
 
     """
     from sklearn.neighbors import NearestNeighbors
 
-    pred = np.asarray(pred, dtype=np.float64)
+    pred = np.asarray(pred)
     centres = np.asarray(centres, dtype=np.float64)
     sections = np.asarray(sections).astype(str)
-    if pred.ndim != 2 or centres.shape != (len(pred), 2) or len(sections) != len(pred):
+    if centres.shape != (len(pred), 2) or len(sections) != len(pred):
         raise ValueError(
-            f"pred (n, g), centres (n, 2) and sections (n,) must agree; got {pred.shape}, "
+            f"centres must be (n_spots, 2) and sections (n_spots,) for {len(pred)} spots, got "
             f"{centres.shape} and {sections.shape}."
         )
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}.")
-    out = np.empty_like(pred)
+    out = np.empty(pred.shape, dtype=np.float64)
     for name in np.unique(sections):
         rows = np.flatnonzero(sections == name)
-        n_nb = min(k + 1, len(rows))  # the query spot is its own nearest neighbour
-        _, idx = NearestNeighbors(n_neighbors=n_nb).fit(centres[rows]).kneighbors(centres[rows])
+        nn = NearestNeighbors(n_neighbors=min(k, len(rows))).fit(centres[rows])
+        idx = nn.kneighbors(centres[rows], return_distance=False)
         out[rows] = pred[rows][idx].mean(axis=1)
-    return out
+    return out.astype(pred.dtype, copy=False)
+
+
+def fold_colour_stats(
+    train: SpatialData, test: SpatialData, train_tiles: Any, test_tiles: Any, colour_norm: str | None
+) -> dict[bool, tuple[np.ndarray, np.ndarray]]:
+    """Colour statistics of the spot tiles (``False``) and of tiles :data:`CONTEXT_SCALE`× wider (``True``).
+
+    Parameters
+    ----------
+    train, test
+        The fold's SpatialData objects.
+    train_tiles, test_tiles
+        Their spot tiles (:class:`~comtip_sc.pp.SpotTiles` or a tile cache); the context tiles are cut
+        around the same centres at ``CONTEXT_SCALE`` times their ``tile_um``, same ``tile_px`` and
+        ``colour_norm``, and kept in memory only.
+
+    Returns
+    -------
+    ``{context: (train features, test features)}``.
+
+    """
+    from comtip_sc.pp import SpotTiles
+
+    kw = {
+        "tile_um": train_tiles.tile_um * CONTEXT_SCALE,
+        "tile_px": train_tiles.tile_px,
+        "colour_norm": colour_norm,
+    }
+    wide = [SpotTiles(sdata, **kw).take() for sdata in (train, test)]
+    return {
+        False: (colour_stats(train_tiles.take()), colour_stats(test_tiles.take())),
+        True: (colour_stats(wide[0]), colour_stats(wide[1])),
+    }
+
+
+def colour_row_name(context: bool, zscore: bool, smooth: bool) -> str:
+    """Row label of one colour variant, e.g. ``"colour · 3× context, per-section z, 6-NN avg"``.
+
+    Examples
+    --------
+    >>> colour_row_name(False, False, True)
+    'colour · spot tile, 6-NN avg'
+
+    """
+    parts = [f"{CONTEXT_SCALE:g}× context" if context else "spot tile"]
+    parts += ["per-section z"] if zscore else []
+    parts += [f"{K_NEIGHBOURS}-NN avg"] if smooth else []
+    return "colour · " + ", ".join(parts)
+
+
+#: The eight colour rows, in table order: (context tile, per-section z, neighbour average).
+COLOUR_VARIANTS: list[tuple[bool, bool, bool]] = [
+    (context, zscore, smooth)
+    for context in (False, True)
+    for zscore in (False, True)
+    for smooth in (False, True)
+]
+COLOUR_ROWS: list[str] = [colour_row_name(*v) for v in COLOUR_VARIANTS]
+
+
+def colour_predictions(
+    features: dict[bool, tuple[np.ndarray, np.ndarray]],
+    train_y: np.ndarray,
+    train_sections: Sequence[str],
+    train_folds: np.ndarray,
+    test_sections: Sequence[str],
+    test_centres: np.ndarray,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(row name, test predictions)`` of every colour variant, in :data:`COLOUR_ROWS` order.
+
+    Parameters
+    ----------
+    features
+        ``{context: (train features, test features)}`` from :func:`colour_stats` of the spot tiles
+        (``False``) and of the context tiles (``True``).
+    train_y
+        ``(n_train, n_genes)`` training values.
+    train_sections, train_folds
+        Section and spatial CV fold of every training spot (the penalty is chosen over ``train_folds``).
+    test_sections, test_centres
+        Section and centre of every test spot, for per-section z-scores and the neighbour average.
+
+    """
+    from sklearn.preprocessing import StandardScaler
+
+    for context, zscore in dict.fromkeys((c, z) for c, z, _ in COLOUR_VARIANTS):
+        train_x, test_x = features[context]
+        if zscore:
+            train_x, test_x = (
+                zscore_per_section(train_x, train_sections),
+                zscore_per_section(test_x, test_sections),
+            )
+        scale = StandardScaler().fit(train_x)
+        ridge = ridge_cv(scale.transform(train_x), train_y, train_folds)
+        pred = ridge.predict(scale.transform(test_x)).astype(np.float32)
+        yield colour_row_name(context, zscore, False), pred
+        yield colour_row_name(context, zscore, True), neighbour_average(pred, test_centres, test_sections)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from spatialdata import SpatialData
 
@@ -35,6 +36,9 @@ class Fold:
     tile_um: float
     #: ``ComtipConfig.colour_norm`` of every row's tiles on this dataset.
     colour_norm: str | None = None
+    #: Tissue-region label of every test spot (NaN where none), for the clustering table; ``None``: the
+    #: test patient has no labels.
+    regions: pd.Series | None = None
 
 
 def choose_panel(train: AnnData, test: AnnData, n_genes: int) -> list[str]:
@@ -54,8 +58,12 @@ def choose_panel(train: AnnData, test: AnnData, n_genes: int) -> list[str]:
     return candidates[np.argsort(-means, kind="stable")[:n_genes]].tolist()
 
 
-def _patient_folds(name: str, sdata: SpatialData, column: str, preset: BenchPreset) -> Iterator[Fold]:
+def _patient_folds(
+    name: str, sdata: SpatialData, column: str, preset: BenchPreset, labels_path: Path | None = None
+) -> Iterator[Fold]:
     import comtip_sc as cs
+
+    from .clustering import HER2ST_SECTION, her2st_region_labels
 
     sdata = cs.pp.filter_spots(sdata, min_counts=preset.min_counts, copy=True)
     labels = sdata.tables[TABLE_KEY].obs[column].astype(str).to_numpy()
@@ -66,7 +74,11 @@ def _patient_folds(name: str, sdata: SpatialData, column: str, preset: BenchPres
         train, test = subset_sections(sdata, labels == a), subset_sections(sdata, labels == b)
         panel = choose_panel(train.tables[TABLE_KEY], test.tables[TABLE_KEY], preset.n_genes)
         colour = preset.colour_norm.get(name)
-        yield Fold(name, f"{a}→{b}", train, test, panel, preset.tile_um[name], colour)
+        table = test.tables[TABLE_KEY]
+        regions = None
+        if labels_path is not None and HER2ST_SECTION in set(table.obs[SAMPLE_KEY].astype(str)):
+            regions = her2st_region_labels(labels_path, table)
+        yield Fold(name, f"{a}→{b}", train, test, panel, preset.tile_um[name], colour, regions)
 
 
 def load_folds(preset: BenchPreset, data_root: str | os.PathLike, only: str | None = None) -> Iterator[Fold]:
@@ -76,6 +88,8 @@ def load_folds(preset: BenchPreset, data_root: str | os.PathLike, only: str | No
     """
     import comtip_sc as cs
 
+    from .clustering import HER2ST_LABELS
+
     if preset.name == "smoke":
         a = cs.datasets.toy_tissue(n_rows=8, n_cols=8, n_genes=60, seed=0, sample_id="toyA")
         b = cs.datasets.toy_tissue(n_rows=8, n_cols=8, n_genes=60, seed=1, sample_id="toyB")
@@ -84,7 +98,9 @@ def load_folds(preset: BenchPreset, data_root: str | os.PathLike, only: str | No
             te = cs.pp.filter_spots(te, min_counts=preset.min_counts, copy=True)
             panel = choose_panel(tr.tables[TABLE_KEY], te.tables[TABLE_KEY], preset.n_genes)
             colour = preset.colour_norm.get("toy")
-            yield Fold("toy", f"{trn}→{ten}", tr, te, panel, preset.tile_um["toy"], colour)
+            # The toy tissue's ground-truth type under each spot stands in for region labels.
+            regions = te.tables[TABLE_KEY].obs["tissue_type"].astype(str)
+            yield Fold("toy", f"{trn}→{ten}", tr, te, panel, preset.tile_um["toy"], colour, regions)
         return
     root = Path(data_root)
     for sub in ("her2st", "stutility_mob"):
@@ -94,7 +110,14 @@ def load_folds(preset: BenchPreset, data_root: str | os.PathLike, only: str | No
             )
     if only in (None, "her2st"):
         log.info("Loading her2st from %s ...", root / "her2st")
-        yield from _patient_folds("her2st", cs.datasets.her2st(root / "her2st"), "patient", preset)
+        labels = root / "her2st" / HER2ST_LABELS
+        yield from _patient_folds(
+            "her2st",
+            cs.datasets.her2st(root / "her2st"),
+            "patient",
+            preset,
+            labels if labels.is_file() else None,
+        )
     if only in (None, "mob"):
         log.info("Loading MOB from %s ...", root / "stutility_mob")
         yield from _patient_folds("mob", cs.datasets.mob(root / "stutility_mob"), "individual", preset)

@@ -30,6 +30,8 @@ from comtip_sc.tl._fit import _default_precision
 from comtip_sc.tl._ridge import spatial_folds
 
 from .baselines import fit_regression, frozen_features, ridge_on_features, train_mean
+from .clustering import EMBEDDINGS, expression_pcs, score_embeddings
+from .colour_features import COLOUR_ROWS, colour_predictions, fold_colour_stats, zscore_per_section
 from .folds import Fold
 
 log = logging.getLogger("benchmarks")
@@ -64,7 +66,7 @@ def method_names() -> list[str]:
         names += [f"{label} · retrieval"] + ([f"{label} · zero-shot"] if flags["use_values"] else [])
         if label == "CoMTIP":
             names += ["CoMTIP · head (ridge on its image emb.)", SEEN]
-    return [*names, UNSEEN, STNET, RIDGE, MEAN]
+    return [*names, UNSEEN, STNET, RIDGE, *COLOUR_ROWS, MEAN]
 
 
 def held_out_genes(panel: list[str]) -> list[str]:
@@ -201,6 +203,12 @@ def cache_fold_tiles(fold: Fold, preset: BenchPreset, work: Path, *, test: bool 
     return train, (cache_tiles(fold.test, work / "test.zarr", **kw) if test else None)
 
 
+def layout(sdata: SpatialData) -> tuple[np.ndarray, np.ndarray]:
+    """Section name and pixel centre of every spot of ``sdata``'s table, in table order."""
+    names, centres = spot_layout(resolve_sections(sdata), sdata.tables[TABLE_KEY].n_obs)
+    return np.asarray(names), centres
+
+
 def train_folds(fold: Fold) -> np.ndarray:
     """Spatial CV folds of the fold's training spots, in table order.
 
@@ -262,7 +270,9 @@ def fit_stnet(preset: BenchPreset, train_tiles, train_y: np.ndarray, test_tiles,
 def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequence[str] | None = None) -> None:
     """Train every method on ``fold.train``, score it on ``fold.test``; ``on_row(dict)`` per finished row.
 
-    ``parts`` (names from :data:`PARTS`) restricts the run to those fits; ``None`` runs them all.
+    ``parts`` (names from :data:`PARTS`) restricts the run to those fits; ``None`` runs them all. When the
+    fold's test spots carry region labels, the clustering rows (``table="clustering"``) come from the
+    ``CoMTIP`` part (its image embedding) and the ``baselines`` part (colour, trunk, expression PCA).
     """
     import comtip_sc as cs
     from comtip_sc.tl._datamodule import SpotDataModule, SpotSentences
@@ -342,6 +352,11 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
             if label == "CoMTIP" and m == "head":
                 emit(SEEN, seen, fit_s, pred_s, len(held))
         del fold.test.tables[TABLE_KEY].obsm["X_bench"]
+        if label == "CoMTIP" and fold.regions is not None:
+            cs.tl.comtip_embed(fold.test, model, key_added="X_comtip")
+            x = fold.test.tables[TABLE_KEY].obsm.pop("X_comtip")
+            for row in score_embeddings(fold.test, fold.regions, {EMBEDDINGS[0]: x}, seed):
+                on_row({**base, **row, "table": "clustering"})
 
     if parts is not None and "baselines" not in parts:
         return
@@ -350,11 +365,32 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
     emit(STNET, _score(fold.test, panel, pred), time.perf_counter() - t, 0.0)
 
     t = time.perf_counter()
+    cv_folds = train_folds(fold)
     train_x, test_x = frozen_features(cfg, [train_tiles, test_tiles], seed=seed)
     emit(
         RIDGE,
-        _score(fold.test, panel, ridge_on_features(train_x, train_y, test_x, train_folds(fold))),
+        _score(fold.test, panel, ridge_on_features(train_x, train_y, test_x, cv_folds)),
         time.perf_counter() - t,
         0.0,
     )
+    t = time.perf_counter()
+    colour = fold_colour_stats(fold.train, fold.test, train_tiles, test_tiles, fold.colour_norm)
+    test_sections, test_centres = layout(fold.test)
+    feat_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for name, pred in colour_predictions(
+        colour, train_y, layout(fold.train)[0], cv_folds, test_sections, test_centres
+    ):
+        # fit_s: the shared features plus this row's ridge (its averaged twin: the averaging).
+        emit(name, _score(fold.test, panel, pred), feat_s + time.perf_counter() - t, 0.0)
+        t = time.perf_counter()
     emit(MEAN, _score(fold.test, panel, train_mean(train_y, n_test)), 0.0, 0.0)
+    if fold.regions is not None:
+        embeddings = {
+            # Standardised: mixed units (colour statistics, raw activations) before a euclidean graph.
+            EMBEDDINGS[1]: zscore_per_section(colour[False][1], test_sections),
+            EMBEDDINGS[2]: zscore_per_section(test_x, test_sections),
+            EMBEDDINGS[3]: expression_pcs(fold.test.tables[TABLE_KEY]),
+        }
+        for row in score_embeddings(fold.test, fold.regions, embeddings, seed):
+            on_row({**base, **row, "table": "clustering"})

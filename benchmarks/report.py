@@ -14,6 +14,8 @@ import torch
 
 from comtip_sc._atomic import atomic_path
 
+from .colour_features import COLOUR_ROWS
+
 METRICS = ["PCC-ALL", "PCC-HEG", "PCC-HVG", "MSE", "MAE"]
 COLUMNS = [
     "dataset",
@@ -26,6 +28,23 @@ COLUMNS = [
     "n_genes",
     "fit_s",
     "predict_s",
+]
+
+SIMPLE_BAR = "simple bar (best colour row per dataset)"
+DELTA = "Δ vs simple bar"
+CLUSTER_METRICS = ["ARI", "NMI", "probe bal. acc."]
+CLUSTER_COLUMNS = [
+    "dataset",
+    "fold",
+    "seed",
+    "section",
+    "embedding",
+    *CLUSTER_METRICS,
+    "n_clusters",
+    "resolution",
+    "n_classes",
+    "n_spots",
+    "n_dims",
 ]
 
 NOTES = [
@@ -49,6 +68,14 @@ NOTES = [
     "nothing can be downloaded here, so this is a random-feature probe, a lower bound of the HEST family "
     "(which uses pretrained foundation encoders). StandardScaler → PCA(≤256) → ridge, its penalty chosen by "
     "the same spatial-block CV as the head.",
+    "`colour · …`: trivial baselines. Per RGB channel the tile's mean, s.d. and 16-bin histogram (54 "
+    "features), StandardScaler → ridge with the penalty chosen by the same spatial-block CV; `spot tile` is "
+    "the rows' own tile, `3× context` a tile 3× wider around the same centre (same tile_px), alone; "
+    "`per-section z`: every feature z-scored within each section, training and test alike; `6-NN avg`: each "
+    "test prediction averaged over the spot and its 5 nearest spots of the same section.",
+    f"`{SIMPLE_BAR}`: per dataset, the colour row with the highest mean PCC-ALL over that dataset's folds "
+    "and seeds (named below the table); in `all`, those rows averaged over every fold. "
+    f"`{DELTA}`: a row's PCC-ALL minus the bar's (blank for the held-out-gene rows, scored on other genes).",
     "`train mean`: every spot gets the training mean of each gene; its PCC is 0 by construction, its MSE/MAE "
     "are the floor to beat.",
     "MOB genes are Ensembl ids without symbols, so gene-name text embeddings carry little meaning there.",
@@ -102,7 +129,9 @@ def _md_table(df: pd.DataFrame, floats: dict[str, str]) -> str:
         "|" + "|".join("---:" if c in floats else "---" for c in cols) + "|",
     ]
     for _, r in df.iterrows():
-        cells = [format(r[c], floats[c]) if c in floats and pd.notna(r[c]) else str(r[c]) for c in cols]
+        cells = [
+            (format(r[c], floats[c]) if pd.notna(r[c]) else "") if c in floats else str(r[c]) for c in cols
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -126,6 +155,89 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         blocks.append(agg.reset_index().assign(dataset=dataset))
     out = pd.concat(blocks, ignore_index=True)
     return out[["dataset", "method", "PCC-ALL", "PCC-ALL sd", *METRICS[1:], "n_folds", "n_seeds"]]
+
+
+def _seed_sd(part: pd.DataFrame) -> float:
+    return part.groupby("seed")["PCC-ALL"].mean().std(ddof=1)
+
+
+def with_simple_bar(summ: pd.DataFrame, df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """:func:`summary` with a :data:`SIMPLE_BAR` row first in each block and a :data:`DELTA` column.
+
+    The bar of a dataset is its colour row with the highest mean PCC-ALL; the bar of ``"all"`` averages
+    those rows over every fold and seed. Rows scored on fewer genes than the bar get no delta.
+
+    Returns
+    -------
+    The table, and ``{dataset: the colour row that is its bar}``.
+
+    """
+    colour = summ[summ["method"].isin(COLOUR_ROWS) & (summ["dataset"] != "all")]
+    if colour.empty:
+        return summ, {}
+    best = {d: g.loc[g["PCC-ALL"].idxmax(), "method"] for d, g in colour.groupby("dataset", sort=False)}
+    picked = pd.concat([df[(df["dataset"] == d) & (df["method"] == m)] for d, m in best.items()])
+    blocks = []
+    for dataset, block in summ.groupby("dataset", sort=False):
+        part = picked if dataset == "all" else picked[picked["dataset"] == dataset]
+        if part.empty:
+            blocks.append(block)
+            continue
+        bar = {
+            "dataset": dataset,
+            "method": SIMPLE_BAR,
+            **{m: part[m].mean() for m in METRICS},
+            "PCC-ALL sd": _seed_sd(part),
+            "n_folds": part["fold"].nunique(),
+            "n_seeds": part["seed"].nunique(),
+        }
+        rows = df if dataset == "all" else df[df["dataset"] == dataset]
+        fewer = set(rows.loc[rows["n_genes"] < part["n_genes"].max(), "method"])
+        delta = (block["PCC-ALL"] - bar["PCC-ALL"]).where(~block["method"].isin(fewer))
+        blocks += [pd.DataFrame([bar]), block.assign(**{DELTA: delta})]
+    out = pd.concat(blocks, ignore_index=True)
+    cols = list(summ.columns)
+    return out[[*cols[:3], DELTA, *cols[3:]]], best
+
+
+def clustering_summary(cl: pd.DataFrame) -> pd.DataFrame:
+    """Clustering scores per dataset, fold, section and embedding, averaged over seeds."""
+    keys = ["dataset", "fold", "section", "embedding"]
+    return (
+        cl.groupby(keys, sort=False)
+        .agg(
+            **{m: (m, "mean") for m in CLUSTER_METRICS},
+            n_clusters=("n_clusters", "mean"),
+            resolution=("resolution", "mean"),
+            **{c: (c, "first") for c in ("n_classes", "n_spots", "n_dims")},
+            n_seeds=("seed", "nunique"),
+        )
+        .reset_index()
+    )
+
+
+def _clustering_md(cl: pd.DataFrame) -> list[str]:
+    """Markdown sections of the clustering table, one per fold with labelled test spots."""
+    parts = []
+    summ = clustering_summary(cl)
+    floats = dict.fromkeys(CLUSTER_METRICS, ".3f") | {"n_clusters": ".1f", "resolution": ".2f"}
+    for (dataset, fold, section), block in summ.groupby(["dataset", "fold", "section"], sort=False):
+        held = str(fold).split("→")[-1]
+        without = f"patient {held}" if dataset == "her2st" else held
+        parts += [f"## Clustering on {dataset} {section} (trained without {without})", ""]
+        parts += [_md_table(block.drop(columns=["dataset", "fold", "section"]), floats), ""]
+    if parts:
+        parts += [
+            "Leiden (igraph, 2 iterations) on each embedding's 15-NN graph, at the resolution of "
+            "(0.05 … 2.0) whose cluster count is closest to the number of label classes; ARI / NMI "
+            "against the region labels (her2st: the pathologist's, `undetermined` spots left out; toy: "
+            "the simulated tissue type). Probe: logistic regression (balanced class weights) on the "
+            "standardised embedding, balanced accuracy over 5 spatial k-means blocks of the section. "
+            "Colour and trunk features are standardised before the graph; the expression PCA (50 "
+            "components of 1e4 + log1p counts of the held-out section itself) is an upper reference.",
+            "",
+        ]
+    return parts
 
 
 def per_fold(df: pd.DataFrame) -> pd.DataFrame:
@@ -152,9 +264,13 @@ def write_results(
 ) -> list[str]:
     """Write ``expression_prediction_<preset>.{csv,md,json}`` under ``out`` (each via tmp + ``os.replace``).
 
+    Rows with ``table="clustering"`` go to the clustering section of the markdown, the JSON's
+    ``clustering`` entry and ``clustering_<preset>.csv``; the others are expression rows.
+
     ``preset`` names the files: the preset's name, with the datasets appended when a run covers only some.
     """
-    df = pd.DataFrame(rows)
+    cl = pd.DataFrame([r for r in rows if r.get("table") == "clustering"], columns=CLUSTER_COLUMNS)
+    df = pd.DataFrame([r for r in rows if r.get("table") != "clustering"])
     if df.empty:
         df = pd.DataFrame(columns=COLUMNS)
     df = df[[c for c in COLUMNS if c in df.columns]]
@@ -168,6 +284,7 @@ def write_results(
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "status": "complete" if final else "partial (run still going)",
         "total_wall_s": round(wall_s, 1),
+        "clustering": clustering_summary(cl).to_dict(orient="records") if len(cl) else [],
     }
     cfg = meta["config"]
     backbone = cfg["backbone"] + (f" {cfg['backbone_kwargs']}" if cfg["backbone_kwargs"] else "")
@@ -204,7 +321,12 @@ def write_results(
     floats = {c: ".3f" for c in METRICS} | {"fit_s": ".0f", "predict_s": ".0f"}
     parts = [*header, "", "## Mean over folds and seeds", ""]
     if len(df):
-        parts.append(_md_table(summary(df), floats | {"PCC-ALL sd": ".3f", "n_folds": "d", "n_seeds": "d"}))
+        table, best = with_simple_bar(summary(df), df)
+        extra = {"PCC-ALL sd": ".3f", DELTA: "+.3f", "n_folds": "d", "n_seeds": "d"}
+        parts.append(_md_table(table, floats | extra))
+        if best:
+            parts += ["", "Simple bar: " + "; ".join(f"{d} = `{m}`" for d, m in best.items()) + "."]
+    parts += ["", *_clustering_md(cl)] if len(cl) else []
     parts += ["", "## Every fold (mean over seeds)", ""]
     if len(df):
         parts.append(_md_table(per_fold(df), floats))
@@ -212,4 +334,9 @@ def write_results(
     _atomic_write(stem.with_suffix(".md"), "\n".join(parts) + "\n")
     _atomic_write(stem.with_suffix(".csv"), df.to_csv(index=False, float_format="%.6g"))
     _atomic_write(stem.with_suffix(".json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    return [str(stem.with_suffix(s)) for s in (".md", ".csv", ".json")]
+    paths = [str(stem.with_suffix(s)) for s in (".md", ".csv", ".json")]
+    if len(cl):
+        path = out / f"clustering_{preset}.csv"
+        _atomic_write(path, cl.to_csv(index=False, float_format="%.6g"))
+        paths.append(str(path))
+    return paths

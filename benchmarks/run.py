@@ -21,6 +21,7 @@ import torch
 
 from comtip_sc.model._gene_names import resolve_text_encoder
 
+from .clustering import EMBEDDINGS
 from .folds import load_folds
 from .harness import PARTS, BenchPreset, get_preset, log, method_names, run_fold
 from .report import git_commit, write_results
@@ -100,12 +101,25 @@ def _fold_job(
 
     def on_row(row: dict) -> None:
         rows.append({**row, "seed": seed})
+        if row.get("table") == "clustering":
+            log.info(
+                "[%s %s seed %d] clustering %s, %-40s ARI %.3f  NMI %.3f  probe bal. acc. %.3f",
+                fold.dataset,
+                fold.name,
+                seed,
+                row["section"],
+                row["embedding"],
+                row["ARI"],
+                row["NMI"],
+                row["probe bal. acc."],
+            )
+            return
         log.info(
             "[%s %s seed %d, %s] %-45s PCC-ALL %.3f  HEG %.3f  HVG %.3f  MSE %.3f  (fit %.0f s)",
             fold.dataset,
             fold.name,
             seed,
-            f"{len(rows)}/{n_methods}" if part is None else part,
+            f"{sum('method' in r for r in rows)}/{n_methods}" if part is None else part,
             row["method"],
             row["PCC-ALL"],
             row["PCC-HEG"],
@@ -133,8 +147,16 @@ def _fold_job(
 
 def _ordered(rows: list[dict]) -> list[dict]:
     """Rows in table order (dataset, fold, seed, method) whatever order the workers finished in."""
-    order = {m: i for i, m in enumerate(method_names())}
-    return sorted(rows, key=lambda r: (r["dataset"], r["fold"], r["seed"], order.get(r["method"], 99)))
+    order = {m: i for i, m in enumerate([*method_names(), *EMBEDDINGS])}
+    return sorted(
+        rows,
+        key=lambda r: (
+            r["dataset"],
+            r["fold"],
+            r["seed"],
+            order.get(r.get("method", r.get("embedding")), 99),
+        ),
+    )
 
 
 def run_benchmark(args: argparse.Namespace) -> int:

@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from benchmarks.__main__ import main as main_bench
+from benchmarks.clustering import EMBEDDINGS
+from benchmarks.colour_features import COLOUR_ROWS
 from benchmarks.harness import method_names
-from benchmarks.report import METRICS
+from benchmarks.report import CLUSTER_METRICS, DELTA, METRICS, SIMPLE_BAR
 
 from comtip_sc.cli import main
 from comtip_sc.pp import subset_sections
@@ -39,8 +41,18 @@ def test_benchmark_smoke_writes_every_row(tmp_path: Path) -> None:
     # Different seeds train different models: a per-seed spread exists for the trained rows.
     pcc = df[df["method"] == "CoMTIP · retrieval"].pivot(index="fold", columns="seed", values="PCC-ALL")
     assert not np.allclose(pcc[0], pcc[1])
+    assert set(COLOUR_ROWS) <= set(method_names())
+    # The toy tissue's simulated types stand in for region labels: every embedding scored on every fold.
+    cl = pd.read_csv(tmp_path / "clustering_smoke.csv")
+    for fold in folds:
+        for seed in (0, 1):
+            rows = cl[(cl["fold"] == fold) & (cl["seed"] == seed)]
+            assert sorted(rows["embedding"]) == sorted(EMBEDDINGS)
+    assert np.isfinite(cl[CLUSTER_METRICS].to_numpy(float)).all()
+    assert (cl["n_classes"] > 1).all() and (cl["n_spots"] == cl["n_spots"].iloc[0]).all()
     md = (tmp_path / "expression_prediction_smoke.md").read_text()
     assert "Mean over folds and seeds" in md and "torch" in md and "seeds 0, 1" in md
+    assert SIMPLE_BAR in md and DELTA in md and "## Clustering on toy toyB" in md
     assert "2 worker process(es)" in md
     assert not list(tmp_path.glob(".*tmp*")), "temporary files must be renamed into place"
 
@@ -148,6 +160,8 @@ def test_benchmark_per_fit_tasks_give_the_same_rows(tmp_path: Path) -> None:
     by_fit = pd.read_csv(tmp_path / "fit" / "expression_prediction_smoke.csv")[cols]
     assert len(by_fold) == 2 * len(method_names())
     pd.testing.assert_frame_equal(by_fold, by_fit)
+    cl_fold, cl_fit = (pd.read_csv(tmp_path / d / "clustering_smoke.csv") for d in ("fold", "fit"))
+    pd.testing.assert_frame_equal(cl_fold, cl_fit)
     meta = json.loads((tmp_path / "fit" / "expression_prediction_smoke.json").read_text())
     assert meta["per_fit"] is True
 
@@ -156,3 +170,158 @@ def test_comtip_benchmark_says_where_the_harness_lives(capsys) -> None:
     # The harness is not installed with the library; the command points to the checkout instead.
     assert main(["benchmark", "--preset", "cpu"]) == 2
     assert "python -m benchmarks" in capsys.readouterr().err
+
+
+def test_colour_stats_counts_and_histograms() -> None:
+    from benchmarks.colour_features import N_FEATURES, colour_stats
+
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 256, size=(5, 12, 10, 3), dtype=np.uint8)
+    x = colour_stats(tiles)
+    assert x.shape == (5, 54) == (5, N_FEATURES)
+    flat = tiles.reshape(5, -1, 3).astype(float) / 255
+    np.testing.assert_allclose(x[:, :3], flat.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(x[:, 3:6], flat.std(1), rtol=1e-4)
+    hist = x[:, 6:].reshape(5, 3, 16)
+    np.testing.assert_allclose(hist.sum(-1), 1.0, rtol=1e-6)
+    # Tile 2's green histogram, counted by hand.
+    expected = np.histogram(tiles[2, ..., 1], bins=16, range=(0, 256))[0] / 120
+    np.testing.assert_allclose(hist[2, 1], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="uint8"):
+        colour_stats(tiles.astype(np.float32))
+
+
+def test_neighbour_average_never_mixes_sections() -> None:
+    from benchmarks.colour_features import neighbour_average
+
+    rng = np.random.default_rng(1)
+    # Two sections on the very same coordinates: only the section keeps neighbours apart.
+    xy = rng.uniform(0, 10, (20, 2))
+    centres = np.vstack([xy, xy])
+    sections = ["a"] * 20 + ["b"] * 20
+    pred = np.vstack([rng.normal(0, 1, (20, 3)), rng.normal(100, 1, (20, 3))])
+    out = neighbour_average(pred, centres, sections, k=6)
+    assert np.abs(out[:20]).max() < 10 and np.abs(out[20:] - 100).max() < 10
+    # Each spot's value is the mean of its own 6 nearest spots of its section.
+    d = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    nearest = np.argsort(d, axis=1, kind="stable")[:, :6]
+    np.testing.assert_allclose(out[:20], pred[:20][nearest].mean(1), rtol=1e-6)
+    np.testing.assert_allclose(neighbour_average(pred, centres, sections, k=1), pred)
+
+
+def test_zscore_per_section_standardises_each_section() -> None:
+    from benchmarks.colour_features import zscore_per_section
+
+    rng = np.random.default_rng(2)
+    x = np.vstack([rng.normal(0, 1, (30, 4)), rng.normal(50, 9, (10, 4))])
+    x[:, 3] = 7.0  # a constant feature
+    z = zscore_per_section(x, ["a"] * 30 + ["b"] * 10)
+    for rows in (slice(0, 30), slice(30, 40)):
+        np.testing.assert_allclose(z[rows, :3].mean(0), 0, atol=1e-9)
+        np.testing.assert_allclose(z[rows, :3].std(0), 1, rtol=1e-9)
+    assert (z[:, 3] == 0).all()
+
+
+def test_colour_predictions_give_every_row() -> None:
+    from benchmarks.colour_features import colour_predictions
+
+    rng = np.random.default_rng(3)
+    feats = {c: (rng.normal(size=(60, 54)), rng.normal(size=(20, 54))) for c in (False, True)}
+    y = feats[False][0][:, :4] @ rng.normal(size=(4, 5))
+    out = dict(
+        colour_predictions(feats, y, ["s"] * 60, np.arange(60) % 5, ["t"] * 20, rng.uniform(size=(20, 2)))
+    )
+    assert list(out) == COLOUR_ROWS and len(set(COLOUR_ROWS)) == 8
+    assert all(p.shape == (20, 5) and np.isfinite(p).all() for p in out.values())
+    # The plain spot-tile ridge recovers a linear signal on its own test features.
+    truth = feats[False][1][:, :4] @ np.linalg.lstsq(feats[False][0][:, :4], y, rcond=None)[0]
+    assert np.corrcoef(out["colour · spot tile"].ravel(), truth.ravel())[0, 1] > 0.9
+
+
+def test_simple_bar_row_and_margins() -> None:
+    from benchmarks.report import summary, with_simple_bar
+
+    rows = []
+    for dataset, scores in {
+        "d1": {"colour · spot tile": 0.2, "colour · 3× context": 0.3, "model": 0.25},
+        "d2": {"colour · spot tile": 0.5, "colour · 3× context": 0.1, "model": 0.7},
+    }.items():
+        for method, pcc in scores.items():
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "fold": "f",
+                    "seed": 0,
+                    "method": method,
+                    "n_genes": 10,
+                    **dict.fromkeys(METRICS, pcc),
+                }
+            )
+    rows.append({**rows[-1], "method": "held-out genes", "n_genes": 2})
+    df = pd.DataFrame(rows)
+    table, best = with_simple_bar(summary(df), df)
+    assert best == {"d1": "colour · 3× context", "d2": "colour · spot tile"}
+    bar = table[table["method"] == SIMPLE_BAR].set_index("dataset")["PCC-ALL"]
+    assert bar.to_dict() == pytest.approx({"d1": 0.3, "d2": 0.5, "all": 0.4})
+    delta = table.set_index(["dataset", "method"])[DELTA]
+    assert delta[("d1", "model")] == pytest.approx(-0.05)
+    assert delta[("d2", "model")] == pytest.approx(0.2)
+    assert delta[("all", "model")] == pytest.approx(0.475 - 0.4)
+    assert np.isnan(delta[("d2", "held-out genes")])
+
+
+def test_her2st_region_labels_by_array_position(tmp_path: Path) -> None:
+    import anndata as ad
+    from benchmarks.clustering import her2st_region_labels
+
+    obs = pd.DataFrame(
+        {
+            "sample": ["A1", "A1", "A1", "A1", "C2"],
+            "array_row": [21, 14, 5, 8, 21],
+            "array_col": [9, 9, 3, 4, 9],
+        },
+        index=[f"s{i}" for i in range(5)],
+    )
+    table = ad.AnnData(np.zeros((5, 1), np.float32), obs=obs)
+    path = tmp_path / "lbl.tsv"
+    pd.DataFrame(
+        {
+            "x": [9.02, 9.018, 4.1],
+            "y": [20.994, 13.999, 7.9],
+            "label": ["invasive cancer", "adipose tissue", "undetermined"],
+        }
+    ).to_csv(path, sep="\t", index=False)
+    labels = her2st_region_labels(path, table)
+    assert labels.tolist()[:2] == ["invasive cancer", "adipose tissue"]
+    # No label file row, an `undetermined` spot, another section: no label.
+    assert labels.iloc[2:].isna().all()
+    pd.DataFrame({"x": [1.0]}).to_csv(path, sep="\t", index=False)
+    with pytest.raises(KeyError, match="label"):
+        her2st_region_labels(path, table)
+
+
+def test_her2st_a1_region_labels_on_the_real_table(shared_data: Path) -> None:
+    from benchmarks.clustering import HER2ST_LABELS, her2st_region_labels
+
+    import comtip_sc as cs
+
+    table = cs.datasets.her2st(shared_data / "her2st", sections=["A1"]).tables["table"]
+    labels = her2st_region_labels(shared_data / "her2st" / HER2ST_LABELS, table)
+    raw = pd.read_csv(shared_data / "her2st" / HER2ST_LABELS, sep="\t")
+    # Every spot of A1 finds its row in the file; only the undetermined ones stay unlabelled.
+    assert labels.notna().sum() == table.n_obs - (raw["label"] == "undetermined").sum()
+    assert set(labels.dropna()) == set(raw["label"]) - {"undetermined"}
+
+
+def test_leiden_resolution_matches_the_class_count() -> None:
+    from benchmarks.clustering import cluster_scores
+
+    rng = np.random.default_rng(4)
+    centres = rng.uniform(0, 10, (90, 2))
+    labels = np.repeat(["a", "b", "c"], 30)
+    x = np.vstack([rng.normal(m, 0.2, (30, 5)) for m in (0, 4, 8)])
+    scores = cluster_scores(x, labels, centres)
+    assert scores["n_clusters"] == 3 and scores["ARI"] == pytest.approx(1.0)
+    assert scores["probe bal. acc."] == pytest.approx(1.0)
+    noise = cluster_scores(rng.normal(size=(90, 5)), labels, centres)
+    assert noise["ARI"] < 0.2 and noise["NMI"] < 0.3
