@@ -23,6 +23,8 @@ import timm
 import torch
 from torch import nn
 
+from ._distributed import rand_rows
+
 
 def _local_hub_weights(name: str) -> str | None:
     """Path of ``name``'s default weights in the local Hugging Face cache, or ``None`` (never downloads)."""
@@ -178,7 +180,8 @@ class VisionBranch(nn.Module):
         ``(ids_keep [B, n_keep], ids_hidden [B, P - n_keep])``, each sorted ascending.
 
         """
-        noise = torch.rand(batch, self.num_patches, device=device, generator=generator)
+        # Rows of the global batch under DDP, so that processes do not all draw the same masks.
+        noise = rand_rows(batch, self.num_patches, device=device, generator=generator)
         order = noise.argsort(dim=1)
         ids_keep = order[:, : self.n_keep].sort(dim=1).values
         ids_hidden = order[:, self.n_keep :].sort(dim=1).values
