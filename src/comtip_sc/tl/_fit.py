@@ -329,6 +329,11 @@ def fit(
         trainer.precision,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    # Under ddp / torchrun / SLURM every process gets here (under ddp_spawn only the launching one):
+    # the first process builds the bank, calibrates and returns its model; the others receive that model.
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and not trainer.is_global_zero:
+        return trainer.strategy.broadcast(None, src=0)
     if val_idx and checkpoint.best_model_path:
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
         module.load_state_dict(best["state_dict"])
@@ -369,6 +374,7 @@ def fit(
         "val_sections": [names[i] for i in val_idx],
         "epochs": int(trainer.current_epoch),
         "global_steps": int(trainer.global_step),
+        "processes": int(trainer.world_size),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "best_checkpoint": checkpoint.best_model_path,
         "lr": lr,
@@ -396,7 +402,7 @@ def fit(
             {k: round(v, 3) for k, v in history["cone"].items()},
         )
     log.info("Trained %r.", model)
-    return model
+    return trainer.strategy.broadcast(model, src=0) if distributed else model
 
 
 def _gene_stats(registered: list[_Registered], vocab: dict[str, int]) -> dict[str, dict[str, float]]:
