@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from spatialdata import SpatialData
@@ -345,28 +346,33 @@ def fit(
     # (validation sections included: they are the user's data, and retrieval is from all of it).
     panel = genes_vocab
     embeddings, image_embeddings, expression, obs_names = [], [], [], []
-    bank_sections, centres = [], []
-    for r in registered:
+    bank_sections, centres, pattern = [], [], []
+    # Sparse expression over the vocabulary; each dataset is one measurement pattern (its panel).
+    patterns = np.zeros((len(registered), len(panel)), bool)
+    for ri, r in enumerate(registered):
+        cols = np.array([vocab[g] for g in r.panel])
+        patterns[ri, cols] = True
         for region, ds in r.sections:
             loader = dm.predict_loader(ds)
             emb = encode_sentences(network, loader)
             image_embeddings.append(encode_images(network, loader))
-            block = np.full((len(ds), len(panel)), np.nan, dtype=np.float32)
-            block[:, [vocab[g] for g in r.panel]] = r.values[ds.indices]
+            block = sp.csr_matrix(r.values[ds.indices], dtype=np.float32)
+            block = sp.csr_matrix((block.data, cols[block.indices], block.indptr), (len(ds), len(panel)))
             embeddings.append(emb)
             expression.append(block)
+            pattern.append(np.full(len(ds), ri))
             obs_names.extend(r.obs_names[ds.indices].tolist())
             bank_sections.extend([f"{r.name}/{region}"] * len(ds))
             centres.append(r.centres[ds.indices])
-    expression = np.concatenate(expression)
     reference = ReferenceBank(
         np.concatenate(embeddings),
-        expression,
+        sp.vstack(expression, format="csr"),
         panel,
         obs_names,
         np.concatenate(image_embeddings),
         bank_sections,
         np.concatenate(centres),
+        observed=(patterns, np.concatenate(pattern)),
     )
     history = {
         "cone": reference.cone(),
