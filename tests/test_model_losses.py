@@ -1,22 +1,22 @@
-"""Loss functions alone, including InfoNCE with negatives gathered across 2 gloo processes."""
+"""Loss functions alone, and the whole training loss of 2 gloo processes against one process."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import comtip_sc
 from comtip_sc.model import (
     LogitScale,
-    _losses,
     candidate_values,
     info_nce,
     mfm_loss,
@@ -113,37 +113,11 @@ def test_paat_terms():
 
 
 # --------------------------------------------------------------------------------------- DDP (gloo)
-WORKER = textwrap.dedent(
-    """
-    import importlib.util, os, sys
-    import torch, torch.distributed as dist
-    import torch.nn.functional as F
-
-    spec = importlib.util.spec_from_file_location("losses", sys.argv[1])
-    losses = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(losses)
-    out_dir, sizes = sys.argv[2], [int(s) for s in sys.argv[3].split(",")]
-    dist.init_process_group("gloo", init_method="env://")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    g = torch.Generator().manual_seed(0)
-    n = sum(sizes)
-    img = F.normalize(torch.randn(n, 16, generator=g), dim=-1)
-    txt = F.normalize(img + 0.5 * torch.randn(n, 16, generator=g), dim=-1)
-    lo = sum(sizes[:rank])
-    img_l = img[lo:lo + sizes[rank]].clone().requires_grad_(True)
-    txt_l = txt[lo:lo + sizes[rank]].clone().requires_grad_(True)
-    scale = torch.tensor(7.0, requires_grad=True)
-    loss = losses.info_nce(img_l, txt_l, scale)
-    loss.backward()
-    torch.save({"rank": rank, "world": world, "loss": loss.detach(), "g_img": img_l.grad, "g_txt": txt_l.grad,
-                "g_scale": scale.grad}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.barrier()
-    # Leave without running C++ destructors: tearing gloo down at interpreter exit can abort
-    # ("terminate called without an active exception") after all work is done and saved.
-    sys.stdout.flush()
-    os._exit(0)
-    """
-)
+WORKER = Path(__file__).with_name("_ddp_worker.py")
+# The worker's network and batch builders also make the one-process reference here.
+_spec = importlib.util.spec_from_file_location("_ddp_worker", WORKER)
+_ddp_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_ddp_worker)
 
 
 def _free_port() -> int:
@@ -152,26 +126,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_gloo(tmp_path: Path, sizes: list[int]) -> list[dict]:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+def run_gloo(tmp_path: Path, sizes: list[int], mode: str = "info_nce") -> list[dict]:
     port = _free_port()
+    # The workers import the same comtip_sc as this test process.
+    src = str(Path(comtip_sc.__file__).parents[1])
     procs = []
     for rank in range(WORLD):
         env = {
             **os.environ,
+            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
             "RANK": str(rank),
             "WORLD_SIZE": str(WORLD),
             "OMP_NUM_THREADS": "1",
         }
-        cmd = [sys.executable, str(script), _losses.__file__, str(tmp_path), ",".join(map(str, sizes))]
+        cmd = [sys.executable, str(WORKER), mode, str(tmp_path), ",".join(map(str, sizes))]
         procs.append(
             subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
     for p in procs:
-        _, err = p.communicate(timeout=120)
+        _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]  # both ranks must report
     assert [r["rank"] for r in results] == [0, 1] and all(r["world"] == WORLD for r in results)
@@ -189,42 +164,45 @@ def single_process_reference(
     return loss.detach(), img.grad, txt.grad, scale.grad
 
 
-def test_info_nce_gathered_across_two_gloo_processes(tmp_path):
-    sizes = [B // 2, B // 2]
+@pytest.mark.parametrize("sizes", [[B // 2, B // 2], [3, 5]])
+def test_info_nce_gathered_across_two_gloo_processes(tmp_path, sizes):
     res = run_gloo(tmp_path, sizes)
     loss, g_img, g_txt, g_scale = single_process_reference(sizes)
-    # The mean of the per-rank losses (what DDP optimises) is the full-batch loss ...
+    # The mean of the per-rank losses (what DDP optimises) is the full-batch loss, also with unequal
+    # local batches ...
     local = torch.stack([r["loss"] for r in res])
     assert torch.allclose(local.mean(), loss, atol=1e-6)
     assert not torch.allclose(local[0], local[1])  # ranks really saw different rows
     # ... and each rank's gradient w.r.t. its own rows is WORLD x the full-batch gradient of those rows:
     # gather-with-grad returns the other ranks' loss gradients to the owner, DDP then divides by WORLD.
     for r, out in enumerate(res):
-        rows = slice(r * sizes[0], (r + 1) * sizes[0])
+        rows = slice(sum(sizes[:r]), sum(sizes[: r + 1]))
         assert torch.allclose(out["g_img"], WORLD * g_img[rows], atol=1e-5)
         assert torch.allclose(out["g_txt"], WORLD * g_txt[rows], atol=1e-5)
     # The (replicated) temperature gets the local loss's gradient; DDP's average is the global gradient.
     assert torch.allclose(torch.stack([r["g_scale"] for r in res]).mean(), g_scale, atol=1e-5)
 
 
-def test_info_nce_gather_with_unequal_local_batches(tmp_path):
-    sizes = [3, 5]
-    res = run_gloo(tmp_path, sizes)
-    loss, _, _, _ = single_process_reference(sizes)
-    weighted = sum(n * r["loss"] for n, r in zip(sizes, res, strict=True)) / sum(sizes)
-    assert torch.allclose(weighted, loss, atol=1e-6)
-    # Gradients: each rank receives the sum over ranks of d(local loss)/d(its rows); rebuild that sum here.
-    img, txt = embeddings(0, n=sum(sizes))
-    img = img.clone().requires_grad_(True)
-    total, lo = 0.0, 0
-    for n in sizes:
-        rows, labels = slice(lo, lo + n), torch.arange(lo, lo + n)
-        total = total + 0.5 * (
-            F.cross_entropy(7.0 * img[rows] @ txt.T, labels)
-            + F.cross_entropy(7.0 * txt[rows] @ img.T, labels)
-        )
-        lo += n
-    total.backward()
-    for r, out in enumerate(res):
-        lo = sum(sizes[:r])
-        assert torch.allclose(out["g_img"], img.grad[lo : lo + sizes[r]], atol=1e-5)
+def test_full_loss_and_gradients_of_two_gloo_processes_match_one_process(tmp_path):
+    """InfoNCE + MFM + PAAT + value query with global centring: DDP == one process on the global batch."""
+    sizes = [4, 4]
+    res = run_gloo(tmp_path, sizes, mode="network")
+    net = _ddp_worker.tiny_network()
+    ref = _ddp_worker.network_step(net, _ddp_worker.global_batch(sum(sizes)))
+    for term in ("loss", "info_nce", "mfm", "paat", "paat_bce", "paat_rank", "paat_acc", "value_query"):
+        per_rank = [r["terms"][term] for r in res]
+        # What DDP optimises (and what Lightning logs with sync_dist) is the mean over ranks.
+        assert math.isclose(sum(per_rank) / WORLD, ref["terms"][term], rel_tol=1e-5, abs_tol=1e-6), term
+    assert res[0]["terms"]["loss"] != res[1]["terms"]["loss"]  # the ranks held different spots
+    # DDP averages the parameter gradients over ranks: that average is the one-process gradient.
+    assert set(res[0]["grads"]) == set(ref["grads"])
+    assert len(ref["grads"]) > 20
+    for name, g in ref["grads"].items():
+        avg = (res[0]["grads"][name] + res[1]["grads"][name]) / WORLD
+        assert torch.allclose(avg, g, atol=1e-5, rtol=1e-4), name
+    # Every rank centred on (and tracked) the global batch mean.
+    for r in res:
+        assert torch.allclose(r["running_mean"], ref["running_mean"], atol=1e-6)
+    # Random masks: the ranks draw different rows of the global draw, not the same mask twice.
+    assert not torch.equal(res[0]["ids_hidden"], res[1]["ids_hidden"])
+    assert torch.equal(torch.cat([r["ids_hidden"] for r in res]), ref["ids_hidden"])

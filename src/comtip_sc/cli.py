@@ -156,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="Train a model and save it to a folder.")
-    p.add_argument("data", help="Training data (SpatialData .zarr, her2st/stutility_mob folder, or 'toy').")
+    p.add_argument(
+        "data",
+        nargs="+",
+        help="Training data: one or several SpatialData .zarr, her2st/stutility_mob folders, or 'toy' "
+        "(several datasets may measure different genes).",
+    )
     p.add_argument("--out", required=True, help="Folder to save the trained model to.")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing model folder.")
     _add_fit_options(p)
@@ -235,12 +240,14 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    from lightning.pytorch.utilities import rank_zero_only
+
     import comtip_sc as cs
     from comtip_sc.model import ComtipConfig
 
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it.")
-    sdata = load_data(args.data)
+    datasets = [load_data(d) for d in args.data]
     cfg = ComtipConfig.preset(
         args.preset,
         mfm=not args.no_mfm,
@@ -249,7 +256,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         colour_norm=None if args.colour_norm == "none" else args.colour_norm,
     )
     model = cs.tl.fit(
-        sdata,
+        datasets[0] if len(datasets) == 1 else datasets,
         table_key=args.table_key,
         genes=_genes_arg(args.genes),
         n_top_genes=args.n_top_genes,
@@ -278,8 +285,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         default_root_dir=args.log_dir,
         enable_progress_bar=not args.quiet,
     )
-    model.save(args.out, overwrite=args.overwrite)
-    print(f"Saved {model!r} to {args.out}")
+    # Under DDP every process returns the same model; the first one alone writes it.
+    if rank_zero_only.rank == 0:
+        model.save(args.out, overwrite=args.overwrite)
+        print(f"Saved {model!r} to {args.out}")
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._store import write_table
+from ._hest import read_hest
 from ._legacy_st import read_legacy_st
 
-__all__ = ["read_legacy_st", "write_table"]
+__all__ = ["read_hest", "read_legacy_st", "write_table"]

@@ -7,7 +7,8 @@ model is a folder with
   panel, normalisation and tile settings, training summary;
 - ``model.safetensors``: the network weights;
 - ``reference.safetensors``: the retrieval reference bank (image-independent gene-sentence
-  embeddings and normalised expression of the training spots).
+  embeddings and normalised expression of the training spots, as CSR arrays plus the genes each spot
+  measures).
 
 The folder is written next to its final place and renamed into it, so a crash never leaves a
 half-written model.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .._atomic import atomic_path
+from ._bank import ReferenceBank
 from ._config import ComtipConfig
 from ._network import ComtipNetwork, build_network
 
 logger = logging.getLogger(__name__)
 
 #: Version of the on-disk layout; bump it when a saved folder can no longer be read as before.
-FORMAT_VERSION = 1
+#: 2: the bank's expression is stored sparse (CSR arrays and measurement patterns).
+FORMAT_VERSION = 2
+#: Layouts this version reads (1: dense bank expression with NaN where not measured).
+READABLE_VERSIONS = (1, 2)
 _CONFIG_FILE = "config.json"
 _WEIGHTS_FILE = "model.safetensors"
 _REFERENCE_FILE = "reference.safetensors"
@@ -47,60 +51,6 @@ def _package_version() -> str:
         return version("comtip_sc")
     except PackageNotFoundError:  # pragma: no cover
         return "0.0.0"
-
-
-@dataclass
-class ReferenceBank:
-    """Gene-sentence embeddings and expression of reference spots, for retrieval prediction.
-
-    Attributes
-    ----------
-    embeddings
-        ``(n_spots, embed_dim)`` L2-normalised gene-sentence embeddings (no image involved).
-    expression
-        ``(n_spots, n_genes)`` expression on the normalised log1p scale.
-    genes
-        Column names of ``expression``.
-    obs_names
-        Spot ids of the rows.
-    image_embeddings
-        ``(n_spots, embed_dim)`` image embeddings of the same spots (for the ``"head"`` predictor), or
-        ``None``.
-    sections
-        Section of every spot (the ``"head"`` predictor's spatial CV folds are made within sections), or
-        empty.
-    centres
-        ``(n_spots, 2)`` spot centres in their image's pixels, or ``None`` (banks saved by earlier versions: the
-        head then chooses its penalty by leave-one-spot-out CV).
-
-    """
-
-    embeddings: np.ndarray
-    expression: np.ndarray
-    genes: list[str]
-    obs_names: list[str] = field(default_factory=list)
-    image_embeddings: np.ndarray | None = None
-    sections: list[str] = field(default_factory=list)
-    centres: np.ndarray | None = None
-
-    def cone(self) -> dict[str, float]:
-        """Length of the mean sentence and image embedding of the bank's spots.
-
-        Contrastive embeddings crowd into a cone. When it closes (length near 1) every spot's embedding
-        points the same way and retrieval ranks the bank by noise; healthy fits of our benchmarks measured
-        0.68–0.93 and a collapsed one 1.00 (``docs/benchmarks.md``).
-
-        Examples
-        --------
-        >>> bank = ReferenceBank(np.eye(2, dtype=np.float32), np.zeros((2, 1)), ["g"])
-        >>> round(bank.cone()["sentence"], 3)
-        0.707
-
-        """
-        out = {"sentence": float(np.linalg.norm(self.embeddings.mean(0)))}
-        if self.image_embeddings is not None:
-            out["image"] = float(np.linalg.norm(self.image_embeddings.mean(0)))
-        return out
 
 
 class ComtipModel:
@@ -242,12 +192,16 @@ class ComtipModel:
             }
             if self.reference is not None:
                 ref = self.reference
-                arrays = {"embeddings": ref.embeddings, "expression": ref.expression}
+                arrays = {"embeddings": ref.embeddings, "values_data": ref.values.data}
                 if ref.image_embeddings is not None:
                     arrays["image_embeddings"] = ref.image_embeddings
                 tensors = {
                     k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()
                 }
+                tensors["values_indices"] = torch.from_numpy(ref.values.indices.astype(np.int32))
+                tensors["values_indptr"] = torch.from_numpy(ref.values.indptr.astype(np.int64))
+                tensors["observed_patterns"] = torch.from_numpy(np.ascontiguousarray(ref.patterns))
+                tensors["observed_pattern"] = torch.from_numpy(ref.pattern.astype(np.int64))
                 if ref.centres is not None:
                     # Full precision: float32 would move pixel centres of large images, and with them the
                     # head's spatial CV blocks, between a model and its reloaded copy.
@@ -288,11 +242,11 @@ class ComtipModel:
                 f"{version}; this comtip_sc ({_package_version()}) reads format {FORMAT_VERSION}. Upgrade "
                 "comtip_sc to load it."
             )
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
                 f"{path} was saved in model format {version!r} (by comtip_sc "
-                f"{meta.get('comtip_sc_version', '?')}); this comtip_sc ({_package_version()}) reads format "
-                f"{FORMAT_VERSION}. Load it with a matching comtip_sc version."
+                f"{meta.get('comtip_sc_version', '?')}); this comtip_sc ({_package_version()}) reads formats "
+                f"{', '.join(map(str, READABLE_VERSIONS))}. Load it with a matching comtip_sc version."
             )
         lacking = [
             k for k in ("config", "genes", "panel", "tile_um", "tile_px", "normalization") if k not in meta
@@ -314,7 +268,10 @@ class ComtipModel:
             tensors = _read_safetensors(path / _REFERENCE_FILE, map_location)
             reference = ReferenceBank(
                 embeddings=tensors["embeddings"].numpy(),
-                expression=tensors["expression"].numpy(),
+                expression=_bank_expression(tensors, len(meta["reference"]["genes"])),
+                observed=(tensors["observed_patterns"].numpy(), tensors["observed_pattern"].numpy())
+                if "observed_patterns" in tensors
+                else None,
                 genes=meta["reference"]["genes"],
                 obs_names=meta["reference"].get("obs_names", []),
                 image_embeddings=tensors["image_embeddings"].numpy()
@@ -334,6 +291,19 @@ class ComtipModel:
             gene_stats=meta.get("gene_stats"),
             zero_shot_temperature=meta.get("zero_shot_temperature"),
         )
+
+
+def _bank_expression(tensors: dict[str, torch.Tensor], n_genes: int) -> Any:
+    """The bank's expression: CSR arrays (format 2) or the dense array of format 1."""
+    if "expression" in tensors:  # format 1
+        return tensors["expression"].numpy()
+    import scipy.sparse as sp
+
+    indptr = tensors["values_indptr"].numpy()
+    return sp.csr_matrix(
+        (tensors["values_data"].numpy(), tensors["values_indices"].numpy(), indptr),
+        shape=(len(indptr) - 1, n_genes),
+    )
 
 
 def _read_safetensors(file: Path, map_location: str) -> dict[str, torch.Tensor]:

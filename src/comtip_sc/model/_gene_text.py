@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._distributed import all_reduce_sum, rand_rows
 from ._gene_names import embed_gene_names
 
 
@@ -106,7 +107,8 @@ class SentenceCentering(nn.Module):
     collapse both branches onto one point. Subtracting the mean sentence, as BatchNorm does without the
     scaling, keeps the spot-to-spot differences that contrastive learning needs. Like BatchNorm: training
     uses the batch mean (gradients flow through it) and updates a running mean that evaluation uses;
-    under DDP each process uses its local batch, and the buffer is synchronised by DDP's buffer broadcast.
+    under DDP the mean is that of the global batch (summed over processes), so every process centres and
+    updates its running mean alike.
 
     Parameters
     ----------
@@ -136,10 +138,18 @@ class SentenceCentering(nn.Module):
         ``running=True`` subtracts the running mean even in training (and leaves it unchanged): for sentences
         that are not a sample of spots, such as the zero-shot query sentences.
         """
-        ref = x if n_ref is None else x[:n_ref]
-        if running or not self.training or ref.shape[0] < 2:
+        if running or not self.training:
             return x - self.running_mean
-        mean = ref.mean(0)
+        ref = x if n_ref is None else x[:n_ref]
+        # Sum and count over the global batch (one collective under DDP; gradients flow back to every
+        # process's rows), so every process centres on the same mean, that of the single-process step.
+        stats = all_reduce_sum(
+            torch.cat([ref.float().sum(0), ref.new_full((1,), ref.shape[0], dtype=torch.float32)])
+        )
+        n = float(stats[-1].detach())
+        if n < 2:
+            return x - self.running_mean
+        mean = (stats[:-1] / n).to(x.dtype)
         with torch.no_grad():
             m = 1.0 if self.num_batches_tracked == 0 else self.momentum  # start from the first batch's mean
             self.running_mean.lerp_(mean.detach(), m)
@@ -308,7 +318,7 @@ class GeneTextEncoder(nn.Module):
                 values.masked_fill(~mask, float("-inf")), gene_idx, values, mask, self.top_k_names
             )
         if max_genes is not None and max_genes < gene_idx.shape[1]:
-            noise = torch.rand(values.shape, device=values.device, generator=generator)
+            noise = rand_rows(*values.shape, device=values.device, generator=generator)
             gene_idx, values, mask = _topk_tokens(
                 noise.masked_fill(~mask, -1.0), gene_idx, values, mask, max_genes
             )

@@ -6,17 +6,23 @@
 * :func:`paat_losses`: Pair-aware Adversarial Training terms (token-level mismatch detection BCE and the
   image-anchored ranking of the true sentence against its own corrupted copy).
 * :class:`LogitScale`: CLIP-style learnable temperature.
+
+Every mean over rows, tokens or entries is taken over the global batch under ``torch.distributed``
+(:func:`~comtip_sc.model._distributed.mean_share`): the mean over processes of what each returns is the
+loss one process computes on the whole batch, and DDP's gradient average is that loss's gradient.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from ._distributed import gather_with_grad, global_count, mean_share
+
+__all__ = ["gather_with_grad"]  # re-exported: it lived here before the collectives had their own module
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -42,42 +48,6 @@ class LogitScale(nn.Module):
         return self.log_scale.clamp(max=self.max_log).exp()
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All-gather ``x [n_local, d]`` from every process, keeping the autograd graph.
-
-    Local batch sizes may differ (rows are padded for the collective and trimmed after).
-
-    Returns
-    -------
-    ``(x_all [N, d], offset)`` where ``offset`` is the row of this process's first local row in ``x_all``.
-    Without an initialised process group (or with one process) returns ``(x, 0)``.
-
-    """
-    if not _distributed():
-        return x, 0
-    from torch.distributed.nn.functional import all_gather
-
-    world, rank = dist.get_world_size(), dist.get_rank()
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes_l = [int(s.item()) for s in sizes]
-    n_max = max(sizes_l)
-    padded = F.pad(x, (0, 0, 0, n_max - x.shape[0])) if x.shape[0] < n_max else x
-    # torch.distributed.nn's all_gather sums the incoming gradients back onto each process's rows (also
-    # on gloo, through all-to-all). torch 2.14 flags it deprecated in favour of a private module; it is
-    # the public autograd-aware collective, so keep it and silence the notice.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        parts = all_gather(padded.contiguous())
-    x_all = torch.cat([p[:s] for p, s in zip(parts, sizes_l, strict=True)], dim=0)
-    return x_all, sum(sizes_l[:rank])
-
-
 def info_nce(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
     """Symmetric InfoNCE between matched rows of ``img`` and ``txt`` (both L2-normalised ``[B, d]``).
 
@@ -86,8 +56,9 @@ def info_nce(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor | f
 
     Under ``torch.distributed`` every process scores its local rows against the rows of *all* processes
     (gathered with gradients) and the targets are offset by the rows of lower ranks (``rank·B`` with equal
-    batches). The mean of the per-process losses then equals the single-process loss on the global batch,
-    and DDP's gradient averaging yields that loss's gradient.
+    batches). Each process returns its share of the global mean, so the mean of the per-process losses
+    equals the single-process loss on the global batch (also with unequal local batches), and DDP's
+    gradient averaging yields that loss's gradient.
 
     Parameters
     ----------
@@ -112,7 +83,10 @@ def info_nce(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor | f
     labels = torch.arange(img.shape[0], device=img.device) + offset
     logits_img = logit_scale * img @ txt_all.t()
     logits_txt = logit_scale * txt @ img_all.t()
-    return 0.5 * (F.cross_entropy(logits_img, labels) + F.cross_entropy(logits_txt, labels))
+    total = F.cross_entropy(logits_img, labels, reduction="sum") + F.cross_entropy(
+        logits_txt, labels, reduction="sum"
+    )
+    return 0.5 * mean_share(total, img.shape[0])
 
 
 def mfm_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -139,9 +113,10 @@ def mfm_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> tor
     """
     target = target.detach()
     if kind == "mse":
-        return F.mse_loss(pred, target)
+        return mean_share(F.mse_loss(pred, target, reduction="sum"), pred.numel())
     if kind == "cosine":
-        return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
+        per_token = 1.0 - F.cosine_similarity(pred, target, dim=-1)
+        return mean_share(per_token.sum(), per_token.numel())
     raise ValueError(f"Unknown MFM loss {kind!r}.")
 
 
@@ -175,12 +150,15 @@ def pair_detection_loss(
     terms, accs = [], []
     pred = logits > 0
     for sel, target in ((pos, True), (neg, False)):
-        if sel.any():
-            terms.append(per_tok[sel].mean())
-            accs.append((pred[sel] == target).float().mean())
+        # Counts over the global batch: one process may hold no mismatched token while another does.
+        n = global_count(sel.sum())
+        if n > 0:
+            terms.append(mean_share(torch.where(sel, per_tok, 0.0).sum(), sel.sum(), summed=n))
+            correct = global_count(((pred == target) & sel).sum())
+            accs.append(correct / n)
     if not terms:  # no real tokens at all: a zero that still belongs to the graph
         return logits.sum() * 0.0, logits.new_tensor(0.5)
-    return torch.stack(terms).mean(), torch.stack(accs).mean().detach()
+    return torch.stack(terms).mean(), torch.stack(accs).mean().to(logits.device).detach()
 
 
 def pair_ranking_loss(
@@ -203,7 +181,8 @@ def pair_ranking_loss(
     pos = (img * txt).sum(-1)
     neg = (img * txt_corrupt).sum(-1)
     logits = logit_scale * torch.stack([pos, neg], dim=-1)
-    return F.cross_entropy(logits, torch.zeros(img.shape[0], dtype=torch.long, device=img.device))
+    target = torch.zeros(img.shape[0], dtype=torch.long, device=img.device)
+    return mean_share(F.cross_entropy(logits, target, reduction="sum"), img.shape[0])
 
 
 def paat_losses(
@@ -319,11 +298,10 @@ def value_query_loss(
     True
 
     """
-    if not bool(valid.any()):
-        return img.sum() * 0.0 + query_txt.sum() * 0.0
     logits = logit_scale * torch.einsum("bd,qmd->bqm", img, query_txt)
     step = (candidates[:, 1:] - candidates[:, :-1]).mean(-1).clamp(min=1e-6)  # [Q]
     dist = (candidates[None] - true_values[..., None]) / step[None, :, None]  # [B, Q, M]
     target = torch.softmax(-0.5 * dist.square(), dim=-1)
     nll = -(target * torch.log_softmax(logits.float(), dim=-1)).sum(-1)  # [B, Q]
-    return nll[valid].mean()
+    # No valid entry in the global batch gives a zero that still belongs to the graph.
+    return mean_share(torch.where(valid, nll, 0.0).sum(), valid.sum())

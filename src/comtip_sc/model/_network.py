@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._config import ComtipConfig
+from ._distributed import broadcast_from_first
 from ._gene_names import resolve_text_encoder
 from ._gene_text import GeneTextEncoder
 from ._losses import (
@@ -372,6 +373,7 @@ class ComtipNetwork(nn.Module):
         cfg = self.config
         n = min(cfg.value_query_genes, known.numel())
         pick = torch.randperm(known.numel(), generator=generator, device="cpu")[:n].to(known.device)
+        pick = broadcast_from_first(pick)  # one set of query genes for the global batch under DDP
         genes = known[pick]
         # Spot × vocabulary tables by scatter-add (padding adds zeros), then the queried columns: O(B·(G+V)).
         real = batch["mask"].bool()

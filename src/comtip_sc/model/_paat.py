@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._distributed import rand_rows
+
 
 def corrupt_pairs(
     values: torch.Tensor,
@@ -75,7 +77,7 @@ def corrupt_pairs(
         n_corrupt < 2, torch.zeros_like(n_corrupt), n_corrupt
     )  # one token: nothing to swap
     # Random order of the real tokens (padding last); the first n_corrupt of it are the chosen tokens.
-    noise = torch.rand(b, g, device=values.device, generator=generator).masked_fill(~mask, 2.0)
+    noise = rand_rows(b, g, device=values.device, generator=generator).masked_fill(~mask, 2.0)
     order = noise.argsort(dim=1)
     rank = torch.arange(g, device=values.device).expand(b, g)
     chosen = rank < n_corrupt[:, None]

@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ._distributed import rand_rows
 from ._freeze import check_freeze, freeze_trunk
 from ._tokens import TokenTransformer
 from ._trunk import create_backbone, is_vit
@@ -215,7 +216,8 @@ class VisionBranch(nn.Module):
         ``(ids_keep [B, n_keep], ids_hidden [B, P - n_keep])``, each sorted ascending.
 
         """
-        noise = torch.rand(batch, self.num_patches, device=device, generator=generator)
+        # Rows of the global batch under DDP, so that processes do not all draw the same masks.
+        noise = rand_rows(batch, self.num_patches, device=device, generator=generator)
         order = noise.argsort(dim=1)
         ids_keep = order[:, : self.n_keep].sort(dim=1).values
         ids_hidden = order[:, self.n_keep :].sort(dim=1).values

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from spatialdata import SpatialData
@@ -457,6 +458,12 @@ def fit(
         # A frozen trunk is kept in eval mode on purpose (BatchNorm statistics stay the pretrained ones).
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    # Under ddp / torchrun / SLURM every process gets here (under ddp_spawn only the launching one):
+    # the first process builds the bank, calibrates and returns its model; the others receive that model.
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and not trainer.is_global_zero:
+        scratch.close()
+        return trainer.strategy.broadcast(None, src=0)
     if val_idx and checkpoint.best_model_path:
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
         module.load_state_dict(best["state_dict"])
@@ -468,28 +475,33 @@ def fit(
     # (validation sections included: they are the user's data, and retrieval is from all of it).
     panel = genes_vocab
     embeddings, image_embeddings, expression, obs_names = [], [], [], []
-    bank_sections, centres = [], []
-    for r in registered:
+    bank_sections, centres, pattern = [], [], []
+    # Sparse expression over the vocabulary; each dataset is one measurement pattern (its panel).
+    patterns = np.zeros((len(registered), len(panel)), bool)
+    for ri, r in enumerate(registered):
+        cols = np.array([vocab[g] for g in r.panel])
+        patterns[ri, cols] = True
         for region, ds in r.sections:
             loader = dm.predict_loader(ds)
             emb = encode_sentences(network, loader)
             image_embeddings.append(encode_images(network, loader))
-            block = np.full((len(ds), len(panel)), np.nan, dtype=np.float32)
-            block[:, [vocab[g] for g in r.panel]] = r.values[ds.indices]
+            block = sp.csr_matrix(r.values[ds.indices], dtype=np.float32)
+            block = sp.csr_matrix((block.data, cols[block.indices], block.indptr), (len(ds), len(panel)))
             embeddings.append(emb)
             expression.append(block)
+            pattern.append(np.full(len(ds), ri))
             obs_names.extend(r.obs_names[ds.indices].tolist())
             bank_sections.extend([f"{r.name}/{region}"] * len(ds))
             centres.append(r.centres[ds.indices])
-    expression = np.concatenate(expression)
     reference = ReferenceBank(
         np.concatenate(embeddings),
-        expression,
+        sp.vstack(expression, format="csr"),
         panel,
         obs_names,
         np.concatenate(image_embeddings),
         bank_sections,
         np.concatenate(centres),
+        observed=(patterns, np.concatenate(pattern)),
     )
     history = {
         "cone": reference.cone(),
@@ -497,6 +509,7 @@ def fit(
         "val_sections": [names[i] for i in val_idx],
         "epochs": int(trainer.current_epoch),
         "global_steps": int(trainer.global_step),
+        "processes": int(trainer.world_size),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "best_checkpoint": checkpoint.best_model_path if val_idx else "",
         "lr": lr,
@@ -527,7 +540,7 @@ def fit(
             {k: round(v, 3) for k, v in history["cone"].items()},
         )
     log.info("Trained %r.", model)
-    return model
+    return trainer.strategy.broadcast(model, src=0) if distributed else model
 
 
 def _gene_stats(registered: list[_Registered], vocab: dict[str, int]) -> dict[str, dict[str, float]]:

@@ -20,6 +20,7 @@ from ..model._comtip_model import ComtipModel, ReferenceBank
 from ._datamodule import SpotDataModule, SpotSentences
 from ._embed import image_embeddings
 from ._inference import encode_images, encode_sentences
+from ._retrieval import retrieve
 from ._ridge import CV_BLOCKS, ridge_cv, spatial_folds
 from ._smooth import smooth_over_neighbours
 from ._utils import record, resolve_device, target
@@ -73,12 +74,7 @@ def reference_from(
 
 
 def _retrieval(img: np.ndarray, bank: ReferenceBank, k: int) -> np.ndarray:
-    k = min(k, len(bank.embeddings))
-    sims = img @ bank.embeddings.T
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    with np.errstate(all="ignore"):
-        pred = np.nanmean(bank.expression[top], axis=1)
-    return np.nan_to_num(pred, nan=0.0)
+    return retrieve(img, bank, k)  # chunked top-k: never a spots × bank matrix
 
 
 def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[np.ndarray, dict]:

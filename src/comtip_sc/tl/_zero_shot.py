@@ -128,12 +128,12 @@ def calibrate_zero_shot(model: ComtipModel, max_spots: int = CALIBRATION_SPOTS) 
     if not model.config.use_values or bank is None or bank.image_embeddings is None or len(bank.genes) == 0:
         return None
     keep = np.unique(
-        np.linspace(0, len(bank.expression) - 1, min(max_spots, len(bank.expression))).astype(int)
+        np.linspace(0, len(bank.embeddings) - 1, min(max_spots, len(bank.embeddings))).astype(int)
     )
     learned = _learned(model)
     temps = [f * learned for f in READOUT_FACTORS]
     preds = zero_shot_values(bank.image_embeddings[keep], model, bank.genes, temps)
-    true = bank.expression[keep]
+    true = bank.rows(keep)
     scores = [_pcc_all(true, pred) for pred in preds]
     best = int(np.argmax(scores))
     model.zero_shot_temperature = temps[best]
