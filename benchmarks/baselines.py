@@ -1,9 +1,9 @@
 """Non-contrastive baselines of the benchmark: ST-Net-like regression, frozen features + ridge, mean.
 
-They share everything with the CoMTIP rows that is not the method itself: the same timm backbone (name,
-``tile_px``, ``backbone_kwargs``, weights), the same tiles (the fold's tile caches), the same collate
-(backbone normalisation, flip/rot90 augmentation for training), batch size, epochs, optimiser schedule
-and seed. Predictions are ``(n_test, n_genes)`` arrays on the normalised log1p scale, in panel order.
+They share everything with the CoMTIP rows that is not the method itself: the same vision branch (trunk,
+its weights and freezing, token transformer; ``comtip_sc.model._vision.build_vision``), the same tiles (the
+fold's tile caches, and its trunk-token cache when the trunk is frozen), the same collate (trunk
+normalisation, flip/rot90 augmentation for training), batch size, epochs, optimiser schedule and seed. Predictions are ``(n_test, n_genes)`` arrays on the normalised log1p scale, in panel order.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from comtip_sc.model import ComtipConfig, create_backbone
 from comtip_sc.model._lightning import lr_factor
+from comtip_sc.model._vision import build_vision
+from comtip_sc.pp import cache_trunk_tokens
 from comtip_sc.tl._datamodule import SentenceCollate, SpotDataModule, SpotSentences
 from comtip_sc.tl._ridge import ridge_cv
 
@@ -54,12 +56,12 @@ def tile_dataset(tiles: Any, values: np.ndarray) -> SpotSentences:
 
 
 class RegressionModule(L.LightningModule):
-    """ST-Net-like image → expression regression: the benchmark's ViT + one linear head, trained with MSE.
+    """ST-Net-like image → expression regression: CoMTIP's vision branch + one linear head, trained with MSE.
 
     Parameters
     ----------
     config
-        The CoMTIP config of the benchmark; only its backbone fields are used.
+        The CoMTIP config of the benchmark; only its vision fields are used.
     n_genes
         Panel size (outputs).
     train_mean
@@ -72,7 +74,7 @@ class RegressionModule(L.LightningModule):
     --------
     >>> cfg = ComtipConfig(backbone="vit_tiny_patch16_224", tile_px=32,
     ...     backbone_kwargs=dict(patch_size=8, depth=1, embed_dim=32, num_heads=2))
-    >>> RegressionModule(cfg, 3, np.zeros(3))(torch.zeros(2, 3, 32, 32)).shape
+    >>> RegressionModule(cfg, 3, np.zeros(3))({"image": torch.zeros(2, 3, 32, 32)}).shape
     torch.Size([2, 3])
 
     """
@@ -87,26 +89,32 @@ class RegressionModule(L.LightningModule):
         warmup_frac: float = 0.05,
     ) -> None:
         super().__init__()
-        self.backbone = _backbone(config)
-        self.head = nn.Linear(int(self.backbone.num_features), n_genes)
+        self.vision = build_vision(config)
+        self.head = nn.Linear(self.vision.dim, n_genes)
         with torch.no_grad():
             self.head.bias.copy_(torch.as_tensor(train_mean, dtype=torch.float32))
         self.lr, self.weight_decay, self.warmup_frac = lr, weight_decay, warmup_frac
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Predicted panel expression ``[B, n_genes]``."""
-        return self.head(_pooled(self.backbone, images))
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Predicted panel expression ``[B, n_genes]`` of a batch of images or cached trunk tokens."""
+        if "tokens" in batch:
+            pooled, _ = self.vision.forward_from_tokens(batch["tokens"])
+        else:
+            pooled, _ = self.vision.forward_full(batch["image"])
+        return self.head(pooled)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """MSE between predicted and observed normalised expression."""
-        loss = F.mse_loss(self(batch["image"]), batch["values"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        loss = F.mse_loss(self(batch), batch["values"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["values"].shape[0])
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (no decay on 1-d parameters and tokens) + warm-up/cosine per step."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue  # a frozen trunk
             (no_decay if p.ndim < 2 or "pos_embed" in name or "cls_token" in name else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -126,7 +134,7 @@ def _device(accelerator: str) -> torch.device:
 @torch.no_grad()
 def _predict_batches(fn, dataset: Dataset, collate: SentenceCollate, batch_size: int, device) -> np.ndarray:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    out = [fn(b["image"].to(device)).float().cpu() for b in loader]
+    out = [fn({k: v.to(device) for k, v in b.items()}).float().cpu() for b in loader]
     return torch.cat(out).numpy()
 
 
@@ -144,8 +152,12 @@ def fit_regression(
     accelerator: str = "auto",
     precision: str = "32-true",
     default_root_dir: str | None = None,
+    token_cache: str | None = None,
 ) -> np.ndarray:
     """Train the ST-Net-like regressor on the training spots and predict the test spots.
+
+    With a frozen trunk under a token transformer, training reads the trunk's tokens from ``token_cache``
+    (built there, or reused when CoMTIP's fits built it for the same trunk and tiles), as CoMTIP's fits do.
 
     Returns
     -------
@@ -154,7 +166,9 @@ def fit_regression(
     """
     L.seed_everything(seed, workers=True)
     module = RegressionModule(config, train_values.shape[1], train_values.mean(0), lr, weight_decay)
-    mean, std = _norm_stats(module.backbone)
+    mean, std = _norm_stats(module.vision.backbone)
+    if token_cache is not None and module.vision.trunk_frozen and module.vision.tokens is not None:
+        train_tiles = cache_trunk_tokens(train_tiles, module.vision, token_cache, mean=mean, std=std)
     ds = tile_dataset(train_tiles, train_values)
     dm = SpotDataModule([ds], batch_size=batch_size, mean=mean, std=std)
     trainer = L.Trainer(
@@ -188,7 +202,7 @@ def frozen_features(
     collate = SentenceCollate(*_norm_stats(backbone))
     return [
         _predict_batches(
-            lambda x: _pooled(backbone, x),
+            lambda b: _pooled(backbone, b["image"]),
             tile_dataset(t, np.zeros((len(t), 0), np.float32)),
             collate,
             batch_size,

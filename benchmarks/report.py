@@ -62,12 +62,12 @@ NOTES = [
     "rows score only those genes (n_genes 50), predicted from their names by the model that never saw them, "
     "beside the same genes predicted by the main model that trained on them. Their PCC is over those 50 "
     "genes, so compare these two rows with each other, not with the 250-gene rows.",
-    "`image→expr regression ≈ST-Net`: the same ViT + a linear head trained end to end with MSE on the panel "
-    "(head bias initialised at the training mean).",
-    "`frozen ViT + PCA + ridge ≈HEST`: the *same backbone at its initial weights* (pretrained=False, seeded): "
-    "nothing can be downloaded here, so this is a random-feature probe, a lower bound of the HEST family "
-    "(which uses pretrained foundation encoders). StandardScaler → PCA(≤256) → ridge, its penalty chosen by "
-    "the same spatial-block CV as the head.",
+    "`image→expr regression ≈ST-Net`: the same vision branch (trunk, freezing, token transformer) + a linear "
+    "head trained with MSE on the panel (head bias initialised at the training mean).",
+    "`frozen trunk + PCA + ridge ≈HEST`: the same trunk with the config's weights (pretrained where the "
+    "preset has them), its pooled features → StandardScaler → PCA(≤256) → ridge, the penalty chosen by the "
+    "same spatial-block CV as the head. With a randomly initialised trunk (the smoke preset) it is a "
+    "random-feature probe.",
     "`colour · …`: trivial baselines. Per RGB channel the tile's mean, s.d. and 16-bin histogram (54 "
     "features), StandardScaler → ridge with the penalty chosen by the same spatial-block CV; `spot tile` is "
     "the rows' own tile, `3× context` a tile 3× wider around the same centre (same tile_px), alone; "

@@ -29,7 +29,7 @@ from .._constants import (
     UM_PER_PX_KEY,
     UNS_KEY,
 )
-from .._sections import check_counts
+from .._tables import check_counts
 
 #: Metadata fields giving the slide's µm per pixel, in order of preference.
 PIXEL_SIZE_FIELDS = ("pixel_size_um_estimated", "pixel_size_um_embedded")

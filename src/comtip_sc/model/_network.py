@@ -23,7 +23,7 @@ from ._losses import (
     value_query_loss,
 )
 from ._paat import PairDiscriminator, corrupt_pairs
-from ._vision import MaskFeatureGenerator, VisionBranch, create_backbone
+from ._vision import MaskFeatureGenerator, build_vision
 
 
 class ProjectionHead(nn.Module):
@@ -92,23 +92,7 @@ class ComtipNetwork(nn.Module):
     def __init__(self, config: ComtipConfig, gene_names: Sequence[str]) -> None:
         super().__init__()
         self.config = config
-        backbone = create_backbone(
-            config.backbone,
-            config.tile_px,
-            pretrained=config.pretrained,
-            checkpoint_path=config.checkpoint_path,
-            **config.backbone_kwargs,
-        )
-        self.vision = VisionBranch(
-            backbone,
-            config.mask_ratio,
-            tile_px=config.tile_px,
-            token_depth=config.token_depth,
-            token_dim=config.token_dim,
-            token_heads=config.token_heads,
-            token_pool=config.token_pool,
-            freeze=config.freeze_backbone,
-        )
+        self.vision = build_vision(config)
         d_vis = self.vision.dim
         if config.mfm and not self.vision.supports_mfm:
             raise ValueError(

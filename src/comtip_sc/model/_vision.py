@@ -27,7 +27,7 @@ MLP follows; the output is ``Ẑ_U``, regressed onto the (stop-gradient) full-br
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ from ._freeze import check_freeze, freeze_trunk
 from ._tokens import TokenTransformer
 from ._trunk import create_backbone, is_vit
 
-__all__ = ["MaskFeatureGenerator", "MaskedView", "VisionBranch", "create_backbone"]
+__all__ = ["MaskFeatureGenerator", "MaskedView", "VisionBranch", "build_vision", "create_backbone"]
 
 
 @dataclass
@@ -302,6 +302,37 @@ class VisionBranch(nn.Module):
         if self.tokens is not None:
             h = self.tokens.forward_with_prefix(h[:, self._trunk_prefix :], ids_keep, visible_only=True)
         return MaskedView(visible=h, ids_keep=ids_keep, ids_hidden=ids_hidden)
+
+
+def build_vision(config: Any) -> VisionBranch:
+    """The vision branch a :class:`~comtip_sc.model.ComtipConfig` describes: trunk, freezing, token transformer.
+
+    Examples
+    --------
+    >>> from comtip_sc.model import ComtipConfig
+    >>> cfg = ComtipConfig(backbone="resnet10t", tile_px=64, freeze_backbone="all", token_depth=1, token_dim=32)
+    >>> vb = build_vision(cfg)
+    >>> vb.trunk_frozen, vb.dim, vb.num_patches
+    (True, 32, 4)
+
+    """
+    backbone = create_backbone(
+        config.backbone,
+        config.tile_px,
+        pretrained=config.pretrained,
+        checkpoint_path=config.checkpoint_path,
+        **config.backbone_kwargs,
+    )
+    return VisionBranch(
+        backbone,
+        config.mask_ratio,
+        tile_px=config.tile_px,
+        token_depth=config.token_depth,
+        token_dim=config.token_dim,
+        token_heads=config.token_heads,
+        token_pool=config.token_pool,
+        freeze=config.freeze_backbone,
+    )
 
 
 class MaskFeatureGenerator(nn.Module):
