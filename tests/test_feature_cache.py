@@ -83,6 +83,13 @@ def test_cache_is_reused_only_for_the_same_trunk_tiles_and_spots(tiles, tmp_path
     assert cs.pp.cache_trunk_tokens(wide, vb, path, mean=MEAN, std=STD, views=1).key["tile_um"] == 150
     fewer = cs.pp.SpotTiles(cs.pp.subset_sections(sdata, np.arange(12) < 6), tile_um=150, tile_px=64)
     assert len(cs.pp.cache_trunk_tokens(fewer, vb, path, mean=MEAN, std=STD, views=1)) == 6
+    # Same spot ids and tile size, other pixels (another section): rebuilt.
+    other_section = cs.pp.SpotTiles(
+        cs.datasets.toy_tissue(n_rows=3, n_cols=4, n_genes=20, seed=1), tile_um=150, tile_px=64
+    )
+    assert list(other_section.obs_names) == list(wide.obs_names)
+    before = cs.pp.cache_trunk_tokens(wide, vb, path, mean=MEAN, std=STD, views=1).key
+    assert cs.pp.cache_trunk_tokens(other_section, vb, path, mean=MEAN, std=STD, views=1).key != before
 
 
 def test_cache_needs_a_frozen_trunk(tiles, tmp_path) -> None:

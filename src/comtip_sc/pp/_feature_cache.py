@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._atomic import atomic_path
-from ._tile_cache import IN_MEMORY_MAX_BYTES
+from ._tile_cache import LazyZarrArray
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,15 @@ def weights_hash(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _spots_hash(obs_names: np.ndarray) -> str:
-    return hashlib.sha1("\n".join(map(str, obs_names)).encode()).hexdigest()[:16]
+def _spots_hash(tiles: Any) -> str:
+    """Hash of the spot ids and of a few evenly spaced tiles' pixels (ids alone miss a re-cut image)."""
+    h = hashlib.sha1("\n".join(map(str, tiles.obs_names)).encode())
+    for i in np.unique(np.linspace(0, len(tiles) - 1, 4).astype(int)) if len(tiles) else []:
+        h.update(np.ascontiguousarray(tiles[int(i)]).tobytes())
+    return h.hexdigest()[:16]
 
 
-class CachedTokens:
+class CachedTokens(LazyZarrArray):
     """Trunk tokens read back from :func:`cache_trunk_tokens`: item ``i`` is ``float16 [views, P, C]``.
 
     Like :class:`~comtip_sc.pp.CachedTiles`, the store opens lazily in each process (cheap to pickle into
@@ -94,19 +98,8 @@ class CachedTokens:
     def __len__(self) -> int:
         return self.n
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_array"] = None
-        return state
-
-    def _tokens(self):
-        if self._array is None:
-            arr = zarr.open_group(self.path, mode="r")["tokens"]
-            self._array = arr[:] if arr.nbytes <= IN_MEMORY_MAX_BYTES else arr
-        return self._array
-
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self._tokens()[int(i)])
+        return np.asarray(self._load("tokens")[int(i)])
 
 
 def token_cache_key(tiles: Any, vision: nn.Module, views: int = DIHEDRAL_VIEWS) -> dict[str, Any]:
@@ -120,7 +113,7 @@ def token_cache_key(tiles: Any, vision: nn.Module, views: int = DIHEDRAL_VIEWS) 
         "tile_px": int(tiles.tile_px),
         "colour_norm": getattr(tiles, "colour_norm", None),
         "views": int(views),
-        "spots": _spots_hash(tiles.obs_names),
+        "spots": _spots_hash(tiles),
         "n_spots": len(tiles),
     }
 

@@ -26,7 +26,32 @@ _CHUNK = 16
 IN_MEMORY_MAX_BYTES = 2 * 1024**3
 
 
-class CachedTiles:
+class LazyZarrArray:
+    """One array of a zarr group, opened lazily in each process and read into memory when small enough.
+
+    Instances pickle cheaply into data-loader workers (the loaded array is dropped from the pickle).
+    ``in_memory``: ``True`` always loads the whole array, ``False`` always reads from disk, ``None`` loads it
+    when it is at most ``IN_MEMORY_MAX_BYTES``.
+    """
+
+    path: str
+    in_memory: bool | None = None
+    _array = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_array"] = None
+        return state
+
+    def _load(self, name: str):
+        if self._array is None:
+            arr = zarr.open_group(self.path, mode="r")[name]
+            load = arr.nbytes <= IN_MEMORY_MAX_BYTES if self.in_memory is None else self.in_memory
+            self._array = arr[:] if load else arr
+        return self._array
+
+
+class CachedTiles(LazyZarrArray):
     """Tiles read back from a cache written by :func:`~comtip_sc.pp.cache_tiles`; indexable like :class:`~comtip_sc.pp.SpotTiles`.
 
     The zarr store is opened lazily in each process, so instances pickle cheaply into data-loader
@@ -67,17 +92,8 @@ class CachedTiles:
     def __len__(self) -> int:
         return len(self.obs_names)
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_array"] = None
-        return state
-
     def _tiles(self):
-        if self._array is None:
-            arr = zarr.open_group(self.path, mode="r")["tiles"]
-            load = arr.nbytes <= IN_MEMORY_MAX_BYTES if self.in_memory is None else self.in_memory
-            self._array = arr[:] if load else arr
-        return self._array
+        return self._load("tiles")
 
     def __getitem__(self, i: int) -> np.ndarray:
         # A copy: callers may modify the tile, and an in-memory cache must not change under them.
