@@ -10,34 +10,28 @@ import argparse
 from pathlib import Path
 
 import comtip_sc as cs
-from comtip_sc.model import ComtipConfig
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-root", default="../shared/data")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--method", default="head", choices=["retrieval", "zero_shot", "head"])
     parser.add_argument("--out", default="docs/_static/her2st_A1_observed_vs_predicted.png")
     args = parser.parse_args()
     sdata = cs.datasets.her2st(Path(args.data_root) / "her2st")
     sdata = cs.pp.filter_spots(sdata, min_counts=100, copy=True)
     patient = sdata.tables["table"].obs["patient"].astype(str).to_numpy()
     train, test = cs.pp.subset_sections(sdata, patient == "C"), cs.pp.subset_sections(sdata, patient == "A")
-    cfg = ComtipConfig.preset("vit-tiny", tile_px=64, gene_dim=64, backbone_kwargs={"depth": 4})
+    # fit's defaults: the cpu preset (frozen ImageNet EfficientNet-Lite0 + token transformer) and its recipe.
     model = cs.tl.fit(
         train,
-        config=cfg,
         tile_um=150,
-        max_epochs=args.epochs,
-        lr=args.lr,
-        batch_size=32,
         seed=0,
         val_sections=None,
         enable_progress_bar=False,
         default_root_dir="/tmp/comtip_readme_fig",
     )
-    cs.tl.comtip_predict(test, model, method="retrieval")
+    cs.tl.comtip_predict(test, model, method=args.method)
     scores = cs.tl.evaluate(test, key_added="comtip_pcc")
     table = test.tables["table"]
     genes = ["ERBB2", "KRT19"]
