@@ -134,7 +134,10 @@ class ComtipModel:
         )
 
     def tiles(self, sdata, *, table_key: str = "table", spot_diameter_um: float | None = None):
-        """The :class:`~comtip_sc.pp.SpotTiles` of ``sdata`` cut the way this model was trained (µm, px, colour).
+        """The tiles of ``sdata`` cut the way this model was trained (µm, px, colour, context tile).
+
+        A :class:`~comtip_sc.pp.SpotTiles`, or a :class:`~comtip_sc.pp.ContextTiles` for a model with a
+        context tile (``config.context_scale``).
 
         Examples
         --------
@@ -142,11 +145,15 @@ class ComtipModel:
         (112, 112, 3)
 
         """
+        from functools import partial
+
+        from ..pp._context import with_context
         from ..pp._tiles import SpotTiles
 
-        return SpotTiles(
-            sdata,
-            tile_um=self.tile_um,
+        return with_context(
+            partial(SpotTiles, sdata),
+            self.tile_um,
+            self.config.context_scale,
             tile_px=self.tile_px,
             table_key=table_key,
             spot_diameter_um=spot_diameter_um,

@@ -134,6 +134,13 @@ class ComtipConfig:
         by ``U(-σ, σ)``; Tellez et al. 2018) and of the per-tile brightness/contrast/saturation jitter
         (factors in ``U(1 - s, 1 + s)``). ``0`` (default) turns each off; 0.05 and 0.1 are mild. See
         ``docs/model.md``.
+    context_scale
+        Spatial context: with a value ``s > 1`` each spot also gets a context tile ``s × tile_um`` wide around
+        its centre, resampled to the same ``tile_px``; the trunk reads both tiles and their tokens enter the
+        token transformer together (its position embedding tells them apart), so the image embedding and
+        every read-out see the neighbourhood. ``None`` (default): the spot tile alone. Needs a token
+        transformer (``token_depth >= 1``) and a trunk that does not mask inside itself (a frozen trunk or
+        a CNN).
     embed_dim
         Dimension of the shared, L2-normalised image/gene space.
     gene_dim
@@ -214,6 +221,7 @@ class ComtipConfig:
     colour_norm: str | None = None
     stain_jitter: float = 0.0
     colour_jitter: float = 0.0
+    context_scale: float | None = None
     embed_dim: int = 256
     gene_dim: int = 256
     mask_ratio: float = 0.5
@@ -263,6 +271,11 @@ class ComtipConfig:
             raise ValueError(
                 "mfm=True with freeze_backbone='all' needs token_depth >= 1: MFM trains the first trainable "
                 "transformer, and a frozen trunk has none."
+            )
+        if self.context_scale is not None and not (self.context_scale > 1.0 and self.token_depth >= 1):
+            raise ValueError(
+                f"context_scale must be None or > 1 with token_depth >= 1 (the context tile's tokens join the "
+                f"spot's in the token transformer), got {self.context_scale} with token_depth {self.token_depth}."
             )
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}.")

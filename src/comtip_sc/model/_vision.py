@@ -84,6 +84,11 @@ class VisionBranch(nn.Module):
         ``"none"``, ``"all"`` or ``k`` (all but the last ``k`` blocks/stages; see
         :func:`~comtip_sc.model._freeze.freeze_trunk`). Frozen parameters get ``requires_grad=False`` and
         their modules stay in eval mode (BatchNorm statistics, dropout) while the branch trains.
+    context
+        Inputs carry a context tile after the spot tile (6 channels: spot RGB, context RGB, see
+        :class:`~comtip_sc.pp.ContextTiles`). The trunk reads each tile; the ``2P`` tokens (spot first)
+        enter the token transformer together, which needs ``token_depth >= 1`` and no masking inside the
+        trunk.
 
     Notes
     -----
@@ -119,8 +124,10 @@ class VisionBranch(nn.Module):
         token_heads: int | None = None,
         token_pool: Literal["cls", "mean"] = "cls",
         freeze: str | int = "none",
+        context: bool = False,
     ) -> None:
         super().__init__()
+        self.context = bool(context)
         self.backbone = backbone
         self.mask_ratio = float(mask_ratio)
         self.freeze = check_freeze(freeze)
@@ -135,6 +142,10 @@ class VisionBranch(nn.Module):
             raise ValueError(f"A {type(backbone).__name__} trunk needs tile_px to size its token grid.")
         else:
             self.num_patches, trunk_dim = self._probe(tile_px)
+        #: Tokens of one tile; the branch's token grid holds two tiles' worth with a context tile.
+        self.tile_tokens = self.num_patches
+        if self.context:
+            self.num_patches *= 2
         if self.num_patches < 2:
             raise ValueError(
                 f"The {type(backbone).__name__} trunk gives {self.num_patches} token at tile_px={tile_px}; "
@@ -147,6 +158,11 @@ class VisionBranch(nn.Module):
             self.tokens = TokenTransformer(trunk_dim, width, token_depth, self.num_patches, heads, token_pool)
         #: The masked view drops tokens inside the trunk (a ViT that trains) rather than after it.
         self.mask_in_trunk = self.is_vit and not self.trunk_frozen
+        if self.context and (self.tokens is None or self.mask_in_trunk):
+            raise ValueError(
+                "A context tile needs a token transformer (token_depth >= 1) over a frozen trunk or a CNN: its "
+                "tokens join the spot tile's there."
+            )
         self.trunk_dim = trunk_dim
         self.dim = self.tokens.dim if self.tokens is not None else trunk_dim
         if self.tokens is not None:
@@ -234,8 +250,16 @@ class VisionBranch(nn.Module):
 
     # -- the frozen part and the trainable part ----------------------------------------------------
     def trunk_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """The trunk's tokens ``[B, P, C]`` (without autograd graph when :attr:`trunk_frozen`)."""
+        """The trunk's tokens ``[B, P, C]`` (without autograd graph when :attr:`trunk_frozen`).
+
+        With :attr:`context`, ``images`` has 6 channels (spot tile, then context tile) and the tokens of
+        both tiles are concatenated, the spot tile's first.
+        """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):
+            if self.context:
+                both = torch.cat([images[:, :3], images[:, 3:]])  # one trunk pass over both tiles
+                spot, ctx = self._as_tokens(self.backbone.forward_features(both)).chunk(2)
+                return torch.cat([spot, ctx], dim=1)
             return self._as_tokens(self.backbone.forward_features(images))
 
     def forward_from_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,6 +356,7 @@ def build_vision(config: Any) -> VisionBranch:
         token_heads=config.token_heads,
         token_pool=config.token_pool,
         freeze=config.freeze_backbone,
+        context=getattr(config, "context_scale", None) is not None,
     )
 
 

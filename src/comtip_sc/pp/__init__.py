@@ -1,5 +1,6 @@
 """Preprocessing: gene panel, normalisation, spot filtering, section splits and physical-size tiles."""
 
+from ._context import ContextTiles
 from ._feature_cache import CachedTokens, cache_trunk_tokens
 from ._genes import filter_spots, normalize, select_genes
 from ._subset import subset_sections
@@ -9,6 +10,7 @@ from ._tiles import SpotTiles, extract_tiles
 __all__ = [
     "CachedTiles",
     "CachedTokens",
+    "ContextTiles",
     "SpotTiles",
     "cache_tiles",
     "cache_trunk_tokens",

@@ -111,6 +111,7 @@ def token_cache_key(tiles: Any, vision: nn.Module, views: int = DIHEDRAL_VIEWS) 
         "weights": weights_hash(backbone),
         "tile_um": float(tiles.tile_um),
         "tile_px": int(tiles.tile_px),
+        "context_um": getattr(tiles, "context_um", None),
         "colour_norm": getattr(tiles, "colour_norm", None),
         "views": int(views),
         "spots": _spots_hash(tiles),
@@ -195,8 +196,9 @@ def cache_trunk_tokens(
     # a stale one is replaced.
     replace = path.exists()
     n = len(tiles)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    c = int(np.shape(tiles[0])[-1])  # 6 with a context tile
+    m = torch.tensor(mean, dtype=torch.float32).repeat(c // 3).view(1, c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).repeat(c // 3).view(1, c, 1, 1)
     vision = vision.to(device)
     was_training = vision.training
     vision.eval()

@@ -25,6 +25,7 @@ from ..model import ComtipConfig, ComtipLightningModule
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._config import preset_training
 from ..model._trunk import TRUNK_PRESETS
+from ..pp._context import with_context
 from ..pp._feature_cache import cache_trunk_tokens
 from ..pp._genes import select_genes
 from ..pp._tile_cache import cache_tiles
@@ -59,6 +60,7 @@ def _register(
     tile_um: float,
     tile_px: int,
     colour_norm: str | None,
+    context_scale: float | None,
     tile_cache: str | None,
     vocab: dict[str, int],
     spot_diameter_um: float | None,
@@ -105,16 +107,22 @@ def _register(
         vocab.setdefault(g, len(vocab))
     values = normalized_values(table, panel, layer=layer)
     tile_kw = {
-        "tile_um": tile_um,
         "tile_px": tile_px,
         "colour_norm": colour_norm,
         "table_key": table_key,
         "spot_diameter_um": spot_diameter_um,
     }
-    if tile_cache is not None:
-        tiles = cache_tiles(sdata, f"{tile_cache}/dataset{idx}.zarr", **tile_kw)
-    else:
-        tiles = SpotTiles(sdata, **tile_kw)
+
+    spot_um = tile_um
+
+    def make_tiles(tile_um: float, **kw: Any):
+        if tile_cache is None:
+            return SpotTiles(sdata, tile_um=tile_um, **kw)
+        # The spot tiles keep their name (caches of earlier runs stay valid); a context tile adds its size.
+        name = f"dataset{idx}" if tile_um == spot_um else f"dataset{idx}_{tile_um:g}um"
+        return cache_tiles(sdata, f"{tile_cache}/{name}.zarr", tile_um=tile_um, **kw)
+
+    tiles = with_context(make_tiles, tile_um, context_scale, **tile_kw)
     full = SpotSentences(tiles, values, np.array([vocab[g] for g in panel]), group=idx)
     resolved = resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
     sections = [(sec.region, subset(full, sec.obs_index)) for sec in resolved]
@@ -339,6 +347,7 @@ def fit(
             tile_um=tile_um,
             tile_px=cfg.tile_px,
             colour_norm=cfg.colour_norm,
+            context_scale=cfg.context_scale,
             tile_cache=tile_cache,
             vocab=vocab,
             spot_diameter_um=spot_diameter_um,
