@@ -95,7 +95,7 @@ def test_fit_embed_predict_with_a_context_tile(tmp_path) -> None:
     )
     cache = tmp_path / "cache"
     assert (cache / "dataset0.zarr").is_dir() and (cache / "dataset0_300um.zarr").is_dir()
-    tokens = cs.pp.CachedTokens(cache / "dataset0_tokens.zarr")
+    tokens = cs.pp.CachedTokens(cache / "dataset0_300um_tokens.zarr")
     assert tokens.key["context_um"] == 300.0 and tokens[0].shape == (8, 8, 512)
     # Saved and loaded, the model cuts the same two tiles per spot and embeds like its bank.
     model.save(tmp_path / "model")

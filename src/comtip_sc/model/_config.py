@@ -17,7 +17,9 @@ TextEncoderName = str  # "auto" | "minilm" | "char-ngram" | path to a local sent
 _PRESETS: dict[str, dict[str, Any]] = {
     # ImageNet EfficientNet-Lite0 (weights installed with the package), frozen, read as a 4x4 token grid at
     # 128 px (it reduces 32x), with a 2-block token transformer that trains and hosts MFM. One trunk pass
-    # per tile is ~0.4 GFLOP, a laptop CPU's budget.
+    # per tile is ~0.4 GFLOP, a laptop CPU's budget, and fit caches the trunk's tokens, so an epoch runs only
+    # the small transformers. Gene width 64: one training step on cached tokens (batch 32, 250 genes) took
+    # 0.22 s against 0.73 s at width 128 on one CPU thread.
     "cpu": {
         "config": {
             "backbone": "efficientnet_lite0.imagenet",
@@ -27,9 +29,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "token_dim": 128,
             "tile_px": 128,
             "embed_dim": 128,
-            "gene_dim": 128,
+            "gene_dim": 64,
         },
-        "train": {"lr": 1e-3, "max_epochs": 20},
+        "train": {"lr": 1e-3, "max_epochs": 12},
     },
     # The paper's setting: CLIP ViT-B/32 at 224 px (7x7 patches), fine-tuned, 256-d shared space. Without
     # checkpoint_path (an OpenAI CLIP / open_clip ViT-B/32 file) it starts from random weights.

@@ -401,10 +401,13 @@ def fit(
         folder = tile_cache or scratch.enter_context(tempfile.TemporaryDirectory(prefix="comtip_tokens_"))
         for i, r in enumerate(registered):
             full = r.sections[0][1].dataset  # every section is a view of its table's SpotSentences
+            # Tokens with a context tile go to their own cache, so fits with and without one share a folder.
+            ctx = getattr(full.tiles, "context_um", None)
+            name = f"dataset{i}_tokens.zarr" if ctx is None else f"dataset{i}_{ctx:g}um_tokens.zarr"
             full.tiles = cache_trunk_tokens(
                 full.tiles,
                 module.network.vision,
-                os.path.join(folder, f"dataset{i}_tokens.zarr"),
+                os.path.join(folder, name),
                 mean=mean,
                 std=std,
                 device=_cache_device(accelerator),
