@@ -12,7 +12,9 @@ apart. Writes ``benchmarks/results/feature_cache_<device>.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -85,10 +87,15 @@ def main() -> None:
     start = time.perf_counter()
     r = run(args.rows, args.epochs, args.batch_size, args.preset)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    load = os.getloadavg()[0]
     lines = [
         f"# Training epochs with and without the trunk-token cache ({device})",
         "",
-        f"- machine: {platform.platform()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
+        f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s), "
+        f"torch {torch.__version__}; load average at the end {load:.1f}; code: commit {commit or '?'}",
         f"- preset `{args.preset}`, toy tissue {int(r['spots'])} spots, batch {args.batch_size}, "
         f"{args.epochs} epochs, seed 0; total wall time {time.perf_counter() - start:.0f} s",
         f"- command: `python benchmarks/feature_cache.py --rows {args.rows} --epochs {args.epochs} "
