@@ -16,7 +16,7 @@ from spatialdata.models import Image2DModel
 from spatialdata.transformations import Identity, get_transformation, set_transformation
 
 import comtip_sc as cs
-from comtip_sc.model._comtip_model import ComtipModel
+from comtip_sc.model._comtip_model import FORMAT_VERSION, ComtipModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -272,9 +272,10 @@ def test_corrupted_saved_model_config(saved, tmp_path):
 def test_model_saved_by_a_newer_format_version(saved, tmp_path):
     path = _copy(saved, tmp_path)
     meta = json.loads((path / "config.json").read_text())
-    meta["format_version"], meta["comtip_sc_version"] = 2, "9.0.0"
+    newer = FORMAT_VERSION + 1
+    meta["format_version"], meta["comtip_sc_version"] = newer, "9.0.0"
     (path / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"newer comtip_sc \(9\.0\.0\) in model format 2.*Upgrade"):
+    with pytest.raises(ValueError, match=rf"newer comtip_sc \(9\.0\.0\) in model format {newer}.*Upgrade"):
         ComtipModel.load(path)
 
 

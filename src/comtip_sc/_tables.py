@@ -121,8 +121,8 @@ def check_counts(
         return
     row, col, value, n_bad = first
     raise ValueError(
-        f"The {what}'s {source} has {n_bad} {label} value(s); {rule}. The first is at spot "
-        f"{table.obs_names[row]!r}, gene {table.var_names[col]!r} = {value}."
+        f"The {what}'s {source} has {n_bad} {label} value(s); the first is at spot {table.obs_names[row]!r}, "
+        f"gene {table.var_names[col]!r} = {value}. {rule[0].upper()}{rule[1:]}."
     )
 
 
