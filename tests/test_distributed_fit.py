@@ -14,6 +14,8 @@ import comtip_sc as cs
 from comtip_sc.model import ComtipModel
 
 TINY = [
+    "--preset",
+    "vit-tiny",
     "--tile-px",
     "32",
     "--backbone-kwargs",
