@@ -102,7 +102,7 @@ class ReferenceBank:
     def expression(self) -> np.ndarray:
         """The whole ``(n_spots, n_genes)`` expression as a dense array (NaN = not measured).
 
-        Materialised on every access: use :meth:`rows` or :attr:`values` on large banks.
+        Materialised on every access: use :meth:`rows` or ``values`` on large banks.
         """
         return self.rows(slice(None))
 

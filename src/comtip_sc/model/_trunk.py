@@ -220,7 +220,7 @@ def create_backbone(
     ----------
     name
         A timm model name (ViT, ResNet, DenseNet, EfficientNet, ConvNeXt, ...), a named preset of
-        :data:`TRUNK_PRESETS` (``"efficientnet_lite0.imagenet"``, ``"clip-vit-b32"``, ``"uni"``, ``"uni2-h"``,
+        ``TRUNK_PRESETS`` (``"efficientnet_lite0.imagenet"``, ``"clip-vit-b32"``, ``"uni"``, ``"uni2-h"``,
         ``"virchow"``, ``"virchow2"``, ``"h-optimus-0"``), ``hf-hub:owner/name`` (read from the local
         Hugging Face cache, never downloaded) or ``local-dir:/folder`` (timm's ``config.json`` + weights).
     tile_px

@@ -82,7 +82,7 @@ class VisionBranch(nn.Module):
         Its global feature: ``"cls"`` token or ``"mean"`` of the output tokens.
     freeze
         ``"none"``, ``"all"`` or ``k`` (all but the last ``k`` blocks/stages; see
-        :func:`~comtip_sc.model._freeze.freeze_trunk`). Frozen parameters get ``requires_grad=False`` and
+        ``comtip_sc.model._freeze.freeze_trunk``). Frozen parameters get ``requires_grad=False`` and
         their modules stay in eval mode (BatchNorm statistics, dropout) while the branch trains.
     context
         Inputs carry a context tile after the spot tile (6 channels: spot RGB, context RGB, see
@@ -132,7 +132,7 @@ class VisionBranch(nn.Module):
         self.mask_ratio = float(mask_ratio)
         self.freeze = check_freeze(freeze)
         self._frozen_modules = freeze_trunk(backbone, self.freeze)
-        #: No trainable trunk parameter: trunk tokens are a fixed function of the images (cacheable).
+        #: Whether no trunk parameter trains, so that trunk tokens are a fixed function of the images (cacheable).
         self.trunk_frozen = not any(p.requires_grad for p in backbone.parameters())
         self.is_vit = is_vit(backbone)
         self._trunk_prefix = int(getattr(backbone, "num_prefix_tokens", 0))
@@ -252,7 +252,7 @@ class VisionBranch(nn.Module):
     def trunk_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The trunk's tokens ``[B, P, C]`` (without autograd graph when :attr:`trunk_frozen`).
 
-        With :attr:`context`, ``images`` has 6 channels (spot tile, then context tile) and the tokens of
+        With ``context``, ``images`` has 6 channels (spot tile, then context tile) and the tokens of
         both tiles are concatenated, the spot tile's first.
         """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):

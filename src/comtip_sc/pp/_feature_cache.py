@@ -75,7 +75,7 @@ def _spots_hash(tiles: Any) -> str:
 
 
 class CachedTokens(LazyZarrArray):
-    """Trunk tokens read back from :func:`cache_trunk_tokens`: item ``i`` is ``float16 [views, P, C]``.
+    """Trunk tokens read back from :func:`~comtip_sc.pp.cache_trunk_tokens`: item ``i`` is ``float16 [views, P, C]``.
 
     Like :class:`~comtip_sc.pp.CachedTiles`, the store opens lazily in each process (cheap to pickle into
     data-loader workers) and a cache up to ``IN_MEMORY_MAX_BYTES`` is read into memory at first access.
@@ -132,7 +132,7 @@ def cache_trunk_tokens(
 ) -> CachedTokens:
     """Compute a frozen trunk's tokens for every tile and dihedral view once, and store them at ``path``.
 
-    An existing cache with the same key (:func:`token_cache_key`) is reused; any other one is rebuilt.
+    An existing cache with the same key (``token_cache_key``) is reused; any other one is rebuilt.
     The cache is written to a temporary folder beside ``path`` and renamed into place.
 
     Parameters
