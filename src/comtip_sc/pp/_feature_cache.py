@@ -78,17 +78,23 @@ class CachedTokens(LazyZarrArray):
     """Trunk tokens read back from :func:`cache_trunk_tokens`: item ``i`` is ``float16 [views, P, C]``.
 
     Like :class:`~comtip_sc.pp.CachedTiles`, the store opens lazily in each process (cheap to pickle into
-    data-loader workers) and a cache up to ``IN_MEMORY_MAX_BYTES`` is read into memory at first access.
+    data-loader workers) and is read a zarr chunk (16 spots) at a time through a small per-process LRU of
+    decoded chunks; a cache up to :data:`~comtip_sc.pp._tile_cache.IN_MEMORY_MAX_BYTES` is read whole into
+    memory at first access instead.
 
     Parameters
     ----------
     path
         Folder of the zarr cache.
+    in_memory
+        ``True``: always load the whole cache into memory; ``False``: always read chunks from disk; ``None``
+        (default): load it when it is at most ``IN_MEMORY_MAX_BYTES``.
 
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, in_memory: bool | None = None) -> None:
         self.path = str(path)
+        self.in_memory = in_memory
         group = zarr.open_group(self.path, mode="r")
         self.key: dict[str, Any] = dict(group.attrs["key"])
         self.views = int(self.key["views"])
@@ -99,7 +105,8 @@ class CachedTokens(LazyZarrArray):
         return self.n
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self._load("tokens")[int(i)])
+        # A copy: a cached array or decoded chunk must not change under a caller that modifies the item.
+        return np.array(self._item("tokens", int(i)))
 
 
 def token_cache_key(tiles: Any, vision: nn.Module, views: int = DIHEDRAL_VIEWS) -> dict[str, Any]:
