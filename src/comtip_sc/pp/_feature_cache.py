@@ -78,8 +78,8 @@ class CachedTokens(LazyZarrArray):
     """Trunk tokens read back from :func:`cache_trunk_tokens`: item ``i`` is ``float16 [views, P, C]``.
 
     Like :class:`~comtip_sc.pp.CachedTiles`, the store opens lazily in each process (cheap to pickle into
-    data-loader workers) and is read a zarr chunk (16 spots) at a time through a small per-process LRU of
-    decoded chunks; a cache up to :data:`~comtip_sc.pp._tile_cache.IN_MEMORY_MAX_BYTES` is read whole into
+    data-loader workers) and is read one spot's zarr chunk at a time (caches written before sharding: 16
+    spots) through a small per-process LRU of decoded chunks; a cache up to :data:`~comtip_sc.pp._tile_cache.IN_MEMORY_MAX_BYTES` is read whole into
     memory at first access instead.
 
     Parameters
@@ -221,8 +221,11 @@ def cache_trunk_tokens(
                     out.append(vision.trunk_tokens(x.to(device)).float().cpu())
                 block = torch.stack(out, dim=1).to(torch.float16).numpy()  # [b, views, P, C]
                 if arr is None:
+                    # One spot per chunk inside shards (files) of 16: a spot's tokens (~330 KB for 8 views of
+                    # 16 × 1280) are decoded alone, not with 15 others, when read in random order.
+                    item = block.shape[1:]
                     arr = group.create_array(
-                        "tokens", shape=(n, *block.shape[1:]), chunks=(16, *block.shape[1:]), dtype="float16"
+                        "tokens", shape=(n, *item), chunks=(1, *item), shards=(16, *item), dtype="float16"
                     )
                 arr[start:stop] = block
             group.attrs["key"] = key
