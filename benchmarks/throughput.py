@@ -10,8 +10,8 @@ b. ``cs.tl.fit`` steps/s reading pixels, a tile cache and a trunk-token cache (e
 c. peak memory (PSS) while embedding a synthetic 40,000 × 40,000 px chunked zarr slide with 50,000 spots (child
    process, so the number is that run's alone);
 d. time and peak memory (PSS) of retrieval from a 1,000,000-spot synthetic bank for 100,000 queries (child process);
-e. tile-cache reads/s from memory and through the lazy chunk LRU (random and sequential order): the
-   measurement behind ``IN_MEMORY_MAX_BYTES``.
+e. tile- and token-cache reads/s from memory and through the lazy chunk LRU: the measurement behind
+   ``IN_MEMORY_MAX_BYTES``.
 
     python benchmarks/throughput.py                 # full sizes, ~20-30 min on 2 CPU cores
     python benchmarks/throughput.py --quick         # reduced sizes, a few minutes
@@ -342,6 +342,37 @@ def stage_cache_reads(n_side: int, work: Path) -> list[tuple[str, str, str]]:
                     f"{rate:,.0f} tiles/s",
                 )
             )
+    return rows + token_reads(work, n_spots=n)
+
+
+def token_reads(work: Path, n_spots: int) -> list[tuple[str, str, str]]:
+    """Random-order reads of a token cache laid out as ``cache_trunk_tokens`` writes it (synthetic values)."""
+    import zarr
+
+    from comtip_sc.pp._feature_cache import CachedTokens
+
+    item = (8, 16, 1280)  # 8 dihedral views of EfficientNet-Lite0's 4 x 4 tokens of 1280 channels
+    group = zarr.open_group(str(work / "tokens.zarr"), mode="w")
+    arr = group.create_array(
+        "tokens", shape=(n_spots, *item), chunks=(1, *item), shards=(16, *item), dtype="float16"
+    )
+    rng = np.random.default_rng(0)
+    for start in range(0, n_spots, 64):
+        stop = min(start + 64, n_spots)
+        arr[start:stop] = rng.standard_normal((stop - start, *item), dtype=np.float32).astype(np.float16)
+    group.attrs["key"] = {"views": 8}
+    rows = []
+    for in_memory in (True, False):
+        tokens = CachedTokens(work / "tokens.zarr", in_memory=in_memory)
+        tokens[0]
+        order = rng.permutation(n_spots)
+        t0 = time.perf_counter()
+        for i in order:
+            tokens[int(i)]
+        rate = n_spots / (time.perf_counter() - t0)
+        how = "whole cache in memory" if in_memory else "lazy, chunk LRU"
+        what = f"token-cache reads, 8 × 16 × 1280 float16 per spot, random order, {how} ({n_spots} spots)"
+        rows.append(("e", what, f"{rate:,.0f} spots/s"))
     return rows
 
 
