@@ -388,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--queries", type=int, help="Query spots (default 100,000; quick 10,000).")
     p.add_argument("--stages", default="abcde", help="Stages to run (default: %(default)s).")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="Output folder.")
+    p.add_argument("--name", help="Results file name (default: throughput_cpu.md, with --quick _quick.md).")
     p.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -460,7 +461,7 @@ def write_table(
         *[f"| {s} | {w} | {r} |" for s, w, r in rows],
         "",
     ]
-    out = Path(args.out) / f"throughput_cpu{'_quick' if args.quick else ''}.md"
+    out = Path(args.out) / (args.name or f"throughput_cpu{'_quick' if args.quick else ''}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(out, "\n".join(lines))
     print("\n".join(lines))
