@@ -26,9 +26,11 @@ _CHUNK = 16
 
 
 #: Caches up to this size are read whole into memory by default (``in_memory=None``); larger ones are read
-#: chunk by chunk. Each data-loader worker of each process holds its own copy, so the bound is kept small:
-#: on a 128-px tile cache, reading from memory ran ~30x more reads/s than through the chunk LRU
-#: (``benchmarks/throughput.py``), but both far outrun a training step.
+#: chunk by chunk. Each data-loader worker of each process holds its own copy, so the bound is kept small.
+#: Measured on 2 CPU cores (``benchmarks/throughput.py``, stage e): random reads from memory ran ~80x (tiles)
+#: and ~60x (trunk tokens) more items/s than through the chunk LRU, whose ~3,000 tiles/s and ~400 token
+#: items/s cost ~10 ms and ~80 ms per batch of 32 (a ``cpu``-preset step on cached tokens took ~500 ms):
+#: worth it for small caches, not worth a copy of a large cache in every worker.
 IN_MEMORY_MAX_BYTES = 256 * 1024**2
 
 #: Decoded zarr chunks a lazy reader keeps per process (16 items each; ~6 MiB for 128-px tiles).
