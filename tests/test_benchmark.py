@@ -325,3 +325,31 @@ def test_leiden_resolution_matches_the_class_count() -> None:
     assert scores["probe bal. acc."] == pytest.approx(1.0)
     noise = cluster_scores(rng.normal(size=(90, 5)), labels, centres)
     assert noise["ARI"] < 0.2 and noise["NMI"] < 0.3
+
+
+def _throughput_module():
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_throughput_slide_and_retrieval_at_tiny_sizes(tmp_path: Path) -> None:
+    import zarr
+
+    tp = _throughput_module()
+    tp.write_slide(tmp_path / "slide.zarr", 2100)  # 3 × 3 chunks, the last row and column partial
+    arr = zarr.open_array(str(tmp_path / "slide.zarr"), mode="r")
+    assert arr.shape == (3, 2100, 2100) and arr.chunks == (3, 1024, 1024)
+    # Chunks repeat a few textures (so the slide compresses): chunk (0, 2) repeats chunk (0, 0), chunk (1, 0)
+    # holds another texture.
+    np.testing.assert_array_equal(arr[:, :64, :52], arr[:, :64, 2048:])
+    assert not np.array_equal(arr[:, :64, :64], arr[:, 1024:1088, :64])
+    sdata = tp.slide_sdata(tmp_path / "slide.zarr", 30)
+    from comtip_sc.pp import SpotTiles
+
+    tiles = SpotTiles(sdata, tile_um=150, tile_px=32, spot_diameter_um=55.0)
+    assert len(tiles) == 30 and tiles.take([0, 29]).shape == (2, 32, 32, 3)
+    assert tiles.take().std() > 0  # textures, not a blank slide
+    r = tp.child_retrieval(3000, 200, 5)
+    assert r["seconds"] > 0 and r["peak_gb"] >= r["before_gb"] > 0

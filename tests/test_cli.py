@@ -59,6 +59,8 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
             "0",
             "--colour-norm",
             "section",
+            "--section-balance",
+            "0.5",
             "--log-dir",
             str(tmp_path),
             "-q",
@@ -67,7 +69,8 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
     assert code == EXIT_OK and (model / "model.safetensors").is_file()
     from comtip_sc.model import ComtipModel
 
-    assert ComtipModel.load(model).config.colour_norm == "section"
+    loaded = ComtipModel.load(model)
+    assert loaded.config.colour_norm == "section" and loaded.history["section_balance"] == 0.5
     out = tmp_path / "pred.h5ad"
     assert (
         main(["predict", "toy", "--model", str(model), "--out", str(out), "--method", "retrieval", "-q"])

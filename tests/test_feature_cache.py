@@ -128,3 +128,19 @@ def test_fit_feature_cache_refuses_what_it_cannot_cache(tmp_path) -> None:
         cs.tl.fit(sdata, config=_frozen_config(stain_jitter=0.05), feature_cache=True, **kw)
     with pytest.raises(ValueError, match="frozen trunk"):
         cs.tl.fit(sdata, config=_frozen_config(freeze_backbone="none"), feature_cache=True, **kw)
+
+
+def test_token_cache_read_lazily_equals_in_memory(tiles, tmp_path) -> None:
+    from comtip_sc.pp._tile_cache import CHUNK_LRU
+
+    path = tmp_path / "t.zarr"
+    cs.pp.cache_trunk_tokens(tiles, _vision().eval(), path, mean=MEAN, std=STD, views=2, batch_size=5)
+    memory = cs.pp.CachedTokens(path, in_memory=True)
+    disk = cs.pp.CachedTokens(path, in_memory=False)
+    for i in np.random.default_rng(0).permutation(len(memory)):
+        np.testing.assert_array_equal(disk[int(i)], memory[int(i)])
+        assert len(disk._lru) <= CHUNK_LRU
+    assert isinstance(memory._array, np.ndarray) and not isinstance(disk._array, np.ndarray)
+    item = disk[3]
+    item[:] = 0  # a caller's edit must not reach the decoded chunk
+    np.testing.assert_array_equal(disk[3], memory[3])

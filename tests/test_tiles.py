@@ -199,6 +199,45 @@ def test_tile_cache_in_memory_and_on_disk_agree(toy, tmp_path):
     assert pickle.loads(pickle.dumps(memory))._array is None
 
 
+def test_lazy_tile_cache_reads_through_a_bounded_chunk_lru(toy, tmp_path):
+    from comtip_sc.pp._tile_cache import CHUNK_LRU, CachedTiles
+
+    path = tmp_path / "tiles.zarr"
+    cs.pp.cache_tiles(toy, path, tile_um=150, tile_px=24, num_workers=0)
+    memory, disk = CachedTiles(path, in_memory=True), CachedTiles(path, in_memory=False)
+    order = np.random.default_rng(0).permutation(len(memory))
+    for i in order:
+        np.testing.assert_array_equal(disk[int(i)], memory[int(i)])
+        assert len(disk._lru) <= CHUNK_LRU
+    np.testing.assert_array_equal(disk[-1], memory[len(memory) - 1])
+    with pytest.raises(IndexError, match="out of range"):
+        disk[len(memory)]
+    # A reader copied into a worker starts with no decoded chunks.
+    assert pickle.loads(pickle.dumps(disk))._lru is None
+    # The default reads a cache this small into memory.
+    default = CachedTiles(path)
+    default[0]
+    assert isinstance(default._tiles(), np.ndarray)
+
+
+@pytest.mark.parametrize("colour_norm", [None, "section"])
+def test_parallel_tile_cache_equals_serial_byte_for_byte(tmp_path, colour_norm):
+    import zarr
+
+    # 9 x 9 spots = 81 tiles: 6 chunks, the last one partial.
+    sdata = cs.datasets.toy_tissue(n_rows=9, n_cols=9, n_genes=20, seed=3)
+    kw = {"tile_um": 120, "tile_px": 20, "colour_norm": colour_norm}
+    cs.pp.cache_tiles(sdata, tmp_path / "serial.zarr", num_workers=0, **kw)
+    cs.pp.cache_tiles(sdata, tmp_path / "parallel.zarr", num_workers=2, **kw)
+    serial = zarr.open_group(str(tmp_path / "serial.zarr"), mode="r")
+    parallel = zarr.open_group(str(tmp_path / "parallel.zarr"), mode="r")
+    a, b = serial["tiles"][:], parallel["tiles"][:]
+    assert a.shape == (81, 20, 20, 3) and a.dtype == b.dtype == np.uint8
+    assert a.tobytes() == b.tobytes()
+    assert dict(serial.attrs) == dict(parallel.attrs)
+    np.testing.assert_array_equal(a, cs.pp.SpotTiles(sdata, **kw).take())
+
+
 def test_training_augmentation_is_a_tile_symmetry():
     from comtip_sc.tl._datamodule import SentenceCollate
 

@@ -123,6 +123,13 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, help="Seed for a reproducible run.")
     p.add_argument("--tile-cache", help="Folder for a zarr tile cache reused across epochs and runs.")
+    p.add_argument(
+        "--section-balance",
+        type=float,
+        metavar="ALPHA",
+        help="Draw each training section with probability proportional to n_spots**ALPHA (0: sections "
+        "equally, 1: spots equally); default: plain shuffling.",
+    )
     p.add_argument("--resume", help="Lightning checkpoint (.ckpt) to resume training from.")
     p.add_argument(
         "--log-dir", default=".", help="Folder for Lightning logs and checkpoints (default: %(default)s)."
@@ -281,6 +288,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         seed=args.seed,
         tile_cache=args.tile_cache,
+        section_balance=args.section_balance,
         ckpt_path=args.resume,
         default_root_dir=args.log_dir,
         enable_progress_bar=not args.quiet,

@@ -78,17 +78,23 @@ class CachedTokens(LazyZarrArray):
     """Trunk tokens read back from :func:`~comtip_sc.pp.cache_trunk_tokens`: item ``i`` is ``float16 [views, P, C]``.
 
     Like :class:`~comtip_sc.pp.CachedTiles`, the store opens lazily in each process (cheap to pickle into
-    data-loader workers) and a cache up to ``IN_MEMORY_MAX_BYTES`` is read into memory at first access.
+    data-loader workers) and is read one spot's zarr chunk at a time (caches written before sharding: 16
+    spots) through a small per-process LRU of decoded chunks; a cache up to :data:`~comtip_sc.pp._tile_cache.IN_MEMORY_MAX_BYTES` is read whole into
+    memory at first access instead.
 
     Parameters
     ----------
     path
         Folder of the zarr cache.
+    in_memory
+        ``True``: always load the whole cache into memory; ``False``: always read chunks from disk; ``None``
+        (default): load it when it is at most ``IN_MEMORY_MAX_BYTES``.
 
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, in_memory: bool | None = None) -> None:
         self.path = str(path)
+        self.in_memory = in_memory
         group = zarr.open_group(self.path, mode="r")
         self.key: dict[str, Any] = dict(group.attrs["key"])
         self.views = int(self.key["views"])
@@ -99,7 +105,8 @@ class CachedTokens(LazyZarrArray):
         return self.n
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self._load("tokens")[int(i)])
+        # A copy: a cached array or decoded chunk must not change under a caller that modifies the item.
+        return np.array(self._item("tokens", int(i)))
 
 
 def token_cache_key(tiles: Any, vision: nn.Module, views: int = DIHEDRAL_VIEWS) -> dict[str, Any]:
@@ -216,8 +223,11 @@ def cache_trunk_tokens(
                     out.append(vision.trunk_tokens(x.to(device)).float().cpu())
                 block = torch.stack(out, dim=1).to(torch.float16).numpy()  # [b, views, P, C]
                 if arr is None:
+                    # One spot per chunk inside shards (files) of 16: a spot's tokens (~330 KB for 8 views of
+                    # 16 × 1280) are decoded alone, not with 15 others, when read in random order.
+                    item = block.shape[1:]
                     arr = group.create_array(
-                        "tokens", shape=(n, *block.shape[1:]), chunks=(16, *block.shape[1:]), dtype="float16"
+                        "tokens", shape=(n, *item), chunks=(1, *item), shards=(16, *item), dtype="float16"
                     )
                 arr[start:stop] = block
             group.attrs["key"] = key

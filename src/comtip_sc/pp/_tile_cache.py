@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import zarr
 from spatialdata import SpatialData
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .._atomic import atomic_path
@@ -22,25 +25,37 @@ logger = logging.getLogger(__name__)
 _CHUNK = 16
 
 
-#: Caches up to this size are read into memory by :class:`CachedTiles` (``in_memory=None``).
-IN_MEMORY_MAX_BYTES = 2 * 1024**3
+#: Caches up to this size are read whole into memory by default (``in_memory=None``); larger ones are read
+#: chunk by chunk. Each data-loader worker of each process holds its own copy, so the bound is kept small.
+#: Measured on 2 CPU cores (``benchmarks/throughput.py``, stage e): random reads from memory ran ~80x (tiles)
+#: and ~60x (trunk tokens) more items/s than through the chunk LRU, whose ~3,000 tiles/s and ~400 token
+#: items/s cost ~10 ms and ~80 ms per batch of 32 (a ``cpu``-preset step on cached tokens took ~500 ms):
+#: worth it for small caches, not worth a copy of a large cache in every worker.
+IN_MEMORY_MAX_BYTES = 256 * 1024**2
+
+#: Decoded zarr chunks a lazy reader keeps per process (16 items each; ~6 MiB for 128-px tiles).
+CHUNK_LRU = 8
 
 
 class LazyZarrArray:
-    """One array of a zarr group, opened lazily in each process and read into memory when small enough.
+    """One array of a zarr group, opened lazily in each process; read whole into memory only when small.
 
-    Instances pickle cheaply into data-loader workers (the loaded array is dropped from the pickle).
-    ``in_memory``: ``True`` always loads the whole array, ``False`` always reads from disk, ``None`` loads it
-    when it is at most ``IN_MEMORY_MAX_BYTES``.
+    Instances pickle cheaply into data-loader workers (the opened array and decoded chunks are dropped from
+    the pickle). Read from disk, the last :data:`CHUNK_LRU` decoded zarr chunks are kept, so memory stays
+    bounded by a few chunks, not by the cache, and consecutive items of one chunk are decoded once.
+    ``in_memory``: ``True`` always loads the whole array, ``False`` always reads chunks from disk, ``None``
+    loads it when it is at most :data:`IN_MEMORY_MAX_BYTES`.
     """
 
     path: str
     in_memory: bool | None = None
     _array = None
+    _lru: OrderedDict | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_array"] = None
+        state["_lru"] = None
         return state
 
     def _load(self, name: str):
@@ -48,24 +63,48 @@ class LazyZarrArray:
             arr = zarr.open_group(self.path, mode="r")[name]
             load = arr.nbytes <= IN_MEMORY_MAX_BYTES if self.in_memory is None else self.in_memory
             self._array = arr[:] if load else arr
+            self._lru = OrderedDict()
         return self._array
+
+    def _item(self, name: str, i: int) -> np.ndarray:
+        """Row ``i`` of array ``name`` (a view into memory or into a cached decoded chunk)."""
+        arr = self._load(name)
+        if isinstance(arr, np.ndarray):
+            return arr[i]
+        if i < 0:
+            i += arr.shape[0]
+        if not 0 <= i < arr.shape[0]:
+            raise IndexError(f"index {i} is out of range for {arr.shape[0]} items of {self.path}.")
+        step = arr.chunks[0]
+        c = i // step
+        chunk = self._lru.get(c)
+        if chunk is None:
+            chunk = arr[c * step : (c + 1) * step]
+            self._lru[c] = chunk
+            if len(self._lru) > CHUNK_LRU:
+                self._lru.popitem(last=False)
+        else:
+            self._lru.move_to_end(c)
+        return chunk[i - c * step]
 
 
 class CachedTiles(LazyZarrArray):
     """Tiles read back from a cache written by :func:`~comtip_sc.pp.cache_tiles`; indexable like :class:`~comtip_sc.pp.SpotTiles`.
 
     The zarr store is opened lazily in each process, so instances pickle cheaply into data-loader
-    workers. A cache up to ``IN_MEMORY_MAX_BYTES`` (2 GiB) is read into memory at the first access:
-    reading tiles one by one from zarr cost ~2.6 ms per 224-px tile (≈ 170 ms per batch of 64, more than
-    a ViT-B/32 training step on a GPU), a slice of an in-memory array costs microseconds.
+    workers. By default tiles are read from disk a zarr chunk (16 tiles) at a time through a small
+    per-process LRU of decoded chunks (:class:`LazyZarrArray`), so a cache larger than memory trains with
+    memory bounded by the batch; a cache up to :data:`IN_MEMORY_MAX_BYTES` (256 MiB) is read whole into
+    memory at the first access instead, where reads are cheapest.
 
     Parameters
     ----------
     path
         Folder of the zarr cache.
     in_memory
-        ``True``: always load the whole cache into memory; ``False``: always read tile by tile from disk;
-        ``None`` (default): load it when it is at most ``IN_MEMORY_MAX_BYTES``.
+        ``True``: always load the whole cache into memory (in every process that reads it); ``False``:
+        always read chunks from disk; ``None`` (default): load it when it is at most
+        :data:`IN_MEMORY_MAX_BYTES`.
 
     Examples
     --------
@@ -96,8 +135,8 @@ class CachedTiles(LazyZarrArray):
         return self._load("tiles")
 
     def __getitem__(self, i: int) -> np.ndarray:
-        # A copy: callers may modify the tile, and an in-memory cache must not change under them.
-        return np.array(self._tiles()[int(i)])
+        # A copy: callers may modify the tile, and a cached array or chunk must not change under them.
+        return np.array(self._item("tiles", int(i)))
 
     def take(self, indices=None) -> np.ndarray:
         """Stack the tiles at ``indices`` (all when ``None``)."""
@@ -108,6 +147,45 @@ class CachedTiles(LazyZarrArray):
         if isinstance(tiles, np.ndarray):
             return tiles[idx]
         return np.asarray(tiles.get_orthogonal_selection((idx,)))
+
+
+class _Chunks(Dataset):
+    """Item ``c``: the tiles of cache chunk ``c`` (``_CHUNK`` spots), stacked."""
+
+    def __init__(self, source: SpotTiles) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return -(-len(self.source) // _CHUNK)
+
+    def __getitem__(self, c: int) -> np.ndarray:
+        return self.source.take(range(c * _CHUNK, min((c + 1) * _CHUNK, len(self.source))))
+
+
+def _as_is(block: np.ndarray) -> np.ndarray:
+    return block
+
+
+def _workers(num_workers: int | None, n: int) -> int:
+    """Cutting processes: as asked, or one per available core (at most 8) when there are 4+ chunks."""
+    if num_workers is not None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+        return int(num_workers)
+    if n < 4 * _CHUNK:  # starting processes costs more than cutting a few chunks
+        return 0
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _cut_chunks(source: SpotTiles, num_workers: int) -> Iterable[np.ndarray]:
+    """The cache's chunks in order, cut here or by ``num_workers`` data-loader processes."""
+    chunks = _Chunks(source)
+    if num_workers == 0:
+        return (chunks[c] for c in range(len(chunks)))
+    # Colour statistics once here, not once per worker (they are read from up to 256 tiles per image).
+    source.precompute_colour_stats()
+    # batch_size=None: each item is already a chunk; _as_is keeps it a numpy array (no tensor round trip).
+    return DataLoader(chunks, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
 
 
 #: Tiles hashed into a cache's fingerprint of its source (evenly spaced over the spots).
@@ -140,6 +218,7 @@ def cache_tiles(
     spot_diameter_um: float | None = None,
     colour_norm: str | None = None,
     overwrite: bool = False,
+    num_workers: int | None = None,
 ) -> CachedTiles:
     """Cut every spot's tile once and store them in a zarr array at ``path``.
 
@@ -166,6 +245,10 @@ def cache_tiles(
         in the cache and part of its match.
     overwrite
         Rebuild even when a matching cache exists; replace a non-matching one instead of raising.
+    num_workers
+        Processes that cut tiles in parallel (a :class:`torch.utils.data.DataLoader` over chunks of 16
+        tiles, written in order, so the cache is the same whatever the number). ``0``: cut in this process;
+        ``None`` (default): one per available CPU core, at most 8, and none for caches of under 4 chunks.
 
     Returns
     -------
@@ -222,10 +305,11 @@ def cache_tiles(
         arr = group.create_array(
             "tiles", shape=(n, tile_px, tile_px, 3), chunks=(_CHUNK, tile_px, tile_px, 3), dtype="uint8"
         )
+        chunks = _cut_chunks(source, _workers(num_workers, n))
         # disable=None: a bar on terminals and notebooks, silence in logs and CI.
-        for start in tqdm(range(0, n, _CHUNK), desc="Cutting tiles", unit="chunk", disable=None):
-            stop = min(start + _CHUNK, n)
-            arr[start:stop] = source.take(range(start, stop))
+        bar = tqdm(chunks, total=-(-n // _CHUNK), desc="Cutting tiles", unit="chunk", disable=None)
+        for c, block in enumerate(bar):
+            arr[c * _CHUNK : c * _CHUNK + len(block)] = block
         group.attrs.update(
             {
                 "tile_um": float(tile_um),

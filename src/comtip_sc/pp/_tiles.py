@@ -215,6 +215,18 @@ class SpotTiles:
         mean, scale = self._colour_stats[k]
         return np.clip(np.rint((tile - mean) * scale + _REF_MEAN), 0, 255).astype(np.uint8)
 
+    def precompute_colour_stats(self) -> None:
+        """Compute every image's colour statistics now (``colour_norm="section"``; else nothing to do).
+
+        Worth calling once before the reader is copied into worker processes, which would each compute them.
+        """
+        if self.colour_norm is None:
+            return
+        for k in range(len(self._images)):
+            if k not in self._colour_stats:
+                mean, std = self._image_colour(k)
+                self._colour_stats[k] = (mean, _REF_STD / std)
+
     def _image_colour(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """RGB mean and std over (a fixed sample of) the spot tiles of image ``k``."""
         spots = np.flatnonzero(self._image_of == k)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, WeightedRandomSampler
 
 # normalized_values is imported from here by the training code and the benchmark harness.
 from .._tables import normalized_values  # noqa: F401
@@ -107,6 +107,28 @@ class SentenceCollate:
         return {"values": values, "gene_idx": gene_idx, "mask": mask}
 
 
+def section_weights(sizes: Sequence[int], alpha: float) -> np.ndarray:
+    """Per-spot sampling weights that draw each section with probability ∝ ``n_spots ** alpha``.
+
+    Every spot of a section of ``n`` spots gets weight ``n ** (alpha - 1)``, so the section's total weight
+    is ``n ** alpha``. ``alpha=1``: every spot equally likely (plain shuffling, large sections dominate);
+    ``alpha=0``: every section equally likely; ``alpha=0.5`` in between.
+
+    Examples
+    --------
+    >>> w = section_weights([100, 25], 0.5)
+    >>> round(w[:100].sum() / w.sum(), 3)  # 10 / (10 + 5)
+    0.667
+
+    """
+    if not np.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"section_balance must be in [0, 1], got {alpha}.")
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if (sizes <= 0).any():
+        raise ValueError(f"Every section needs at least one spot, got sizes {sizes.tolist()}.")
+    return np.repeat(sizes.astype(np.float64) ** (alpha - 1.0), sizes)
+
+
 class SpotDataModule(L.LightningDataModule):
     """Train/validation loaders over one or several :class:`SpotSentences` datasets.
 
@@ -126,6 +148,10 @@ class SpotDataModule(L.LightningDataModule):
     stain_jitter, colour_jitter
         Strength of the HED stain jitter and of the brightness/contrast/saturation jitter of training
         tiles (``ComtipConfig.stain_jitter`` / ``colour_jitter``; 0: off). Need ``augment``.
+    section_balance
+        ``None``: plain shuffling (each training spot once per epoch). A number ``alpha`` in [0, 1]: each
+        batch position draws a section with probability ∝ ``n_spots ** alpha`` and a spot of it uniformly
+        (:func:`section_weights`, with replacement; an epoch is still as many draws as training spots).
 
     """
 
@@ -141,8 +167,12 @@ class SpotDataModule(L.LightningDataModule):
         augment: bool = True,
         stain_jitter: float = 0.0,
         colour_jitter: float = 0.0,
+        section_balance: float | None = None,
     ) -> None:
         super().__init__()
+        if section_balance is not None:
+            section_weights([1], section_balance)  # fail now on a bad value, not at the first epoch
+        self.section_balance = section_balance
         self.datasets = datasets
         self.val_sections = list(val_sections)
         self.batch_size = batch_size
@@ -165,10 +195,16 @@ class SpotDataModule(L.LightningDataModule):
         ds = self.train_dataset
         # InfoNCE needs at least two spots per batch; a final batch of one is dropped.
         drop_last = len(ds) % self.batch_size == 1
+        sampler = None
+        if self.section_balance is not None:
+            sizes = [len(self.datasets[i]) for i in range(len(self.datasets)) if i not in self.val_sections]
+            weights = torch.from_numpy(section_weights(sizes, self.section_balance))
+            sampler = WeightedRandomSampler(weights, num_samples=len(ds), replacement=True)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.train_collate,
             drop_last=drop_last,

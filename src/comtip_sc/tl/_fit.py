@@ -74,6 +74,7 @@ def fit(
     seed: int | None = None,
     tile_cache: str | None = None,
     feature_cache: bool | None = None,
+    section_balance: float | None = None,
     callbacks: list | None = None,
     logger: Any = None,
     default_root_dir: str | None = None,
@@ -148,6 +149,13 @@ def fit(
         ``cpu`` and ``pathology`` presets) and no stain/colour jitter is asked for. The cache goes beside
         the tile cache when ``tile_cache`` is given (and is reused by later runs with the same trunk,
         weights, tiles and spots), else into a temporary folder removed when fit returns.
+    section_balance
+        How training batches draw from sections of different size. ``None`` (default): plain shuffling, so
+        a section's share is its share of the spots. A number ``alpha`` in [0, 1]: each draw picks a
+        training section with probability ∝ ``n_spots ** alpha`` (weights ``n_section ** (alpha - 1)`` per
+        spot in a :class:`torch.utils.data.WeightedRandomSampler`, with replacement): ``1`` is proportional
+        to size like plain shuffling, ``0.5`` damps large sections, ``0`` draws every section equally.
+        Sections are the shapes elements of every dataset (``dataset<i>:<region>`` with several datasets).
     callbacks, logger, default_root_dir, ckpt_path, **trainer_kwargs
         Lightning settings; ``ckpt_path`` resumes training from a Lightning checkpoint. By default
         ``last.ckpt`` is written every epoch (and the best one by validation loss when there are
@@ -277,6 +285,7 @@ def fit(
         std=std,
         stain_jitter=cfg.stain_jitter,
         colour_jitter=cfg.colour_jitter,
+        section_balance=section_balance,
     )
 
     steps_per_epoch = max(1, len(dm.train_dataset) // batch_size)
@@ -354,6 +363,7 @@ def fit(
         "backbone_lr_mult": backbone_lr_mult,
         "layer_decay": layer_decay,
         "batch_size": batch_size,
+        "section_balance": section_balance,
         "seed": seed,
     }
     model = ComtipModel(

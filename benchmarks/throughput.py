@@ -1,0 +1,472 @@
+"""Throughput and memory of embedding, training and retrieval at scale, one run, one markdown table.
+
+Stages (all on the package's ``cpu`` preset network: frozen ImageNet EfficientNet-Lite0 at 128 px under a
+2-block token transformer, built directly with ``build_network``; char-ngram gene names, which no stage
+times):
+
+a. bare forward spots/s (the trunk alone, and the full image encoder on ready-made tensors) against
+   ``cs.tl.comtip_embed`` spots/s on a toy section, same batch and tile size; plus the tile cutting alone;
+b. ``cs.tl.fit`` steps/s reading pixels, a tile cache and a trunk-token cache (epochs after the first);
+c. peak memory (PSS) while embedding a synthetic 40,000 × 40,000 px chunked zarr slide with 50,000 spots (child
+   process, so the number is that run's alone);
+d. time and peak memory (PSS) of retrieval from a 1,000,000-spot synthetic bank for 100,000 queries (child process);
+e. tile- and token-cache reads/s from memory and through the lazy chunk LRU: the measurement behind
+   ``IN_MEMORY_MAX_BYTES``.
+
+    python benchmarks/throughput.py                 # full sizes, ~20-30 min on 2 CPU cores
+    python benchmarks/throughput.py --quick         # reduced sizes, a few minutes
+
+Writes ``benchmarks/results/throughput_cpu.md`` (``throughput_cpu_quick.md`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+import comtip_sc as cs
+from comtip_sc.model import ComtipConfig, build_network
+from comtip_sc.model._comtip_model import ComtipModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.report import _atomic_write, git_commit, machine
+
+TILE_UM = 150.0
+RSS_TARGET_GB = 3.0
+RATIO_TARGET = 0.9
+
+
+def cpu_model(tile_um: float = TILE_UM) -> ComtipModel:
+    """The ``cpu`` preset's network (pretrained trunk) wrapped as a model, without training."""
+    cfg = ComtipConfig.preset("cpu", text_encoder="char-ngram")
+    genes = [f"g{i}" for i in range(50)]
+    return ComtipModel(build_network(cfg, genes), panel=genes, tile_um=tile_um, tile_px=cfg.tile_px)
+
+
+class PeakRSS:
+    """Peak memory of this process and its children (data-loader workers), sampled every 0.2 s.
+
+    The sum of their PSS (proportional set size: a page shared by a forked worker and its parent counts
+    half in each), so the figure is what the process tree holds. ``getrusage``'s ``ru_maxrss`` is not used:
+    Linux carries the parent's high-water mark across ``exec``, so a fresh child reports the parent's peak.
+    """
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for proc in (me, *me.children(recursive=True)):
+            try:
+                total += proc.memory_full_info().pss
+            except psutil.Error:  # a worker that just exited
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self.now()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
+
+
+# ----------------------------------------------------------------------------------------------- stage a
+@torch.no_grad()
+def stage_embed(n_side: int, batch: int, workers: list[int]) -> list[tuple[str, str, str]]:
+    model = cpu_model()
+    net = model.network.eval()
+    sdata = cs.datasets.toy_tissue(n_rows=n_side, n_cols=n_side, n_genes=30, seed=0)
+    n = n_side * n_side
+    x = torch.randn(batch, 3, model.tile_px, model.tile_px)
+    rows = []
+
+    def rate(fn) -> float:
+        fn()  # warm-up
+        t0, done = time.perf_counter(), 0
+        while done < n:
+            fn()
+            done += batch
+        return done / (time.perf_counter() - t0)
+
+    trunk = rate(lambda: net.vision.trunk_tokens(x))
+    encoder = rate(lambda: net.encode_image(x))
+    rows.append(("a", f"trunk forward alone, batch {batch}, {model.tile_px} px", f"{trunk:.0f} spots/s"))
+    rows.append(
+        ("a", "image encoder forward (trunk + tokens + head) on ready tensors", f"{encoder:.0f} spots/s")
+    )
+    tiles = model.tiles(sdata)
+    t0 = time.perf_counter()
+    tiles.take(range(len(tiles)))
+    cut = len(tiles) / (time.perf_counter() - t0)
+    rows.append(
+        (
+            "a",
+            f"tile cutting alone (SpotTiles, 1 process, {TILE_UM:g} µm → {model.tile_px} px)",
+            f"{cut:.0f} spots/s",
+        )
+    )
+    for w in workers:
+        cs.tl.comtip_embed(
+            sdata, model, batch_size=batch, num_workers=w, accelerator="cpu", copy=True
+        )  # warm
+        t0 = time.perf_counter()
+        cs.tl.comtip_embed(sdata, model, batch_size=batch, num_workers=w, accelerator="cpu", copy=True)
+        emb = n / (time.perf_counter() - t0)
+        ratio = emb / encoder
+        verdict = "meets" if ratio >= RATIO_TARGET else f"misses by {RATIO_TARGET - ratio:.2f}"
+        rows.append(
+            (
+                "a",
+                f"`cs.tl.comtip_embed`, num_workers={w}, {n} spots",
+                f"{emb:.0f} spots/s; ×{ratio:.2f} of the encoder forward, ×{emb / trunk:.2f} of the trunk "
+                f"(target ≥ {RATIO_TARGET}: {verdict})",
+            )
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- stage b
+def stage_fit(n_side: int, batch: int, epochs: int, work: Path) -> list[tuple[str, str, str]]:
+    import lightning as L
+
+    class Clock(L.Callback):
+        """Wall time and steps of every epoch after the first (which pays start-up costs)."""
+
+        seconds, steps = 0.0, 0
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self._t0, self._s0 = time.perf_counter(), trainer.global_step
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch >= 1:
+                self.seconds += time.perf_counter() - self._t0
+                self.steps += trainer.global_step - self._s0
+
+    sdata = cs.datasets.toy_tissue(n_rows=n_side, n_cols=n_side, n_genes=60, seed=0)
+    modes = {
+        "pixels (tiles cut from the image every step)": {"feature_cache": False},
+        "tile cache (zarr, 128 px tiles)": {"feature_cache": False, "tile_cache": str(work / "fit_tiles")},
+        "trunk-token cache (8 dihedral views per tile)": {
+            "feature_cache": True,
+            "tile_cache": str(work / "fit_tok"),
+        },
+    }
+    rows = []
+    for name, kw in modes.items():
+        clock = Clock()
+        cs.tl.fit(
+            sdata,
+            preset="cpu",
+            config=ComtipConfig.preset("cpu", text_encoder="char-ngram"),
+            tile_um=TILE_UM,
+            max_epochs=epochs,
+            batch_size=batch,
+            val_sections=None,
+            seed=0,
+            callbacks=[clock],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            logger=False,
+            default_root_dir=str(work),
+            **kw,
+        )
+        rows.append(
+            ("b", f"`cs.tl.fit`, {name}, batch {batch}", f"{clock.steps / clock.seconds:.2f} steps/s")
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- stage c
+def write_slide(path: Path, side: int, chunk: int = 1024) -> None:
+    """A ``(3, side, side)`` uint8 zarr slide of 1024² chunks tiled with 4 compressible textures."""
+    import zarr
+
+    yy, xx = np.mgrid[0:chunk, 0:chunk]
+    patterns = []
+    for k in range(4):
+        cells = ((yy // (6 + 3 * k)) + (xx // (9 + 2 * k))) % 2
+        stripes = ((xx + 2 * yy) // (5 + k)) % 3
+        base = np.array([[220, 170, 200], [150, 90, 160], [240, 225, 235], [120, 60, 130]][k], np.int16)
+        img = base[:, None, None] - 40 * cells[None] - 15 * stripes[None]
+        patterns.append(np.clip(img, 0, 255).astype(np.uint8))
+    arr = zarr.open_array(str(path), mode="w", shape=(3, side, side), chunks=(3, chunk, chunk), dtype="uint8")
+    for by in range(0, side, chunk):
+        for bx in range(0, side, chunk):
+            p = patterns[(by // chunk + 2 * (bx // chunk)) % 4]
+            arr[:, by : by + chunk, bx : bx + chunk] = p[:, : min(chunk, side - by), : min(chunk, side - bx)]
+
+
+def slide_sdata(path: Path, n_spots: int, um_per_px: float = 0.5):
+    """SpatialData over the lazy zarr slide: an Image2DModel, ``n_spots`` circles on a grid and a table."""
+    import anndata as ad
+    import dask.array as da
+    import pandas as pd
+    import scipy.sparse as sp
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    image = da.from_zarr(str(path))
+    side = image.shape[1]
+    per_row = int(np.ceil(np.sqrt(n_spots)))
+    pitch = side / per_row
+    j = np.arange(n_spots)
+    xy = np.stack([(j % per_row + 0.5) * pitch, (j // per_row + 0.5) * pitch], axis=1)
+    shapes = ShapesModel.parse(
+        xy, geometry=0, radius=np.full(n_spots, 27.5 / um_per_px), transformations={"global": Identity()}
+    )
+    obs = pd.DataFrame(
+        {"region": pd.Categorical(["spots"] * n_spots), "spot_id": j}, index=[f"s{i}" for i in j]
+    )
+    table = TableModel.parse(
+        ad.AnnData(sp.csr_matrix((n_spots, 1), dtype=np.float32), obs=obs),
+        region="spots",
+        region_key="region",
+        instance_key="spot_id",
+    )
+    img = Image2DModel.parse(
+        image, dims=("c", "y", "x"), c_coords=["r", "g", "b"], transformations={"global": Identity()}
+    )
+    return SpatialData(images={"slide": img}, shapes={"spots": shapes}, tables={"table": table})
+
+
+def child_slide(path: str, n_spots: int, batch: int, workers: int) -> dict:
+    sdata = slide_sdata(Path(path), n_spots)
+    model = cpu_model()
+    with PeakRSS() as rss:
+        before = rss.peak
+        t0 = time.perf_counter()
+        cs.tl.comtip_embed(
+            sdata, model, batch_size=batch, num_workers=workers, accelerator="cpu", spot_diameter_um=55.0
+        )
+        seconds = time.perf_counter() - t0
+    emb = sdata.tables["table"].obsm["X_comtip"]
+    assert emb.shape == (n_spots, model.config.embed_dim) and np.isfinite(emb).all()
+    return {"seconds": seconds, "peak_gb": rss.peak / 1e9, "before_gb": before / 1e9}
+
+
+# ----------------------------------------------------------------------------------------------- stage d
+def child_retrieval(n_bank: int, n_query: int, k: int, n_genes: int = 250, per_spot: int = 25) -> dict:
+    import scipy.sparse as sp
+
+    from comtip_sc.model._bank import ReferenceBank
+    from comtip_sc.tl._retrieval import retrieve
+
+    rng = np.random.default_rng(0)
+    dim = ComtipConfig.preset("cpu").embed_dim
+
+    def unit(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, dim), dtype=np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    cols = (np.arange(n_bank)[:, None] * 7 + np.arange(per_spot)[None] * (n_genes // per_spot)) % n_genes
+    cols.sort(axis=1)
+    values = sp.csr_matrix(
+        (
+            rng.random(n_bank * per_spot, dtype=np.float32) + 0.1,
+            cols.ravel(),
+            np.arange(0, n_bank * per_spot + 1, per_spot),
+        ),
+        shape=(n_bank, n_genes),
+    )
+    bank = ReferenceBank(unit(n_bank), values, [f"g{i}" for i in range(n_genes)])
+    del values, cols
+    queries = unit(n_query)
+    with PeakRSS() as rss:
+        before = rss.peak
+        t0 = time.perf_counter()
+        out = retrieve(queries, bank, k)
+        seconds = time.perf_counter() - t0
+    assert out.shape == (n_query, n_genes) and np.isfinite(out).all()
+    return {"seconds": seconds, "peak_gb": rss.peak / 1e9, "before_gb": before / 1e9, "dim": dim}
+
+
+def run_child(args: list[str]) -> dict:
+    """Run a stage in a fresh interpreter; its last stdout line is the JSON result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------- stage e
+def stage_cache_reads(n_side: int, work: Path) -> list[tuple[str, str, str]]:
+    from comtip_sc.pp._tile_cache import CachedTiles
+
+    sdata = cs.datasets.toy_tissue(n_rows=n_side, n_cols=n_side, n_genes=30, seed=2)
+    path = work / "reads.zarr"
+    cs.pp.cache_tiles(sdata, path, tile_um=TILE_UM, tile_px=128)
+    n = n_side * n_side
+    rows = []
+    for order_name, order in (
+        ("random", np.random.default_rng(0).permutation(n)),
+        ("sequential", np.arange(n)),
+    ):
+        for in_memory in (True, False):
+            tiles = CachedTiles(path, in_memory=in_memory)
+            tiles[0]  # open (and load) outside the clock
+            t0 = time.perf_counter()
+            for _ in range(3):
+                for i in order:
+                    tiles[int(i)]
+            rate = 3 * n / (time.perf_counter() - t0)
+            how = "whole cache in memory" if in_memory else "lazy, chunk LRU"
+            rows.append(
+                (
+                    "e",
+                    f"tile-cache reads, 128 px, {order_name} order, {how} ({n} tiles)",
+                    f"{rate:,.0f} tiles/s",
+                )
+            )
+    return rows + token_reads(work, n_spots=n)
+
+
+def token_reads(work: Path, n_spots: int) -> list[tuple[str, str, str]]:
+    """Random-order reads of a token cache laid out as ``cache_trunk_tokens`` writes it (synthetic values)."""
+    import zarr
+
+    from comtip_sc.pp._feature_cache import CachedTokens
+
+    item = (8, 16, 1280)  # 8 dihedral views of EfficientNet-Lite0's 4 x 4 tokens of 1280 channels
+    group = zarr.open_group(str(work / "tokens.zarr"), mode="w")
+    arr = group.create_array(
+        "tokens", shape=(n_spots, *item), chunks=(1, *item), shards=(16, *item), dtype="float16"
+    )
+    rng = np.random.default_rng(0)
+    for start in range(0, n_spots, 64):
+        stop = min(start + 64, n_spots)
+        arr[start:stop] = rng.standard_normal((stop - start, *item), dtype=np.float32).astype(np.float16)
+    group.attrs["key"] = {"views": 8}
+    rows = []
+    for in_memory in (True, False):
+        tokens = CachedTokens(work / "tokens.zarr", in_memory=in_memory)
+        tokens[0]
+        order = rng.permutation(n_spots)
+        t0 = time.perf_counter()
+        for i in order:
+            tokens[int(i)]
+        rate = n_spots / (time.perf_counter() - t0)
+        how = "whole cache in memory" if in_memory else "lazy, chunk LRU"
+        what = f"token-cache reads, 8 × 16 × 1280 float16 per spot, random order, {how} ({n_spots} spots)"
+        rows.append(("e", what, f"{rate:,.0f} spots/s"))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="Reduced sizes (a few minutes).")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores).")
+    p.add_argument("--batch", type=int, default=64, help="Embedding batch size (default: %(default)s).")
+    p.add_argument("--slide-px", type=int, help="Side of the synthetic slide (default 40000; quick 8000).")
+    p.add_argument("--slide-spots", type=int, help="Spots on the slide (default 50000; quick 2000).")
+    p.add_argument("--bank", type=int, help="Bank spots (default 1,000,000; quick 100,000).")
+    p.add_argument("--queries", type=int, help="Query spots (default 100,000; quick 10,000).")
+    p.add_argument("--stages", default="abcde", help="Stages to run (default: %(default)s).")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="Output folder.")
+    p.add_argument("--name", help="Results file name (default: throughput_cpu.md, with --quick _quick.md).")
+    p.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.child:
+        kind, *rest = args.child
+        result = (
+            child_slide(rest[0], *map(int, rest[1:])) if kind == "slide" else child_retrieval(*map(int, rest))
+        )
+        print(json.dumps(result))
+        return
+    q = args.quick
+    slide_px = args.slide_px or (8000 if q else 40000)
+    slide_spots = args.slide_spots or (2000 if q else 50000)
+    n_bank = args.bank or (100_000 if q else 1_000_000)
+    n_query = args.queries or (10_000 if q else 100_000)
+    commit, started = git_commit(), time.perf_counter()
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="comtip_throughput_") as tmp:
+        work = Path(tmp)
+        if "a" in args.stages:
+            rows += stage_embed(12 if q else 24, args.batch, [0, 1])
+        if "b" in args.stages:
+            rows += stage_fit(10 if q else 16, 32, 2 if q else 3, work)
+        if "c" in args.stages:
+            t0 = time.perf_counter()
+            write_slide(work / "slide.zarr", slide_px)
+            size = sum(f.stat().st_size for f in (work / "slide.zarr").rglob("*") if f.is_file()) / 1e6
+            written = time.perf_counter() - t0
+            r = run_child(["slide", str(work / "slide.zarr"), str(slide_spots), str(args.batch), "1"])
+            ok = "meets" if r["peak_gb"] < RSS_TARGET_GB else "MISSES"
+            rows.append(
+                (
+                    "c",
+                    f"embed a {slide_px:,} × {slide_px:,} px zarr slide (1024² chunks, {size:.1f} MB on disk, "
+                    f"written in {written:.0f} s), {slide_spots:,} spots, num_workers=1",
+                    f"peak memory {r['peak_gb']:.2f} GB (PSS, process + worker; {r['before_gb']:.2f} GB before embedding; "
+                    f"target < {RSS_TARGET_GB:g} GB: {ok}); {r['seconds']:.0f} s, {slide_spots / r['seconds']:.0f} spots/s",
+                )
+            )
+        if "d" in args.stages:
+            r = run_child(["retrieval", str(n_bank), str(n_query), "50"])
+            rows.append(
+                (
+                    "d",
+                    f"retrieval, top-50 of a {n_bank:,}-spot bank ({r['dim']}-d, 250 genes, 25 per spot) "
+                    f"for {n_query:,} queries",
+                    f"{r['seconds']:.0f} s ({n_query / r['seconds']:,.0f} queries/s); peak memory (PSS) {r['peak_gb']:.2f} GB "
+                    f"({r['before_gb']:.2f} GB holding bank and queries)",
+                )
+            )
+        if "e" in args.stages:
+            rows += stage_cache_reads(12 if q else 24, work)
+    write_table(rows, args, commit, time.perf_counter() - started)
+
+
+def write_table(
+    rows: list[tuple[str, str, str]], args: argparse.Namespace, commit: str, seconds: float
+) -> None:
+    m = machine()
+    argv = " ".join(a for a in sys.argv[1:])
+    lines = [
+        f"# Throughput{' (quick sizes)' if args.quick else ''}",
+        "",
+        f"Machine: {m['processor']}, {m['cpu_count']} cores, {m['platform']}; Python {m['python']}, torch "
+        f"{m['torch']}, {args.threads} torch threads. Commit {commit}. Command: "
+        f"`python benchmarks/throughput.py{(' ' + argv) if argv else ''}`. Wall time {seconds / 60:.1f} min.",
+        "",
+        "| stage | what | result |",
+        "|---|---|---|",
+        *[f"| {s} | {w} | {r} |" for s, w, r in rows],
+        "",
+    ]
+    out = Path(args.out) / (args.name or f"throughput_cpu{'_quick' if args.quick else ''}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, "\n".join(lines))
+    print("\n".join(lines))
+    print(f"Wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
