@@ -79,7 +79,7 @@ class CachedTokens(LazyZarrArray):
 
     Like :class:`~comtip_sc.pp.CachedTiles`, the store opens lazily in each process (cheap to pickle into
     data-loader workers) and is read one spot's zarr chunk at a time (caches written before sharding: 16
-    spots) through a small per-process LRU of decoded chunks; a cache up to :data:`~comtip_sc.pp._tile_cache.IN_MEMORY_MAX_BYTES` is read whole into
+    spots) through a small per-process LRU of decoded chunks; a cache up to ``IN_MEMORY_MAX_BYTES`` is read whole into
     memory at first access instead.
 
     Parameters

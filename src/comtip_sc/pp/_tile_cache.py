@@ -44,7 +44,7 @@ class LazyZarrArray:
     the pickle). Read from disk, the last :data:`CHUNK_LRU` decoded zarr chunks are kept, so memory stays
     bounded by a few chunks, not by the cache, and consecutive items of one chunk are decoded once.
     ``in_memory``: ``True`` always loads the whole array, ``False`` always reads chunks from disk, ``None``
-    loads it when it is at most :data:`IN_MEMORY_MAX_BYTES`.
+    loads it when it is at most ``IN_MEMORY_MAX_BYTES``.
     """
 
     path: str
@@ -93,8 +93,8 @@ class CachedTiles(LazyZarrArray):
 
     The zarr store is opened lazily in each process, so instances pickle cheaply into data-loader
     workers. By default tiles are read from disk a zarr chunk (16 tiles) at a time through a small
-    per-process LRU of decoded chunks (:class:`LazyZarrArray`), so a cache larger than memory trains with
-    memory bounded by the batch; a cache up to :data:`IN_MEMORY_MAX_BYTES` (256 MiB) is read whole into
+    per-process LRU of decoded chunks (``LazyZarrArray``), so a cache larger than memory trains with
+    memory bounded by the batch; a cache up to ``IN_MEMORY_MAX_BYTES`` (256 MiB) is read whole into
     memory at the first access instead, where reads are cheapest.
 
     Parameters
@@ -104,7 +104,7 @@ class CachedTiles(LazyZarrArray):
     in_memory
         ``True``: always load the whole cache into memory (in every process that reads it); ``False``:
         always read chunks from disk; ``None`` (default): load it when it is at most
-        :data:`IN_MEMORY_MAX_BYTES`.
+        ``IN_MEMORY_MAX_BYTES``.
 
     Examples
     --------
