@@ -71,3 +71,45 @@ def tiny_model(tiny_config, tmp_path_factory):
         default_root_dir=str(tmp_path_factory.mktemp("tiny_model")),
         enable_model_summary=False,
     )
+
+
+@pytest.fixture(scope="session")
+def frozen_cnn_config():
+    """Factory of a frozen, randomly initialised ResNet-10t at 64 px (2x2 tokens) under a 1-block token
+    transformer: the ``cpu`` preset's structure (frozen CNN, token cache) at test size."""
+    from comtip_sc.model import ComtipConfig
+
+    def make(**overrides):
+        settings = dict(
+            backbone="resnet10t",
+            tile_px=64,
+            freeze_backbone="all",
+            token_depth=1,
+            token_dim=32,
+            embed_dim=16,
+            gene_dim=16,
+            n_heads_gene=2,
+            text_encoder="char-ngram",
+        )
+        return ComtipConfig(**{**settings, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def fit_quiet(tmp_path):
+    """``cs.tl.fit`` on the toy tissue with 100 µm tiles, batch 8, seed 0, quiet, writing under ``tmp_path``."""
+    import comtip_sc as cs
+
+    def run(sdata, config, **kw):
+        settings = dict(
+            tile_um=100,
+            batch_size=8,
+            seed=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(tmp_path),
+        )
+        return cs.tl.fit(sdata, config=config, **{**settings, **kw})
+
+    return run

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import comtip_sc as cs
-from comtip_sc.model import ComtipConfig
 from comtip_sc.model._trunk import create_backbone
 from comtip_sc.model._vision import VisionBranch
 from comtip_sc.tl._datamodule import SentenceCollate
@@ -15,20 +14,10 @@ from comtip_sc.tl._datamodule import SentenceCollate
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _config(**kw) -> ComtipConfig:
-    settings = dict(
-        backbone="resnet10t",
-        tile_px=64,
-        freeze_backbone="all",
-        token_depth=1,
-        token_dim=32,
-        embed_dim=16,
-        gene_dim=16,
-        n_heads_gene=2,
-        text_encoder="char-ngram",
-        context_scale=3.0,
-    )
-    return ComtipConfig(**{**settings, **kw})
+@pytest.fixture
+def config(frozen_cnn_config):
+    """The tiny frozen CNN config with a 3x context tile."""
+    return lambda **kw: frozen_cnn_config(**{"context_scale": 3.0, **kw})
 
 
 def test_context_tiles_stack_the_spot_and_a_wider_field() -> None:
@@ -79,20 +68,9 @@ def test_context_jitter_draws_once_per_spot() -> None:
     assert not torch.allclose(image[0], image[1])  # spots: different draws
 
 
-def test_fit_embed_predict_with_a_context_tile(tmp_path) -> None:
+def test_fit_embed_predict_with_a_context_tile(tmp_path, config, fit_quiet) -> None:
     sdata = cs.datasets.toy_tissue(n_rows=5, n_cols=5, n_genes=20, seed=0)
-    model = cs.tl.fit(
-        sdata,
-        config=_config(),
-        tile_um=100,
-        max_epochs=1,
-        batch_size=8,
-        seed=0,
-        tile_cache=str(tmp_path / "cache"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    model = fit_quiet(sdata, config(), max_epochs=1, tile_cache=str(tmp_path / "cache"))
     cache = tmp_path / "cache"
     assert (cache / "dataset0.zarr").is_dir() and (cache / "dataset0_300um.zarr").is_dir()
     tokens = cs.pp.CachedTokens(cache / "dataset0_300um_tokens.zarr")
@@ -109,8 +87,8 @@ def test_fit_embed_predict_with_a_context_tile(tmp_path) -> None:
     assert np.isfinite(sdata.tables["table"].obsm["comtip_pred"].to_numpy()).all()
 
 
-def test_context_scale_is_validated() -> None:
+def test_context_scale_is_validated(config) -> None:
     with pytest.raises(ValueError, match="context_scale"):
-        _config(context_scale=0.5)
+        config(context_scale=0.5)
     with pytest.raises(ValueError, match="context_scale"):
-        _config(token_depth=0, mfm=False)
+        config(token_depth=0, mfm=False)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import comtip_sc as cs
-from comtip_sc.model import ComtipConfig
 from comtip_sc.model._trunk import create_backbone
 from comtip_sc.model._vision import VisionBranch
 from comtip_sc.pp._feature_cache import DIHEDRAL_VIEWS, dihedral_view
@@ -28,21 +27,6 @@ def _vision(seed: int = 0) -> VisionBranch:
 def tiles():
     sdata = cs.datasets.toy_tissue(n_rows=3, n_cols=4, n_genes=20, seed=0)
     return cs.pp.SpotTiles(sdata, tile_um=100, tile_px=64)
-
-
-def _frozen_config(**kw) -> ComtipConfig:
-    settings = dict(
-        backbone="resnet10t",
-        tile_px=64,
-        freeze_backbone="all",
-        token_depth=1,
-        token_dim=32,
-        embed_dim=16,
-        gene_dim=16,
-        n_heads_gene=2,
-        text_encoder="char-ngram",
-    )
-    return ComtipConfig(**{**settings, **kw})
 
 
 def test_cached_tokens_are_the_trunk_tokens_of_every_view(tiles, tmp_path) -> None:
@@ -98,20 +82,9 @@ def test_cache_needs_a_frozen_trunk(tiles, tmp_path) -> None:
         cs.pp.cache_trunk_tokens(tiles, vb, tmp_path / "t.zarr", mean=MEAN, std=STD)
 
 
-def test_fit_trains_on_cached_tokens_and_embeds_like_pixels(tmp_path) -> None:
+def test_fit_trains_on_cached_tokens_and_embeds_like_pixels(tmp_path, frozen_cnn_config, fit_quiet) -> None:
     sdata = cs.datasets.toy_tissue(n_rows=5, n_cols=5, n_genes=20, seed=0)
-    model = cs.tl.fit(
-        sdata,
-        config=_frozen_config(),
-        tile_um=100,
-        max_epochs=2,
-        batch_size=8,
-        seed=0,
-        tile_cache=str(tmp_path / "cache"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    model = fit_quiet(sdata, frozen_cnn_config(), max_epochs=2, tile_cache=str(tmp_path / "cache"))
     # The default for a frozen trunk under a token transformer: tokens cached beside the tiles.
     assert (tmp_path / "cache" / "dataset0_tokens.zarr").is_dir()
     assert model.history["global_steps"] == 2 * (25 // 8)
@@ -121,13 +94,13 @@ def test_fit_trains_on_cached_tokens_and_embeds_like_pixels(tmp_path) -> None:
     np.testing.assert_allclose(emb, model.reference.image_embeddings, atol=5e-3)
 
 
-def test_fit_feature_cache_refuses_what_it_cannot_cache(tmp_path) -> None:
+def test_fit_feature_cache_refuses_what_it_cannot_cache(tmp_path, frozen_cnn_config) -> None:
     sdata = cs.datasets.toy_tissue(n_rows=3, n_cols=3, n_genes=20, seed=0)
     kw = dict(tile_um=100, max_epochs=1, enable_progress_bar=False, default_root_dir=str(tmp_path))
     with pytest.raises(ValueError, match="stain_jitter"):
-        cs.tl.fit(sdata, config=_frozen_config(stain_jitter=0.05), feature_cache=True, **kw)
+        cs.tl.fit(sdata, config=frozen_cnn_config(stain_jitter=0.05), feature_cache=True, **kw)
     with pytest.raises(ValueError, match="frozen trunk"):
-        cs.tl.fit(sdata, config=_frozen_config(freeze_backbone="none"), feature_cache=True, **kw)
+        cs.tl.fit(sdata, config=frozen_cnn_config(freeze_backbone="none"), feature_cache=True, **kw)
 
 
 def test_token_cache_read_lazily_equals_in_memory(tiles, tmp_path) -> None:
