@@ -97,8 +97,6 @@ def test_fit_trains_on_cached_tokens_and_embeds_like_pixels(tmp_path, frozen_cnn
 def test_fit_feature_cache_refuses_what_it_cannot_cache(tmp_path, frozen_cnn_config) -> None:
     sdata = cs.datasets.toy_tissue(n_rows=3, n_cols=3, n_genes=20, seed=0)
     kw = dict(tile_um=100, max_epochs=1, enable_progress_bar=False, default_root_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="stain_jitter"):
-        cs.tl.fit(sdata, config=frozen_cnn_config(stain_jitter=0.05), feature_cache=True, **kw)
     with pytest.raises(ValueError, match="frozen trunk"):
         cs.tl.fit(sdata, config=frozen_cnn_config(freeze_backbone="none"), feature_cache=True, **kw)
 
@@ -117,3 +115,30 @@ def test_token_cache_read_lazily_equals_in_memory(tiles, tmp_path) -> None:
     item = disk[3]
     item[:] = 0  # a caller's edit must not reach the decoded chunk
     np.testing.assert_array_equal(disk[3], memory[3])
+
+
+def test_jittered_token_cache_keeps_view_0_and_jitters_the_others(tiles, tmp_path) -> None:
+    vb = _vision().eval()
+    plain = cs.pp.cache_trunk_tokens(tiles, vb, tmp_path / "p.zarr", mean=MEAN, std=STD, views=3)
+    kw = dict(mean=MEAN, std=STD, views=3, stain_jitter=0.1, colour_jitter=0.1)
+    jit = cs.pp.cache_trunk_tokens(tiles, vb, tmp_path / "j.zarr", **kw)
+    assert jit.key["jitter"] == [0.1, 0.1, 0] and "jitter" not in plain.key
+    for i in range(len(tiles)):
+        np.testing.assert_array_equal(jit[i][0], plain[i][0])  # view 0: the tile as cut
+        assert not np.allclose(jit[i][1:], plain[i][1:], atol=1e-2)
+    # The same seed draws the same jitter; another seed is another cache.
+    again = cs.pp.cache_trunk_tokens(tiles, vb, tmp_path / "j2.zarr", **kw)
+    np.testing.assert_array_equal(again[0], jit[0])
+    other = cs.pp.cache_trunk_tokens(tiles, vb, tmp_path / "j.zarr", seed=1, **kw)
+    assert other.key["jitter"] == [0.1, 0.1, 1] and not np.array_equal(other[0][1], jit[0][1])
+    with pytest.raises(ValueError, match="stain_jitter must be in"):
+        cs.pp.cache_trunk_tokens(tiles, vb, tmp_path / "bad.zarr", mean=MEAN, std=STD, stain_jitter=1.5)
+
+
+def test_fit_with_jitter_trains_on_a_jittered_token_cache(tmp_path, frozen_cnn_config, fit_quiet) -> None:
+    sdata = cs.datasets.toy_tissue(n_rows=4, n_cols=4, n_genes=20, seed=0)
+    cfg = frozen_cnn_config(stain_jitter=0.05, colour_jitter=0.1)
+    fit_quiet(sdata, cfg, max_epochs=1, tile_cache=str(tmp_path / "cache"))
+    jittered = tmp_path / "cache" / "dataset0_sj0.05_cj0.1_tokens.zarr"
+    assert jittered.is_dir() and not (tmp_path / "cache" / "dataset0_tokens.zarr").exists()
+    assert cs.pp.CachedTokens(jittered).key["jitter"] == [0.05, 0.1, 0]

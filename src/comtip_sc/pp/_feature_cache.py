@@ -6,6 +6,10 @@ optional flip, the augmentations :class:`~comtip_sc.tl._datamodule.SentenceColla
 then runs only the trainable token transformer on top. The cache lives beside the tile cache and records
 what it was computed from (trunk, a hash of its weights, tile size in µm and px, colour handling, views and
 the spots); any mismatch rebuilds it.
+
+Stain and colour jitter (``ComtipConfig.stain_jitter`` / ``colour_jitter``) are precomputed the same way:
+views 1-7 of a jittered cache each carry their own random stain and colour draw (view 0 stays as cut, for
+validation), so training on it sees 7 stain variants of every tile instead of a new one each step.
 """
 
 from __future__ import annotations
@@ -109,8 +113,16 @@ class CachedTokens(LazyZarrArray):
         return np.array(self._item("tokens", int(i)))
 
 
-def token_cache_key(tiles: Any, vision: nn.Module, views: int = DIHEDRAL_VIEWS) -> dict[str, Any]:
-    """What a token cache of ``tiles`` through ``vision``'s trunk depends on; a cache matches only if equal."""
+def token_cache_key(
+    tiles: Any,
+    vision: nn.Module,
+    views: int = DIHEDRAL_VIEWS,
+    jitter: tuple[float, float, int] = (0.0, 0.0, 0),
+) -> dict[str, Any]:
+    """What a token cache of ``tiles`` through ``vision``'s trunk depends on; a cache matches only if equal.
+
+    ``jitter`` is ``(stain_jitter, colour_jitter, seed)`` of the jittered views (zeros: none).
+    """
     backbone = vision.backbone
     cfg = getattr(backbone, "pretrained_cfg", {}) or {}
     return {
@@ -123,6 +135,10 @@ def token_cache_key(tiles: Any, vision: nn.Module, views: int = DIHEDRAL_VIEWS) 
         "views": int(views),
         "spots": _spots_hash(tiles),
         "n_spots": len(tiles),
+        # Only a jittered cache records its jitter, so caches written before jitter existed still match.
+        **(
+            {"jitter": [float(jitter[0]), float(jitter[1]), int(jitter[2])]} if jitter[0] or jitter[1] else {}
+        ),
     }
 
 
@@ -136,6 +152,9 @@ def cache_trunk_tokens(
     views: int = DIHEDRAL_VIEWS,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    stain_jitter: float = 0.0,
+    colour_jitter: float = 0.0,
+    seed: int = 0,
 ) -> CachedTokens:
     """Compute a frozen trunk's tokens for every tile and dihedral view once, and store them at ``path``.
 
@@ -158,6 +177,12 @@ def cache_trunk_tokens(
         Tiles per trunk forward pass.
     device
         Where the trunk runs.
+    stain_jitter, colour_jitter
+        Strength of the HED stain jitter and brightness/contrast/saturation jitter
+        (:func:`~comtip_sc.tl._augment.hed_jitter`, :func:`~comtip_sc.tl._augment.colour_jitter`) applied
+        to views 1-7, one independent draw per tile and view; view 0 is never jittered. 0: off.
+    seed
+        Seed of the jitter draws (the cache is the same for the same seed).
 
     Returns
     -------
@@ -187,7 +212,10 @@ def cache_trunk_tokens(
     if len(tiles) == 0:
         raise ValueError("No tiles to cache: the tile reader holds no spots.")
     path = Path(path)
-    key = token_cache_key(tiles, vision, views)
+    for name, value in (("stain_jitter", stain_jitter), ("colour_jitter", colour_jitter)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}.")
+    key = token_cache_key(tiles, vision, views, (stain_jitter, colour_jitter, seed))
     if path.exists():
         try:
             cached = CachedTokens(path)
@@ -206,6 +234,10 @@ def cache_trunk_tokens(
     c = int(np.shape(tiles[0])[-1])  # 6 with a context tile
     m = torch.tensor(mean, dtype=torch.float32).repeat(c // 3).view(1, c, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).repeat(c // 3).view(1, c, 1, 1)
+    # Lazy: the training package imports this one.
+    from ..tl._augment import jitter_spot_tiles
+
+    generator = torch.Generator().manual_seed(seed)
     vision = vision.to(device)
     was_training = vision.training
     vision.eval()
@@ -219,7 +251,10 @@ def cache_trunk_tokens(
                 out = []
                 for v in range(views):
                     x = torch.from_numpy(np.ascontiguousarray(dihedral_view(batch, v))).permute(0, 3, 1, 2)
-                    x = (x.float().div_(255.0) - m) / s
+                    x = x.float().div_(255.0)
+                    if v > 0 and (stain_jitter or colour_jitter):
+                        x = jitter_spot_tiles(x, stain_jitter, colour_jitter, generator=generator)
+                    x = (x - m) / s
                     out.append(vision.trunk_tokens(x.to(device)).float().cpu())
                 block = torch.stack(out, dim=1).to(torch.float16).numpy()  # [b, views, P, C]
                 if arr is None:

@@ -115,3 +115,25 @@ def colour_jitter(
         tile = TF.adjust_contrast(tile, contrast)
         out.append(TF.adjust_saturation(tile, sat))
     return torch.stack(out)
+
+
+def jitter_spot_tiles(
+    tiles: torch.Tensor, stain: float, colour: float, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Stain then colour jitter of a batch of spot tiles ``[B, C, H, W]`` in ``[0, 1]`` (C = 3, or 6 with context).
+
+    With a context tile (:class:`~comtip_sc.pp.ContextTiles`) a spot's two tiles are jittered side by side as
+    one image, so both get the same stain and colour draw.
+
+    Examples
+    --------
+    >>> x = torch.rand(2, 6, 8, 8)
+    >>> y = jitter_spot_tiles(x, 0.05, 0.1, generator=torch.Generator().manual_seed(0))
+    >>> y.shape
+    torch.Size([2, 6, 8, 8])
+
+    """
+    b, c, h, w = tiles.shape
+    side = tiles.reshape(b, c // 3, 3, h, w).permute(0, 2, 3, 1, 4).reshape(b, 3, h, -1)
+    side = colour_jitter(hed_jitter(side, stain, generator=generator), colour, generator=generator)
+    return side.reshape(b, 3, h, c // 3, w).permute(0, 3, 1, 2, 4).reshape(b, c, h, w)

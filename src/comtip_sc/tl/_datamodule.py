@@ -80,14 +80,11 @@ class SentenceCollate:
             arrs = [np.rot90(a, k, axes=(0, 1)) for a, k in zip(arrs, ks, strict=True)]
             arrs = [a[:, ::-1] if f else a for a, f in zip(arrs, flips, strict=True)]
         tiles = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()
-        b, c, h, w = tiles.shape  # c = 6 for a spot tile + a context tile (pp.ContextTiles)
+        c = tiles.shape[1]  # 6 for a spot tile + a context tile (pp.ContextTiles)
         mean = torch.tensor(self.mean).repeat(c // 3).view(1, c, 1, 1)
         std = torch.tensor(self.std).repeat(c // 3).view(1, c, 1, 1)
         if self.augment and (self.stain_jitter > 0 or self.colour_jitter > 0):
-            # A spot's tiles side by side as one RGB image: both get the same stain and colour draw.
-            side = tiles.div_(255.0).view(b, c // 3, 3, h, w).permute(0, 2, 3, 1, 4).reshape(b, 3, h, -1)
-            side = _augment.colour_jitter(_augment.hed_jitter(side, self.stain_jitter), self.colour_jitter)
-            tiles = side.reshape(b, 3, h, c // 3, w).permute(0, 3, 1, 2, 4).reshape(b, c, h, w)
+            tiles = _augment.jitter_spot_tiles(tiles.div_(255.0), self.stain_jitter, self.colour_jitter)
             tiles = tiles.sub_(mean).div_(std)
         else:
             # (x / 255 - mean) / std in one multiply-add.

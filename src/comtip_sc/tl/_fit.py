@@ -146,7 +146,8 @@ def fit(
         Train on cached trunk tokens (:func:`~comtip_sc.pp.cache_trunk_tokens`): a frozen trunk's tokens
         of every tile in its 8 dihedral views, computed once, so that epochs run only the trainable token
         transformer. ``None`` (default) caches whenever the trunk is frozen under a token transformer (the
-        ``cpu`` and ``pathology`` presets) and no stain/colour jitter is asked for. The cache goes beside
+        ``cpu`` and ``pathology`` presets). With ``config.stain_jitter`` / ``colour_jitter`` the cache holds
+        jittered views instead (views 1-7, one stain/colour draw each, seeded by 0). The cache goes beside
         the tile cache when ``tile_cache`` is given (and is reused by later runs with the same trunk,
         weights, tiles and spots), else into a temporary folder removed when fit returns.
     section_balance
@@ -273,9 +274,12 @@ def fit(
     module.network.set_gene_max([gene_stats["max"][g] for g in genes_vocab])
     mean, std = module.network.image_mean, module.network.image_std
     scratch = ExitStack()
-    if wants_token_cache(feature_cache, module.network.vision, cfg):
+    if wants_token_cache(feature_cache, module.network.vision):
         folder = tile_cache or scratch.enter_context(tempfile.TemporaryDirectory(prefix="comtip_tokens_"))
-        attach_token_caches(registered, module.network.vision, folder, mean, std, cache_device(accelerator))
+        jitter = (cfg.stain_jitter, cfg.colour_jitter)
+        attach_token_caches(
+            registered, module.network.vision, folder, mean, std, cache_device(accelerator), jitter
+        )
     dm = SpotDataModule(
         [ds for _, ds in sections],
         val_sections=val_idx,

@@ -17,7 +17,6 @@ from spatialdata import SpatialData
 from .._constants import PANEL_KEY, SAMPLE_KEY
 from .._sections import resolve_sections, spot_layout
 from .._tables import check_counts, check_genes, get_table
-from ..model import ComtipConfig
 from ..model._comtip_model import ReferenceBank
 from ..pp._context import with_context
 from ..pp._feature_cache import cache_trunk_tokens
@@ -124,24 +123,18 @@ def register(
     return Registered(f"dataset{idx}", panel, values, sections, table.obs_names.to_numpy(), centres)
 
 
-def wants_token_cache(feature_cache: bool | None, vision: torch.nn.Module, cfg: ComtipConfig) -> bool:
-    """Whether training reads cached trunk tokens: asked for, or by default whenever the trunk is frozen."""
-    jitter = cfg.stain_jitter > 0 or cfg.colour_jitter > 0
+def wants_token_cache(feature_cache: bool | None, vision: torch.nn.Module) -> bool:
+    """Whether training reads cached trunk tokens: asked for, or by default whenever the trunk is frozen.
+
+    Stain and colour jitter do not stop it: the cache then stores jittered views
+    (:func:`~comtip_sc.pp.cache_trunk_tokens`).
+    """
     if feature_cache is None:
-        if jitter and vision.trunk_frozen:
-            log.info(
-                "Stain/colour jitter needs pixels: the frozen trunk runs on every batch (no token cache)."
-            )
-        return bool(vision.trunk_frozen and vision.tokens is not None and not jitter)
+        return bool(vision.trunk_frozen and vision.tokens is not None)
     if feature_cache and not (vision.trunk_frozen and vision.tokens is not None):
         raise ValueError(
             "feature_cache=True needs a frozen trunk with a token transformer (freeze_backbone='all', "
             "token_depth >= 1): a trunk that trains changes its tokens every step."
-        )
-    if feature_cache and jitter:
-        raise ValueError(
-            "feature_cache=True caches tokens of the 8 dihedral views of each tile; stain_jitter and "
-            "colour_jitter change pixels on every step. Set them to 0 or pass feature_cache=False."
         )
     return bool(feature_cache)
 
@@ -154,16 +147,34 @@ def cache_device(accelerator: str) -> torch.device:
 
 
 def attach_token_caches(
-    registered: list[Registered], vision: torch.nn.Module, folder: str, mean, std, device: torch.device
+    registered: list[Registered],
+    vision: torch.nn.Module,
+    folder: str,
+    mean,
+    std,
+    device: torch.device,
+    jitter: tuple[float, float] = (0.0, 0.0),
 ) -> None:
-    """Point every registered table's dataset at cached trunk tokens (built in ``folder`` when missing)."""
+    """Point every registered table's dataset at cached trunk tokens (built in ``folder`` when missing).
+
+    ``jitter`` (stain, colour) > 0 caches jittered views. Their draws use one fixed seed (0), not the fit's,
+    so fits with other seeds share the cache; the fit's seed still orders batches, views and masks.
+    """
     for i, r in enumerate(registered):
         full = r.sections[0][1].dataset  # every section is a view of its table's SpotSentences
-        # Tokens with a context tile go to their own cache, so fits with and without one share a folder.
+        # Caches with a context tile or with jitter go to their own folder, so fits with and without share one.
         ctx = getattr(full.tiles, "context_um", None)
-        name = f"dataset{i}_tokens.zarr" if ctx is None else f"dataset{i}_{ctx:g}um_tokens.zarr"
+        name = f"dataset{i}" + ("" if ctx is None else f"_{ctx:g}um")
+        name += f"_sj{jitter[0]:g}_cj{jitter[1]:g}" if any(jitter) else ""
         full.tiles = cache_trunk_tokens(
-            full.tiles, vision, os.path.join(folder, name), mean=mean, std=std, device=device
+            full.tiles,
+            vision,
+            os.path.join(folder, f"{name}_tokens.zarr"),
+            mean=mean,
+            std=std,
+            device=device,
+            stain_jitter=jitter[0],
+            colour_jitter=jitter[1],
         )
 
 
