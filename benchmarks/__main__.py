@@ -39,13 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds",
         default=None,
-        help="Comma-separated seeds; every row is trained once per seed (default: the preset's, cpu: 0,1).",
+        help="Comma-separated seeds; every row is trained once per seed (default: the preset's, cpu: 0,1,2).",
     )
     p.add_argument(
         "--datasets",
         default=None,
         help="Comma-separated datasets to run (her2st, mob; default: both). A subset writes "
         "expression_prediction_<preset>_<datasets>.*, so two runs can split a long preset.",
+    )
+    p.add_argument(
+        "--rows",
+        default="all",
+        choices=["all", "core", "ablations"],
+        help="Which fits to run: all; core (CoMTIP, + context, + stain jitter, the baselines and clustering: "
+        "what the quality targets are read from); ablations (−MFM, −PAAT, −value query, the peer families, "
+        "held-out genes, beside the same baselines). A subset writes expression_prediction_<preset>_<rows>.*.",
     )
     p.add_argument(
         "--per-fit",

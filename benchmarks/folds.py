@@ -19,7 +19,7 @@ from comtip_sc.pp._subset import subset_sections
 from comtip_sc.tl._datamodule import normalized_values
 
 if TYPE_CHECKING:
-    from .harness import BenchPreset
+    from .presets import BenchPreset
 
 log = logging.getLogger("benchmarks")
 

@@ -9,12 +9,9 @@ Results go to ``<out>/expression_prediction_<preset>.{md,csv,json}``, rewritten 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,6 @@ from spatialdata import SpatialData
 from comtip_sc._constants import TABLE_KEY
 from comtip_sc._sections import resolve_sections, spot_layout
 from comtip_sc.model import FLAG_PRESETS, ComtipConfig, ComtipModel
-from comtip_sc.model._config import preset_training
 from comtip_sc.pp import cache_tiles
 from comtip_sc.tl._datamodule import normalized_values
 from comtip_sc.tl._fit import _default_precision
@@ -41,9 +37,12 @@ from .colour_features import (
     zscore_per_section,
 )
 from .folds import Fold
+from .presets import BenchPreset
 
 log = logging.getLogger("benchmarks")
 
+#: The stain-augmentation ablation's strengths (``ComtipConfig.stain_jitter`` / ``colour_jitter``).
+STAIN_JITTER = {"stain_jitter": 0.1, "colour_jitter": 0.1}
 #: The CoMTIP variants trained per fold: (row label, ablation flags). Each gives a retrieval row, and a zero-shot
 #: row when its sentences carry values.
 VARIANTS: list[tuple[str, dict[str, bool]]] = [
@@ -54,10 +53,14 @@ VARIANTS: list[tuple[str, dict[str, bool]]] = [
     ("values-only ≈BLEEP", FLAG_PRESETS["bleep"]),
     ("names-only ≈OmiCLIP", FLAG_PRESETS["omiclip"]),
     ("CoMTIP + 3× context", {**FLAG_PRESETS["comtip"], "context_scale": CONTEXT_SCALE}),
+    ("CoMTIP + stain jitter", {**FLAG_PRESETS["comtip"], **STAIN_JITTER}),
 ]
-#: The variants that also get a ridge-head row on their image embedding.
-HEAD_VARIANTS = ("CoMTIP", "CoMTIP + 3× context")
+#: The variants that also get a ridge-head row on their image embedding, and that row smoothed.
+HEAD_VARIANTS = ("CoMTIP", "CoMTIP + 3× context", "CoMTIP + stain jitter")
 HEAD = "head (ridge on its image emb.)"
+#: The smoothing ablation: the head's predictions averaged over each spot's SMOOTH nearest spots.
+SMOOTH = 6
+SMOOTHED = f"head, {SMOOTH}-NN smoothed"
 #: Every N_HELD-th panel gene is held out of a second CoMTIP fit to measure zero-shot on genes never trained on.
 HELD_EVERY = 5
 SEEN = "CoMTIP · zero-shot, held-out genes, model trained with them"
@@ -69,16 +72,29 @@ MEAN = "train mean"
 
 #: The independent pieces of one fold, the tasks of ``--per-fit``: one per CoMTIP fit, then the baselines.
 PARTS: list[str] = [*(label for label, _ in VARIANTS), UNSEEN, "baselines"]
+#: ``--rows``: which parts a run trains. ``core`` holds what the quality targets are read from (CoMTIP,
+#: context, stain jitter, baselines and clustering); ``ablations`` the method ablations and peer families
+#: beside the same baselines.
+CORE_PARTS = ["CoMTIP", "CoMTIP + 3× context", "CoMTIP + stain jitter", "baselines"]
+ROW_SETS: dict[str, list[str]] = {
+    "all": PARTS,
+    "core": CORE_PARTS,
+    "ablations": [p for p in PARTS if p not in CORE_PARTS or p == "baselines"],
+}
 
 
-def method_names() -> list[str]:
-    """Every method row of one fold, in table order."""
+def method_names(parts: Sequence[str] | None = None) -> list[str]:
+    """Every method row of one fold that ``parts`` (default: all of :data:`PARTS`) write, in table order."""
+    parts = PARTS if parts is None else parts
     names = []
     for label, flags in VARIANTS:
+        if label not in parts:
+            continue
         names += [f"{label} · retrieval"] + ([f"{label} · zero-shot"] if flags["use_values"] else [])
-        names += [f"{label} · {HEAD}"] if label in HEAD_VARIANTS else []
+        names += [f"{label} · {HEAD}", f"{label} · {SMOOTHED}"] if label in HEAD_VARIANTS else []
         names += [SEEN] if label == "CoMTIP" else []
-    return [*names, UNSEEN, STNET, RIDGE, *COLOUR_ROWS, MEAN]
+    names += [UNSEEN] if UNSEEN in parts else []
+    return [*names, STNET, RIDGE, *COLOUR_ROWS, MEAN] if "baselines" in parts else names
 
 
 def held_out_genes(panel: list[str]) -> list[str]:
@@ -91,103 +107,6 @@ def held_out_genes(panel: list[str]) -> list[str]:
 
     """
     return panel[2::HELD_EVERY]
-
-
-@dataclass(frozen=True)
-class BenchPreset:
-    """Everything a run holds fixed across rows."""
-
-    name: str
-    config: ComtipConfig
-    tile_um: dict[str, float]
-    epochs: int
-    #: Per dataset: ``ComtipConfig.colour_norm`` of its tiles, for every row (missing: tiles as scanned).
-    colour_norm: dict[str, str | None] = dataclasses.field(default_factory=dict)
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    #: The seed of one fit; a run sets it to each of ``seeds`` in turn.
-    seed: int = 0
-    #: Every row is trained once per seed; the tables report the mean over folds and seeds.
-    seeds: tuple[int, ...] = (0,)
-    n_genes: int = 250
-    min_counts: int = 100
-    #: Torch CPU threads (None: leave torch's default). See ``cpu`` below.
-    threads: int | None = None
-
-
-def _smoke_config() -> ComtipConfig:
-    # The cpu preset's structure in miniature: a frozen CNN trunk read as 2x2 tokens under a token
-    # transformer, so the smoke run goes through the trunk-token cache as the cpu run does.
-    return ComtipConfig(
-        backbone="resnet10t",
-        tile_px=64,
-        freeze_backbone="all",
-        token_depth=1,
-        token_dim=32,
-        embed_dim=32,
-        gene_dim=32,
-        n_heads_gene=2,
-        text_encoder="char-ngram",
-        top_k_names=20,
-    )
-
-
-def get_preset(name: str) -> BenchPreset:
-    """The ``smoke``, ``cpu`` and ``gpu`` presets of the benchmark.
-
-    ``cpu`` is the package's ``cpu`` preset with its training recipe (lr 1e-3, 12 epochs): the ImageNet
-    EfficientNet-Lite0 trunk installed with the package, frozen, read as 4x4 tokens at 128 px, under a
-    2-block token transformer (width 128) that hosts MFM; every fit trains on cached trunk tokens, so each
-    fold-seed task runs the trunk once per tile and dihedral view. It runs torch on one thread by default
-    (``COMTIP_BENCH_THREADS`` overrides): on the shared 2-core machine, two threads were 4-7× *slower*
-    per step than one (threads spin-waiting on cores that other processes hold).
-
-    Tile sizes: her2st 150 µm (the 100 µm spot plus a margin; the package default). MOB 200 µm: its
-    images are ~4.4 µm/px, so a 150 µm tile is only ~34 native pixels, upsampled ~2-3×; 200 µm (~45 px)
-    keeps the spot and its immediate neighbourhood (neighbours sit 141 µm away), i.e. enough of the
-    bulb's laminar layer structure to tell layers apart, while staying under two spot pitches.
-
-    ``gpu``: ViT-B/32 from scratch at batch 64, 20 epochs, 5e-4 (a guess, not tuned).
-
-    Examples
-    --------
-    >>> get_preset("cpu").config.tile_px
-    128
-
-    """
-    threads = int(os.environ.get("COMTIP_BENCH_THREADS", "1"))
-    if name == "smoke":
-        return BenchPreset(
-            "smoke",
-            _smoke_config(),
-            {"toy": 100.0},
-            epochs=1,
-            colour_norm={"toy": "section"},
-            batch_size=16,
-            lr=1e-3,
-            n_genes=40,
-            threads=threads,
-        )
-    tile_um = {"her2st": 150.0, "mob": 200.0}
-    colour = {"her2st": None, "mob": "section"}
-    if name == "cpu":
-        cfg = ComtipConfig.preset("cpu")
-        recipe = preset_training("cpu")
-        return BenchPreset(
-            "cpu",
-            cfg,
-            tile_um,
-            epochs=recipe["max_epochs"],
-            colour_norm=colour,
-            lr=recipe["lr"],
-            seeds=(0, 1),
-            threads=threads,
-        )
-    if name == "gpu":
-        cfg = ComtipConfig(backbone="vit_base_patch32_224", tile_px=224, embed_dim=256, gene_dim=256)
-        return BenchPreset("gpu", cfg, tile_um, epochs=20, colour_norm=colour, batch_size=64, lr=5e-4)
-    raise ValueError(f"Unknown benchmark preset {name!r}; choose smoke, cpu or gpu.")
 
 
 # -- one fold -------------------------------------------------------------------------------------------
@@ -351,7 +270,7 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
         if parts is not None and label not in parts:
             continue
         t = time.perf_counter()
-        model = fit_comtip(fold, preset, flags, genes, work, work / f"lightning{k}")
+        model = fit_comtip(fold, preset, flags, genes, work, work / f"seed{seed}" / f"lightning{k}")
         fit_s = time.perf_counter() - t
         t = time.perf_counter()
         net = model.network
@@ -387,6 +306,19 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
                 # Score before the next call replaces the layer: the same genes as UNSEEN, seen in training.
                 seen = _score(fold.test, held, None, keep=True)
             emit(f"{label} · {row_name}", _score(fold.test, panel, None), fit_s, pred_s)
+            if m == "head":
+                t = time.perf_counter()
+                cs.tl.comtip_predict(
+                    fold.test,
+                    model,
+                    method=m,
+                    genes=panel,
+                    use_rep="X_bench",
+                    key_added="bench_pred",
+                    smooth=SMOOTH,
+                )
+                pred_s += time.perf_counter() - t
+                emit(f"{label} · {SMOOTHED}", _score(fold.test, panel, None), fit_s, pred_s)
             if label == "CoMTIP" and m == "head":
                 emit(SEEN, seen, fit_s, pred_s, len(held))
         del fold.test.tables[TABLE_KEY].obsm["X_bench"]
@@ -399,7 +331,7 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
     if parts is not None and "baselines" not in parts:
         return
     t = time.perf_counter()
-    pred = fit_stnet(preset, train_tiles, train_y, test_tiles, work / "lightning", work)
+    pred = fit_stnet(preset, train_tiles, train_y, test_tiles, work / f"seed{seed}" / "lightning", work)
     emit(STNET, _score(fold.test, panel, pred), time.perf_counter() - t, 0.0)
 
     t = time.perf_counter()

@@ -84,6 +84,10 @@ NOTES = [
     "docs/benchmarks.md for the runs with and without it on both datasets.",
     "`PCC-ALL sd`: standard deviation over seeds of each seed's mean PCC-ALL (how far one retraining moves "
     "a row); `PCC-ALL by seed`: each seed's value on that fold.",
+    "`CoMTIP + stain jitter`: the full model trained with `stain_jitter=0.1, colour_jitter=0.1` (HED and "
+    "brightness/contrast/saturation jitter; with the frozen trunk, 7 jittered views per tile in the token "
+    "cache). `head, 6-NN smoothed`: that head's predictions averaged over each spot's 6 nearest spots "
+    "(`cs.tl.comtip_predict(smooth=6)`).",
     "fit_s: training time of the model a row uses (shared by its retrieval / zero-shot / head rows); "
     "predict_s: embedding the test tiles + predicting.",
 ]
@@ -291,7 +295,8 @@ def write_results(
     m = info["machine"]
     header = [
         f"# Expression prediction benchmark — preset `{meta.get('preset', preset)}`"
-        + (f", datasets {', '.join(meta['datasets'])}" if preset != meta.get("preset", preset) else ""),
+        + (f", rows `{meta['rows']}`" if meta.get("rows", "all") != "all" else "")
+        + (f", datasets {', '.join(meta['datasets'])}" if meta.get("datasets_subset") else ""),
         "",
         f"- status: **{info['status']}**; total wall time **{wall_s / 60:.1f} min** ({wall_s:.0f} s)",
         f"- machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads "

@@ -1,7 +1,9 @@
 """The benchmark's runner: the tasks of a run on worker processes, tables rewritten as they finish.
 
 A task is one fold at one seed, or one fit of it with ``--per-fit``; what a fold computes is
-:func:`benchmarks.harness.run_fold`.
+:func:`benchmarks.harness.run_fold`. The tasks of one fold share a work folder: tiles and trunk-token caches
+are cut and computed by the first seed's tasks (which all finish before any later seed starts) and read by
+the others.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from comtip_sc.model._gene_names import resolve_text_encoder
 
 from .clustering import EMBEDDINGS
 from .folds import load_folds
-from .harness import PARTS, BenchPreset, get_preset, log, method_names, run_fold
+from .harness import ROW_SETS, log, method_names, run_fold
+from .presets import BenchPreset, get_preset
 from .report import git_commit, write_results
 
 
@@ -85,9 +88,9 @@ def _fold_job(
     work: str,
     log_level: int,
     verbose: bool,
-    part: str | None = None,
+    parts: list[str],
 ) -> list[dict]:
-    """One fold at one seed (or one ``part`` of it), in a worker process or in this one; returns its rows."""
+    """One fold at one seed, the fits in ``parts``, in a worker process or in this one; returns its rows."""
     import warnings
 
     logging.getLogger("comtip_sc").setLevel(log_level)
@@ -97,7 +100,8 @@ def _fold_job(
     dataset, index = key
     fold = next(f for i, f in enumerate(load_folds(preset, data_root, only=dataset)) if i == index)
     rows: list[dict] = []
-    n_methods = len(method_names())
+    n_methods = len(method_names(parts))
+    where = "" if len(parts) > 1 else f" ({parts[0]})"
 
     def on_row(row: dict) -> None:
         rows.append({**row, "seed": seed})
@@ -119,7 +123,7 @@ def _fold_job(
             fold.dataset,
             fold.name,
             seed,
-            f"{sum('method' in r for r in rows)}/{n_methods}" if part is None else part,
+            f"{sum('method' in r for r in rows)}/{n_methods}" if len(parts) > 1 else parts[0],
             row["method"],
             row["PCC-ALL"],
             row["PCC-HEG"],
@@ -133,13 +137,13 @@ def _fold_job(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist.*")
         warnings.filterwarnings("ignore", message=".*treespec.*")
-        run_fold(fold, preset, Path(work), on_row, None if part is None else [part])
+        run_fold(fold, preset, Path(work), on_row, parts)
     log.info(
         "%s %s seed %d%s done in %.0f s.",
         fold.dataset,
         fold.name,
         seed,
-        "" if part is None else f" ({part})",
+        where,
         time.perf_counter() - t,
     )
     return rows
@@ -182,7 +186,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
     per_fit = bool(getattr(args, "per_fit", False))
     keys = fold_keys(preset)
     datasets = _chosen_datasets(keys, getattr(args, "datasets", None))
-    name = preset.name if len(datasets) == len({d for d, _ in keys}) else "_".join([preset.name, *datasets])
+    rows_arg = str(getattr(args, "rows", None) or "all")
+    if rows_arg not in ROW_SETS:
+        raise ValueError(f"--rows must be one of {sorted(ROW_SETS)}, got {rows_arg!r}.")
+    chosen = ROW_SETS[rows_arg]
+    name = "_".join([preset.name, *([] if rows_arg == "all" else [rows_arg])])
+    name = name if len(datasets) == len({d for d, _ in keys}) else "_".join([name, *datasets])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -205,39 +214,46 @@ def run_benchmark(args: argparse.Namespace) -> int:
         "threads": preset.threads if not torch.cuda.is_available() else None,
         "jobs": jobs,
         "per_fit": per_fit,
+        "rows": rows_arg,
+        "datasets_subset": len(datasets) < len({d for d, _ in keys}),
     }
-    # Fold-major: every seed (and fit) of the largest fold is handed out first (see fold_keys).
-    tasks = [
-        (key, seed, part)
-        for key in keys
-        if key[0] in datasets
+    # Seed-major waves: the first seed's tasks cut each fold's tiles and token caches in its shared work folder
+    # before a later seed's tasks read them; within a wave the largest folds go first (see fold_keys).
+    waves = [
+        [
+            (key, seed, part)
+            for key in keys
+            if key[0] in datasets
+            for part in ([[p] for p in chosen] if per_fit else [chosen])
+        ]
         for seed in preset.seeds
-        for part in (PARTS if per_fit else [None])
     ]
+    waves = [waves[0], [t for w in waves[1:] for t in w]] if len(waves) > 1 else waves
     start = time.perf_counter()
     level = logging.getLogger("comtip_sc").getEffectiveLevel()
     verbose = bool(getattr(args, "verbose", False))
     with tempfile.TemporaryDirectory(prefix="comtip_bench_") as tmp:
 
-        def job_args(i: int) -> tuple:
-            key, seed, part = tasks[i]
-            work = str(Path(tmp) / f"task{i}")
-            return (preset, str(args.data_root), key, seed, work, level, verbose, part)
+        def job_args(task: tuple) -> tuple:
+            (dataset, index), seed, parts = task
+            work = str(Path(tmp) / f"{dataset}{index}")
+            return (preset, str(args.data_root), (dataset, index), seed, work, level, verbose, parts)
 
         def done(finished: list[dict]) -> None:
             rows.extend(finished)
             write_results(_ordered(rows), meta, out, name, time.perf_counter() - start, final=False)
 
         if jobs == 1:
-            for i in range(len(tasks)):
-                done(_fold_job(*job_args(i)))
+            for task in (t for w in waves for t in w):
+                done(_fold_job(*job_args(task)))
         else:
             # spawn, not fork: the parent may hold torch/OpenMP threads, which a forked child inherits broken.
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures = [pool.submit(_fold_job, *job_args(i)) for i in range(len(tasks))]
-                for fut in as_completed(futures):
-                    done(fut.result())
+                for wave in waves:
+                    futures = [pool.submit(_fold_job, *job_args(task)) for task in wave]
+                    for fut in as_completed(futures):
+                        done(fut.result())
     paths = write_results(_ordered(rows), meta, out, name, time.perf_counter() - start, final=True)
     log.info(
         "Benchmark %s finished in %.0f s: %s", preset.name, time.perf_counter() - start, ", ".join(paths)

@@ -137,8 +137,21 @@ def test_benchmark_datasets_subset_and_bad_name(tmp_path: Path, capsys) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_row_sets_split_the_rows_and_both_keep_the_baselines(capsys) -> None:
+    from benchmarks.harness import ROW_SETS, STNET, UNSEEN
+
+    core, ablations = (set(method_names(ROW_SETS[k])) for k in ("core", "ablations"))
+    assert core | ablations == set(method_names())
+    # Every model row stands beside the trivial baselines of the same run.
+    assert set(COLOUR_ROWS) | {STNET} <= core & ablations
+    assert "CoMTIP + stain jitter · head, 6-NN smoothed" in core and UNSEEN in ablations
+    assert not any(m.startswith("CoMTIP −") for m in core)
+    assert main_bench(["--preset", "smoke", "--rows", "some"]) != 0
+    assert "invalid choice: 'some'" in capsys.readouterr().err
+
+
 def test_chosen_datasets_keeps_the_preset_order() -> None:
-    from benchmarks.harness import get_preset
+    from benchmarks.presets import get_preset
     from benchmarks.run import _chosen_datasets, fold_keys
 
     keys = fold_keys(get_preset("cpu"))
