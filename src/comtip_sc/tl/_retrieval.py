@@ -17,7 +17,8 @@ def top_k_neighbours(
     """Indices and similarities of the ``k`` rows of ``bank`` most similar (dot product) to each query.
 
     Queries are taken a chunk at a time and scored against the bank a chunk at a time into one reused
-    buffer of at most ``max_scores`` floats; a running ``torch.topk`` keeps the best ``k`` of each query.
+    buffer of at most ``max_scores`` floats; a running ``torch.topk`` keeps the best ``k`` of each query,
+    updated only for the queries that a chunk can improve.
 
     Parameters
     ----------
@@ -60,12 +61,19 @@ def top_k_neighbours(
             e = b_all[b0 : b0 + b_chunk]
             scores = torch.from_numpy(buffer[: len(q) * len(e)]).view(len(q), len(e))
             torch.mm(q, e.T, out=scores)
-            val, idx = torch.topk(scores, min(k, len(e)), dim=1)
-            idx = idx + b0
-            if best_val is not None:
-                val, pos = torch.topk(torch.cat([best_val, val], 1), k, dim=1)
-                idx = torch.cat([best_idx, idx], 1).gather(1, pos)
-            best_val, best_idx = val, idx
+            if best_val is None:  # the first chunk holds at least k bank rows (b_chunk >= k)
+                best_val, best_idx = torch.topk(scores, k, dim=1)
+                best_idx += b0
+                continue
+            # Only a query whose best score here beats its k-th best so far can change: once a few chunks
+            # are in, that is a small minority, and the row maximum costs far less than a top-k.
+            rows = (scores.amax(1) > best_val[:, -1]).nonzero().squeeze(1)
+            if len(rows) == 0:
+                continue
+            val, idx = torch.topk(scores.index_select(0, rows), min(k, len(e)), dim=1)
+            val, pos = torch.topk(torch.cat([best_val[rows], val], 1), k, dim=1)
+            best_idx[rows] = torch.cat([best_idx[rows], idx + b0], 1).gather(1, pos)
+            best_val[rows] = val
         idx_out[q0 : q0 + len(q)] = best_idx.numpy()
         val_out[q0 : q0 + len(q)] = best_val.numpy()
     return idx_out, val_out
