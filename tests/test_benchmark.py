@@ -349,16 +349,17 @@ def _throughput_module():
 
 def test_throughput_slide_and_retrieval_at_tiny_sizes(tmp_path: Path) -> None:
     import zarr
+    from benchmarks.slide import slide_sdata, write_slide
 
     tp = _throughput_module()
-    tp.write_slide(tmp_path / "slide.zarr", 2100)  # 3 × 3 chunks, the last row and column partial
+    write_slide(tmp_path / "slide.zarr", 2100)  # 3 × 3 chunks, the last row and column partial
     arr = zarr.open_array(str(tmp_path / "slide.zarr"), mode="r")
     assert arr.shape == (3, 2100, 2100) and arr.chunks == (3, 1024, 1024)
     # Chunks repeat a few textures (so the slide compresses): chunk (0, 2) repeats chunk (0, 0), chunk (1, 0)
     # holds another texture.
     np.testing.assert_array_equal(arr[:, :64, :52], arr[:, :64, 2048:])
     assert not np.array_equal(arr[:, :64, :64], arr[:, 1024:1088, :64])
-    sdata = tp.slide_sdata(tmp_path / "slide.zarr", 30)
+    sdata = slide_sdata(tmp_path / "slide.zarr", 30)
     from comtip_sc.pp import SpotTiles
 
     tiles = SpotTiles(sdata, tile_um=150, tile_px=32, spot_diameter_um=55.0)
