@@ -93,7 +93,8 @@ def _fold_job(
     """One fold at one seed, the fits in ``parts``, in a worker process or in this one; returns its rows."""
     import warnings
 
-    logging.getLogger("comtip_sc").setLevel(log_level)
+    for name in ("comtip_sc", "benchmarks"):  # a spawned worker starts with default levels
+        logging.getLogger(name).setLevel(log_level)
     if not logging.getLogger().handlers:  # a fresh worker process
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     preset = dataclasses.replace(preset, seed=seed)

@@ -166,7 +166,7 @@ def comtip_predict(
     smooth
         ``None`` (default): each spot's prediction from its own tile. An int ``k``: afterwards, replace
         each spot's prediction by the mean of it and its ``k`` nearest spots of the same section (spot
-        centres; graph from ``squidpy.gr.spatial_neighbors`` with ``coord_type="generic"``). Expression
+        centres; squidpy's k-nearest-neighbour spatial graph). Expression
         varies smoothly over tissue while a tile's read-out is noisy, so averaging trades some resolution
         for less noise; sections never mix. 6 is a spot's ring of neighbours on a hexagonal Visium grid,
         4 on a square legacy ST grid.
