@@ -182,7 +182,7 @@ def cache_trunk_tokens(
         (:func:`~comtip_sc.tl._augment.hed_jitter`, :func:`~comtip_sc.tl._augment.colour_jitter`) applied
         to views 1-7, one independent draw per tile and view; view 0 is never jittered. 0: off.
     seed
-        Seed of the jitter draws (the cache is the same for the same seed).
+        Seed of the jitter draws (the same seed and ``batch_size`` give the same cache).
 
     Returns
     -------
