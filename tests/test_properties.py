@@ -105,3 +105,42 @@ def test_constant_genes_score_zero(pair, col, value):
     a[:, col] = value
     assert pearson_per_gene(a, b)[col] == 0.0
     assert pearson_per_gene(b, a)[col] == 0.0
+
+
+@SETTINGS
+@given(
+    cy=st.integers(1, 9),
+    cx=st.integers(1, 9),
+    box=st.tuples(st.integers(0, 29), st.integers(1, 30), st.integers(0, 22), st.integers(1, 23)),
+    max_chunks=st.integers(1, 6),
+)
+def test_chunk_cache_windows_equal_direct_slices(cy, cx, box, max_chunks) -> None:
+    import dask.array as da
+
+    from comtip_sc.pp._chunk_cache import ChunkCache
+
+    img = np.random.default_rng(0).integers(0, 256, (3, 30, 23), dtype=np.uint8)
+    arr = da.from_array(img, chunks=(3, cy, cx))
+    y0, y1 = sorted((box[0], box[1]))
+    x0, x1 = sorted((box[2], box[3]))
+    y1, x1 = max(y1, y0 + 1), max(x1, x0 + 1)
+    # A store holding a few chunks at most: windows are still exact while chunks are evicted.
+    cache = ChunkCache(max_bytes=max(4, max_chunks) * 3 * cy * cx)
+    for c1 in (3, 1):
+        np.testing.assert_array_equal(cache.window("i", arr, c1, y0, y1, x0, x1), img[:c1, y0:y1, x0:x1])
+    assert cache._bytes <= cache.max_bytes or len(cache) == 1
+    # Chunks larger than a quarter of the store are not kept: the window is read through dask.
+    small = ChunkCache(max_bytes=3 * cy * cx)
+    np.testing.assert_array_equal(small.window("i", arr, 3, y0, y1, x0, x1), img[:, y0:y1, x0:x1])
+    assert len(small) == 0
+
+
+def test_tile_reader_drops_its_chunks_when_pickled(toy) -> None:
+    import pickle
+
+    tiles = cs.pp.SpotTiles(toy, tile_um=100, tile_px=16)
+    first = tiles[0]
+    assert len(tiles._chunk_cache) > 0
+    copy = pickle.loads(pickle.dumps(tiles))
+    assert len(copy._chunk_cache) == 0
+    np.testing.assert_array_equal(copy[0], first)

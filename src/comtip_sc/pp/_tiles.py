@@ -2,9 +2,10 @@
 
 The spot → pixel mapping comes from spatialdata's transformations (see :mod:`comtip_sc._sections`);
 this module only slices the (dask) image at the right pyramid level and resamples the window to a
-square of ``tile_px`` pixels. Slicing a dask array at a pixel box costs a few milliseconds, while
-``spatialdata.dataloader.ImageTilesDataset`` costs tens to hundreds (measured on her2st C2), so the
-slicing is done here, in the data-loader workers, on the lazily loaded levels.
+square of ``tile_px`` pixels. ``spatialdata.dataloader.ImageTilesDataset`` costs tens to hundreds of
+milliseconds per tile (measured on her2st C2), so the slicing is done here, in the data-loader workers, on
+the lazily loaded levels, from whole image chunks decoded once per process
+(:class:`~comtip_sc.pp._chunk_cache.ChunkCache`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .._constants import (
 from .._image import pyramid_levels
 from .._sections import resolve_sections
 from .._tables import get_table
+from ._chunk_cache import ChunkCache
 
 if TYPE_CHECKING:
     from xarray import DataArray, DataTree
@@ -141,6 +143,8 @@ class SpotTiles:
         #: Per image: its spot tiles' RGB mean and the reference-std / std scale, filled on first use
         #: when colour_norm="section".
         self._colour_stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Decoded image chunks of this process (dropped when the reader is pickled into a worker).
+        self._chunk_cache = ChunkCache()
         table = get_table(sdata, table_key)
         sections = resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
         self.tile_um = float(tile_um)
@@ -255,9 +259,8 @@ class SpotTiles:
         window = np.full((iy1 - iy0, ix1 - ix0, 3), PAD_VALUE, dtype=np.uint8)
         sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, width), min(iy1, height)
         if sx1 > sx0 and sy1 > sy0:
-            chunk = arr[: max(img.channels) + 1, sy0:sy1, sx0:sx1]
-            # One small window: the threaded scheduler's hand-off costs more than the read itself.
-            chunk = np.asarray(chunk.compute(scheduler="synchronous") if hasattr(chunk, "compute") else chunk)
+            key = (int(self._image_of[i]), level)
+            chunk = self._chunk_cache.window(key, arr, max(img.channels) + 1, sy0, sy1, sx0, sx1)
             chunk = chunk[img.channels]
             if img.scale is not None:
                 chunk = np.clip(np.rint(np.nan_to_num(chunk * img.scale)), 0, 255).astype(np.uint8)
