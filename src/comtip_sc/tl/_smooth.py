@@ -16,8 +16,8 @@ def smooth_over_neighbours(
 ) -> np.ndarray:
     """Average every spot's row of ``values`` with the rows of its ``k`` nearest spots in its own section.
 
-    The graph is squidpy's k-nearest-neighbour spatial graph (``squidpy.gr.spatial_neighbors_knn``, or
-    ``spatial_neighbors(coord_type="generic")`` on squidpy before 1.8; ``n_neighs=k``), built per section, so no spot ever borrows from another section. A section with
+    The graph is squidpy's k-nearest-neighbour spatial graph (``squidpy.gr.spatial_neighbors_knn`` with
+    ``n_neighs=k``), built per section, so no spot ever borrows from another section. A section with
     ``k`` spots or fewer averages over all of its other spots.
 
     Parameters
@@ -71,11 +71,7 @@ def smooth_over_neighbours(
         level = graph_log.level
         graph_log.setLevel(max(level, logging.WARNING))
         try:
-            # squidpy >= 1.8 names the k-nearest graph builder; spatial_neighbors is deprecated there.
-            if hasattr(sq.gr, "spatial_neighbors_knn"):
-                sq.gr.spatial_neighbors_knn(holder, n_neighs=n_neighs)
-            else:
-                sq.gr.spatial_neighbors(holder, coord_type="generic", n_neighs=n_neighs)
+            sq.gr.spatial_neighbors_knn(holder, n_neighs=n_neighs)
         finally:
             graph_log.setLevel(level)
         graph = holder.obsp["spatial_connectivities"] + sp.identity(len(rows), format="csr")
