@@ -15,6 +15,7 @@ import torch
 from comtip_sc._atomic import atomic_path
 
 from .colour_features import COLOUR_ROWS
+from .targets import targets_md
 
 METRICS = ["PCC-ALL", "PCC-HEG", "PCC-HVG", "MSE", "MAE"]
 COLUMNS = [
@@ -331,6 +332,7 @@ def write_results(
         parts.append(_md_table(table, floats | extra))
         if best:
             parts += ["", "Simple bar: " + "; ".join(f"{d} = `{m}`" for d, m in best.items()) + "."]
+        parts += ["", *targets_md(table, clustering_summary(cl) if len(cl) else None)]
     parts += ["", *_clustering_md(cl)] if len(cl) else []
     parts += ["", "## Every fold (mean over seeds)", ""]
     if len(df):

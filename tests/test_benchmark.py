@@ -367,3 +367,26 @@ def test_throughput_slide_and_retrieval_at_tiny_sizes(tmp_path: Path) -> None:
     assert tiles.take().std() > 0  # textures, not a blank slide
     r = tp.child_retrieval(3000, 200, 5)
     assert r["seconds"] > 0 and r["peak_gb"] >= r["before_gb"] > 0
+
+
+def test_targets_read_from_the_run_tables() -> None:
+    from benchmarks.targets import MARGIN, target_rows, targets_md
+
+    table = pd.DataFrame(
+        {
+            "dataset": ["d"] * 4 + ["all"],
+            "method": [SIMPLE_BAR, "CoMTIP · head", "CoMTIP · zero-shot", "colour · spot tile", "CoMTIP · head"],
+            "PCC-ALL": [0.2, 0.2 + MARGIN + 0.001, 0.19, 0.2, 0.9],
+            DELTA: [np.nan, MARGIN + 0.001, -0.01, 0.0, 0.7],
+        }
+    )
+    clusters = pd.DataFrame(
+        {"dataset": "d", "section": "S", "embedding": EMBEDDINGS, "probe bal. acc.": [0.4, 0.41, 0.3, 0.9]}
+    )
+    rows = target_rows(table, clusters)
+    # The "all" block is no dataset; the bar itself and the colour rows are never read as CoMTIP.
+    assert rows["row"].tolist() == ["CoMTIP · head", "CoMTIP · zero-shot", EMBEDDINGS[0]]
+    assert rows["met"].tolist() == [True, False, False]
+    assert rows["to reach"].tolist() == pytest.approx([0.2 + MARGIN, 0.2, 0.41])
+    md = "\n".join(targets_md(table, clusters))
+    assert "no (short by 0.010)" in md and "| yes |" in md
