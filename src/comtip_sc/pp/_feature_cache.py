@@ -178,9 +178,9 @@ def cache_trunk_tokens(
     device
         Where the trunk runs.
     stain_jitter, colour_jitter
-        Strength of the HED stain jitter and brightness/contrast/saturation jitter
-        (:func:`~comtip_sc.tl._augment.hed_jitter`, :func:`~comtip_sc.tl._augment.colour_jitter`) applied
-        to views 1-7, one independent draw per tile and view; view 0 is never jittered. 0: off.
+        Strength of the HED stain jitter and brightness/contrast/saturation jitter (as
+        ``ComtipConfig.stain_jitter`` / ``colour_jitter`` apply them in training) applied to views 1-7, one
+        independent draw per tile and view; view 0 is never jittered. 0: off.
     seed
         Seed of the jitter draws (the same seed and ``batch_size`` give the same cache).
 
