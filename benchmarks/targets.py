@@ -36,6 +36,9 @@ def target_rows(table: pd.DataFrame, clusters: pd.DataFrame | None = None) -> pd
     from .report import DELTA, SIMPLE_BAR
 
     rows = []
+    # A partial run (e.g. one --per-fit task so far) may have no colour row yet, hence no bar and no delta.
+    if DELTA not in table.columns:
+        table = table.iloc[:0].assign(**{DELTA: []})
     for dataset, block in table[table["dataset"] != "all"].groupby("dataset", sort=False):
         bar = block.loc[block["method"] == SIMPLE_BAR, "PCC-ALL"]
         comtip = block[block["method"].str.startswith("CoMTIP") & block[DELTA].notna()]

@@ -375,7 +375,13 @@ def test_targets_read_from_the_run_tables() -> None:
     table = pd.DataFrame(
         {
             "dataset": ["d"] * 4 + ["all"],
-            "method": [SIMPLE_BAR, "CoMTIP · head", "CoMTIP · zero-shot", "colour · spot tile", "CoMTIP · head"],
+            "method": [
+                SIMPLE_BAR,
+                "CoMTIP · head",
+                "CoMTIP · zero-shot",
+                "colour · spot tile",
+                "CoMTIP · head",
+            ],
             "PCC-ALL": [0.2, 0.2 + MARGIN + 0.001, 0.19, 0.2, 0.9],
             DELTA: [np.nan, MARGIN + 0.001, -0.01, 0.0, 0.7],
         }
@@ -390,3 +396,5 @@ def test_targets_read_from_the_run_tables() -> None:
     assert rows["to reach"].tolist() == pytest.approx([0.2 + MARGIN, 0.2, 0.41])
     md = "\n".join(targets_md(table, clusters))
     assert "no (short by 0.010)" in md and "| yes |" in md
+    # A partial run without colour rows has no bar: no targets yet, and no error.
+    assert targets_md(table.drop(columns=[DELTA]).iloc[1:2]) == []
