@@ -116,7 +116,11 @@ def stage_embed(n_side: int, batch: int, workers: list[int]) -> list[tuple[str, 
     trunk = rate(lambda: net.vision.trunk_tokens(x))
     encoder = rate(lambda: net.encode_image(x))
     rows.append(
-        ("a", f"trunk forward alone, batch {batch}, {model.tile_px} px, channels_last", f"{trunk:.0f} spots/s")
+        (
+            "a",
+            f"trunk forward alone, batch {batch}, {model.tile_px} px, channels_last",
+            f"{trunk:.0f} spots/s",
+        )
     )
     rows.append(
         ("a", "image encoder forward (trunk + tokens + head) on ready tensors", f"{encoder:.0f} spots/s")
