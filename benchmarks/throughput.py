@@ -27,12 +27,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 
 import comtip_sc as cs
@@ -40,6 +38,7 @@ from comtip_sc.model import ComtipConfig, build_network
 from comtip_sc.model._comtip_model import ComtipModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.memory import PeakRSS
 from benchmarks.report import _atomic_write, git_commit, machine
 from benchmarks.slide import slide_sdata, write_slide
 
@@ -53,44 +52,6 @@ def cpu_model(tile_um: float = TILE_UM, preset: str = "cpu") -> ComtipModel:
     cfg = ComtipConfig.preset(preset, text_encoder="char-ngram")
     genes = [f"g{i}" for i in range(50)]
     return ComtipModel(build_network(cfg, genes), panel=genes, tile_um=tile_um, tile_px=cfg.tile_px)
-
-
-class PeakRSS:
-    """Peak memory of this process and its children (data-loader workers), sampled every 0.2 s.
-
-    The sum of their PSS (proportional set size: a page shared by a forked worker and its parent counts
-    half in each), so the figure is what the process tree holds. ``getrusage``'s ``ru_maxrss`` is not used:
-    Linux carries the parent's high-water mark across ``exec``, so a fresh child reports the parent's peak.
-    """
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def now(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for proc in (me, *me.children(recursive=True)):
-            try:
-                total += proc.memory_full_info().pss
-            except psutil.Error:  # a worker that just exited
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, self.now())
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = self.now()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.now())
 
 
 # ----------------------------------------------------------------------------------------------- stage a
