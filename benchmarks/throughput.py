@@ -45,6 +45,8 @@ from benchmarks.slide import slide_sdata, write_slide
 TILE_UM = 150.0
 RSS_TARGET_GB = 3.0
 RATIO_TARGET = 0.9
+#: Stage a's measurement rounds; each figure is its best round.
+ROUNDS = 3
 
 
 def cpu_model(tile_um: float = TILE_UM, preset: str = "cpu") -> ComtipModel:
@@ -64,46 +66,48 @@ def stage_embed(n_side: int, batch: int, workers: list[int]) -> list[tuple[str, 
     # The loader's collate permutes uint8 NHWC tiles, so the network sees channels_last memory; a plain
     # NCHW tensor runs the CPU trunk ~1.5x slower and would flatter the ratio below.
     x = torch.randn(batch, model.tile_px, model.tile_px, 3).permute(0, 3, 1, 2)
-    rows = []
 
-    def rate(fn) -> float:
-        fn()  # warm-up
-        t0, done = time.perf_counter(), 0
-        while done < n:
+    def forward(fn):
+        def run() -> None:
+            for _ in range(-(-n // batch)):
+                fn()
+
+        return run
+
+    timed = {
+        "trunk": forward(lambda: net.vision.trunk_tokens(x)),
+        "encoder": forward(lambda: net.encode_image(x)),
+        # A fresh reader each time, as comtip_embed makes one: its chunk cache starts empty.
+        "cut": lambda: model.tiles(sdata).take(range(n)),
+    }
+    for w in workers:
+        timed[w] = lambda w=w: cs.tl.comtip_embed(
+            sdata, model, batch_size=batch, num_workers=w, accelerator="cpu", copy=True
+        )
+    # Rounds interleave the measurements so that a slow spell of the machine hits all of them, and each
+    # figure is its best round (the first round also warms caches and allocators).
+    best = dict.fromkeys(timed, float("inf"))
+    for _ in range(ROUNDS):
+        for key, fn in timed.items():
+            t0 = time.perf_counter()
             fn()
-            done += batch
-        return done / (time.perf_counter() - t0)
-
-    trunk = rate(lambda: net.vision.trunk_tokens(x))
-    encoder = rate(lambda: net.encode_image(x))
-    rows.append(
+            best[key] = min(best[key], time.perf_counter() - t0)
+    trunk, encoder = (-(-n // batch) * batch / best[k] for k in ("trunk", "encoder"))
+    rows = [
         (
             "a",
             f"trunk forward alone, batch {batch}, {model.tile_px} px, channels_last",
             f"{trunk:.0f} spots/s",
-        )
-    )
-    rows.append(
-        ("a", "image encoder forward (trunk + tokens + head) on ready tensors", f"{encoder:.0f} spots/s")
-    )
-    tiles = model.tiles(sdata)
-    t0 = time.perf_counter()
-    tiles.take(range(len(tiles)))
-    cut = len(tiles) / (time.perf_counter() - t0)
-    rows.append(
+        ),
+        ("a", "image encoder forward (trunk + tokens + head) on ready tensors", f"{encoder:.0f} spots/s"),
         (
             "a",
             f"tile cutting alone (SpotTiles, 1 process, {TILE_UM:g} µm → {model.tile_px} px)",
-            f"{cut:.0f} spots/s",
-        )
-    )
+            f"{n / best['cut']:.0f} spots/s",
+        ),
+    ]
     for w in workers:
-        cs.tl.comtip_embed(
-            sdata, model, batch_size=batch, num_workers=w, accelerator="cpu", copy=True
-        )  # warm
-        t0 = time.perf_counter()
-        cs.tl.comtip_embed(sdata, model, batch_size=batch, num_workers=w, accelerator="cpu", copy=True)
-        emb = n / (time.perf_counter() - t0)
+        emb = n / best[w]
         ratio = emb / encoder
         verdict = "meets" if ratio >= RATIO_TARGET else f"misses by {RATIO_TARGET - ratio:.2f}"
         rows.append(
