@@ -398,3 +398,11 @@ def test_targets_read_from_the_run_tables() -> None:
     assert "no (short by 0.010)" in md and "| yes |" in md
     # A partial run without colour rows has no bar: no targets yet, and no error.
     assert targets_md(table.drop(columns=[DELTA]).iloc[1:2]) == []
+
+
+def test_throughput_embed_stage_rows() -> None:
+    tp = _throughput_module()
+    rows = tp.stage_embed(2, 4, [0], tag="X=1")
+    assert [r[0] for r in rows] == ["a"] * 4
+    assert all(r[1].endswith("process started with `X=1`") for r in rows)
+    assert "of the encoder forward" in rows[-1][2] and "spots/s" in rows[0][2]
