@@ -15,10 +15,11 @@ d. time and peak memory (PSS) of retrieval from a 1,000,000-spot synthetic bank 
 e. tile- and token-cache reads/s from memory and through the lazy chunk LRU: the measurement behind
    ``IN_MEMORY_MAX_BYTES``.
 
-    python benchmarks/throughput.py                 # full sizes, ~20 min on 2 CPU cores
-    python benchmarks/throughput.py --quick         # reduced sizes, a few minutes
+    python benchmarks/throughput.py --slide-preset vit-tiny   # full sizes, ~15 min on 2 CPU cores
+    python benchmarks/throughput.py --quick                   # reduced sizes, a few minutes
+    python benchmarks/throughput.py --device cuda             # the networks on a GPU (fit in bf16)
 
-Writes ``benchmarks/results/throughput_cpu.md`` (``throughput_cpu_quick.md`` with ``--quick``).
+Writes ``benchmarks/results/throughput_<device>.md`` (``..._quick.md`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -63,19 +64,25 @@ def cpu_model(tile_um: float = TILE_UM, preset: str = "cpu") -> ComtipModel:
 
 # ----------------------------------------------------------------------------------------------- stage a
 @torch.no_grad()
-def stage_embed(n_side: int, batch: int, workers: list[int], tag: str = "") -> list[tuple[str, str, str]]:
+def stage_embed(
+    n_side: int, batch: int, workers: list[int], tag: str = "", device: str = "cpu"
+) -> list[tuple[str, str, str]]:
     model = cpu_model()
-    net = model.network.eval()
+    dev = torch.device(device)
+    net = model.network.eval().to(dev)
+    accelerator = "gpu" if dev.type == "cuda" else "cpu"
     sdata = cs.datasets.toy_tissue(n_rows=n_side, n_cols=n_side, n_genes=30, seed=0)
     n = n_side * n_side
     # The loader's collate permutes uint8 NHWC tiles, so the network sees channels_last memory; a plain
     # NCHW tensor runs the CPU trunk ~1.5x slower and would flatter the ratio below.
-    x = torch.randn(batch, model.tile_px, model.tile_px, 3).permute(0, 3, 1, 2)
+    x = torch.randn(batch, model.tile_px, model.tile_px, 3).permute(0, 3, 1, 2).to(dev)
 
     def forward(fn):
         def run() -> None:
             for _ in range(-(-n // batch)):
                 fn()
+            if dev.type == "cuda":  # kernels run asynchronously: the clock stops when they are done
+                torch.cuda.synchronize()
 
         return run
 
@@ -87,7 +94,7 @@ def stage_embed(n_side: int, batch: int, workers: list[int], tag: str = "") -> l
     }
     for w in workers:
         timed[w] = lambda w=w: cs.tl.comtip_embed(
-            sdata, model, batch_size=batch, num_workers=w, accelerator="cpu", copy=True
+            sdata, model, batch_size=batch, num_workers=w, accelerator=accelerator, copy=True
         )
     # Rounds interleave the measurements so that a slow spell of the machine hits all of them, and each
     # figure is its best round (the first round also warms caches and allocators).
@@ -101,7 +108,8 @@ def stage_embed(n_side: int, batch: int, workers: list[int], tag: str = "") -> l
     rows = [
         (
             "a",
-            f"trunk forward alone, batch {batch}, {model.tile_px} px, channels_last",
+            f"trunk forward alone, batch {batch}, {model.tile_px} px, channels_last"
+            + (f", {device}, fp32" if dev.type == "cuda" else ""),
             f"{trunk:.0f} spots/s",
         ),
         ("a", "image encoder forward (trunk + tokens + head) on ready tensors", f"{encoder:.0f} spots/s"),
@@ -129,7 +137,9 @@ def stage_embed(n_side: int, batch: int, workers: list[int], tag: str = "") -> l
 
 
 # ----------------------------------------------------------------------------------------------- stage b
-def stage_fit(n_side: int, batch: int, epochs: int, work: Path) -> list[tuple[str, str, str]]:
+def stage_fit(
+    n_side: int, batch: int, epochs: int, work: Path, accelerator: str = "cpu"
+) -> list[tuple[str, str, str]]:
     import lightning as L
 
     class Clock(L.Callback):
@@ -166,6 +176,8 @@ def stage_fit(n_side: int, batch: int, epochs: int, work: Path) -> list[tuple[st
             batch_size=batch,
             val_sections=None,
             seed=0,
+            accelerator=accelerator,
+            devices=1,
             callbacks=[clock],
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -181,14 +193,21 @@ def stage_fit(n_side: int, batch: int, epochs: int, work: Path) -> list[tuple[st
 
 
 # ----------------------------------------------------------------------------------------------- stage c
-def child_slide(path: str, n_spots: int, batch: int, workers: int, preset: str = "cpu") -> dict:
+def child_slide(
+    path: str, n_spots: int, batch: int, workers: int, preset: str = "cpu", accelerator: str = "cpu"
+) -> dict:
     sdata = slide_sdata(Path(path), n_spots)
     model = cpu_model(preset=preset)
     with PeakRSS() as rss:
         before = rss.peak
         t0 = time.perf_counter()
         cs.tl.comtip_embed(
-            sdata, model, batch_size=batch, num_workers=workers, accelerator="cpu", spot_diameter_um=55.0
+            sdata,
+            model,
+            batch_size=batch,
+            num_workers=workers,
+            accelerator=accelerator,
+            spot_diameter_um=55.0,
         )
         seconds = time.perf_counter() - t0
     emb = sdata.tables["table"].obsm["X_comtip"]
@@ -258,15 +277,26 @@ def main(argv: list[str] | None = None) -> None:
         "slide, batches) plus the network's; a lighter preset (vit-tiny) embeds 50,000 spots in minutes.",
     )
     p.add_argument("--stages", default="abcde", help="Stages to run (default: %(default)s).")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="Where the networks run (default: %(default)s); cuda: fp32 embedding, fit in bf16 mixed "
+        "precision, 0 and 4 loader workers.",
+    )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="Output folder.")
-    p.add_argument("--name", help="Results file name (default: throughput_cpu.md, with --quick _quick.md).")
+    p.add_argument("--name", help="Results file (default: throughput_<device>.md, with --quick _quick.md).")
     p.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible.")
     torch.set_num_threads(args.threads)
     if args.child:
         kind, *rest = args.child
         if kind == "embed":
-            result = {"rows": stage_embed(*map(int, rest[:2]), [0, 1], rest[2] if len(rest) > 2 else "")}
+            side, batch, tag, device = rest
+            workers = [0, 4] if device == "cuda" else [0, 1]
+            result = {"rows": stage_embed(int(side), int(batch), workers, tag, device)}
         elif kind == "slide":
             result = child_slide(rest[0], *map(int, rest[1:4]), *rest[4:])
         else:
@@ -274,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     q = args.quick
+    accelerator = "gpu" if args.device == "cuda" else "cpu"
     slide_px = args.slide_px or (8000 if q else 40000)
     slide_spots = args.slide_spots or (2000 if q else 50000)
     n_bank = args.bank or (100_000 if q else 1_000_000)
@@ -284,13 +315,14 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         if "a" in args.stages:
             side = str(12 if q else 32)
-            for env in ({}, {THP: "1"}):  # each in a fresh process: torch reads the switch once
+            # Each in a fresh process: torch reads the switch once. On a GPU only the loader allocates on the
+            # CPU, so the second process is left out.
+            for env in ({}, {THP: "1"}) if args.device == "cpu" else ({},):
                 tag = f"{THP}=1" if env else ""
-                rows += map(
-                    tuple, run_child(["embed", side, str(args.batch), tag], args.threads, env)["rows"]
-                )
+                child = ["embed", side, str(args.batch), tag, args.device]
+                rows += map(tuple, run_child(child, args.threads, env)["rows"])
         if "b" in args.stages:
-            rows += stage_fit(10 if q else 16, 32, 2 if q else 3, work)
+            rows += stage_fit(10 if q else 16, 32, 2 if q else 3, work, accelerator)
         if "c" in args.stages:
             t0 = time.perf_counter()
             write_slide(work / "slide.zarr", slide_px)
@@ -304,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
                     str(args.batch),
                     "1",
                     args.slide_preset,
+                    accelerator,
                 ],
                 args.threads,
             )
@@ -342,7 +375,9 @@ def write_table(
     lines = [
         f"# Throughput{' (quick sizes)' if args.quick else ''}",
         "",
-        f"Machine: {m['processor']}, {m['cpu_count']} cores, {m['platform']}; Python {m['python']}, torch "
+        f"Machine: {m['processor']}, {m['cpu_count']} cores"
+        + (f", {m['device']}" if args.device == "cuda" else "")
+        + f", {m['platform']}; Python {m['python']}, torch "
         f"{m['torch']}, {args.threads} torch threads. Commit {commit}. Command: "
         f"`python benchmarks/throughput.py{(' ' + argv) if argv else ''}`. Wall time {seconds / 60:.1f} min.",
         "",
@@ -351,7 +386,7 @@ def write_table(
         *[f"| {s} | {w} | {r} |" for s, w, r in rows],
         "",
     ]
-    out = Path(args.out) / (args.name or f"throughput_cpu{'_quick' if args.quick else ''}.md")
+    out = Path(args.out) / (args.name or f"throughput_{args.device}{'_quick' if args.quick else ''}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(out, "\n".join(lines))
     print("\n".join(lines))
