@@ -1,6 +1,6 @@
 """Paired differences between two rows of a benchmark CSV: same dataset, fold and seed.
 
-    python benchmarks/paired.py benchmarks/results/expression_prediction_cpu.csv
+    python benchmarks/paired.py benchmarks/results/expression_prediction_cpu_core.csv
     python benchmarks/paired.py RESULTS.csv --a "CoMTIP · retrieval" --b "image→expr regression ≈ST-Net"
 
 Prints, per dataset and fold, the mean PCC-ALL difference ``a − b`` and in how many seeds ``a`` is ahead.
