@@ -51,7 +51,7 @@ RSS_TARGET_GB = 3.0
 RATIO_TARGET = 0.9
 #: Stage a's measurement rounds; each figure is its best round.
 ROUNDS = 3
-#: PyTorch's switch for transparent huge pages on large CPU tensors (read once, at the first allocation).
+#: PyTorch's switch for transparent huge pages on large CPU tensors (read once, at its first CPU allocation).
 THP = "THP_MEM_ALLOC_ENABLE"
 
 
