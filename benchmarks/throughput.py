@@ -70,16 +70,16 @@ def stage_embed(
     model = cpu_model()
     dev = torch.device(device)
     net = model.network.eval().to(dev)
-    accelerator = "gpu" if dev.type == "cuda" else "cpu"
     sdata = cs.datasets.toy_tissue(n_rows=n_side, n_cols=n_side, n_genes=30, seed=0)
     n = n_side * n_side
+    n_batches = -(-n // batch)
     # The loader's collate permutes uint8 NHWC tiles, so the network sees channels_last memory; a plain
     # NCHW tensor runs the CPU trunk ~1.5x slower and would flatter the ratio below.
     x = torch.randn(batch, model.tile_px, model.tile_px, 3).permute(0, 3, 1, 2).to(dev)
 
     def forward(fn):
         def run() -> None:
-            for _ in range(-(-n // batch)):
+            for _ in range(n_batches):
                 fn()
             if dev.type == "cuda":  # kernels run asynchronously: the clock stops when they are done
                 torch.cuda.synchronize()
@@ -94,7 +94,7 @@ def stage_embed(
     }
     for w in workers:
         timed[w] = lambda w=w: cs.tl.comtip_embed(
-            sdata, model, batch_size=batch, num_workers=w, accelerator=accelerator, copy=True
+            sdata, model, batch_size=batch, num_workers=w, accelerator=device, copy=True
         )
     # Rounds interleave the measurements so that a slow spell of the machine hits all of them, and each
     # figure is its best round (the first round also warms caches and allocators).
@@ -104,7 +104,7 @@ def stage_embed(
             t0 = time.perf_counter()
             fn()
             best[key] = min(best[key], time.perf_counter() - t0)
-    trunk, encoder = (-(-n // batch) * batch / best[k] for k in ("trunk", "encoder"))
+    trunk, encoder = (n_batches * batch / best[k] for k in ("trunk", "encoder"))
     rows = [
         (
             "a",
@@ -304,7 +304,6 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     q = args.quick
-    accelerator = "gpu" if args.device == "cuda" else "cpu"
     slide_px = args.slide_px or (8000 if q else 40000)
     slide_spots = args.slide_spots or (2000 if q else 50000)
     n_bank = args.bank or (100_000 if q else 1_000_000)
@@ -322,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
                 child = ["embed", side, str(args.batch), tag, args.device]
                 rows += map(tuple, run_child(child, args.threads, env)["rows"])
         if "b" in args.stages:
-            rows += stage_fit(10 if q else 16, 32, 2 if q else 3, work, accelerator)
+            rows += stage_fit(10 if q else 16, 32, 2 if q else 3, work, args.device)
         if "c" in args.stages:
             t0 = time.perf_counter()
             write_slide(work / "slide.zarr", slide_px)
@@ -336,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
                     str(args.batch),
                     "1",
                     args.slide_preset,
-                    accelerator,
+                    args.device,
                 ],
                 args.threads,
             )
