@@ -1,7 +1,7 @@
 """Non-contrastive baselines of the benchmark: ST-Net-like regression, frozen features + ridge, mean.
 
 They share everything with the CoMTIP rows that is not the method itself: the same vision branch (trunk,
-its weights and freezing, token transformer; ``comtip_sc.model._vision.build_vision``), the same tiles (the
+its weights and freezing, token transformer; ``comtip_sc.model.build_vision``), the same tiles (the
 fold's tile caches, and its trunk-token cache when the trunk is frozen), the same collate (trunk
 normalisation, flip/rot90 augmentation for training), batch size, epochs, optimiser schedule and seed. Predictions are ``(n_test, n_genes)`` arrays on the normalised log1p scale, in panel order.
 """
@@ -18,12 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from comtip_sc.model import ComtipConfig, create_backbone
-from comtip_sc.model._lightning import lr_factor
-from comtip_sc.model._vision import build_vision
+from comtip_sc.model import ComtipConfig, build_vision, create_backbone
 from comtip_sc.pp import cache_trunk_tokens
-from comtip_sc.tl._datamodule import SentenceCollate, SpotDataModule, SpotSentences
-from comtip_sc.tl._ridge import ridge_cv
+from comtip_sc.tl import ridge_cv
+from comtip_sc.train import SentenceCollate, SpotDataModule, SpotSentences, lr_factor
 
 #: HEST-Benchmark's PCA size.
 MAX_PCA = 256
@@ -51,7 +49,7 @@ def _pooled(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def tile_dataset(tiles: Any, values: np.ndarray) -> SpotSentences:
-    """Tiles + panel values as the items :class:`~comtip_sc.tl._datamodule.SentenceCollate` expects."""
+    """Tiles + panel values as the items :class:`~comtip_sc.train.SentenceCollate` expects."""
     return SpotSentences(tiles, values, np.arange(values.shape[1]), group=0)
 
 
@@ -68,11 +66,11 @@ class RegressionModule(L.LightningModule):
         Per-gene training mean; initialises the head's bias, so that the few CPU epochs are spent on
         spot-to-spot variation rather than on learning each gene's offset.
     lr, weight_decay, warmup_frac
-        AdamW with linear warm-up and cosine decay, as :class:`~comtip_sc.model.ComtipLightningModule`.
+        AdamW with linear warm-up and cosine decay, as :class:`~comtip_sc.train.ComtipLightningModule`.
 
     Examples
     --------
-    >>> cfg = ComtipConfig(backbone="vit_tiny_patch16_224", tile_px=32,
+    >>> cfg = ComtipConfig.preset("vit-tiny", tile_px=32,
     ...     backbone_kwargs=dict(patch_size=8, depth=1, embed_dim=32, num_heads=2))
     >>> RegressionModule(cfg, 3, np.zeros(3))({"image": torch.zeros(2, 3, 32, 32)}).shape
     torch.Size([2, 3])
@@ -217,7 +215,7 @@ def ridge_on_features(
 ) -> np.ndarray:
     """HEST-style probe: StandardScaler → PCA(≤256) → ridge, its penalty chosen as the CoMTIP head's is.
 
-    ``folds`` are the training spots' spatial CV folds (:func:`~comtip_sc.tl._ridge.spatial_folds`);
+    ``folds`` are the training spots' spatial CV folds (:func:`~comtip_sc.tl.spatial_folds`);
     ``None``: leave-one-spot-out.
 
     Examples

@@ -12,7 +12,7 @@ import comtip_sc as cs
 
 
 def stage_cache_reads(n_side: int, work: Path, tile_um: float) -> list[tuple[str, str, str]]:
-    from comtip_sc.pp._tile_cache import CachedTiles
+    from comtip_sc.pp import CachedTiles
 
     sdata = cs.datasets.toy_tissue(n_rows=n_side, n_cols=n_side, n_genes=30, seed=2)
     path = work / "reads.zarr"
@@ -46,7 +46,7 @@ def token_reads(work: Path, n_spots: int) -> list[tuple[str, str, str]]:
     """Random-order reads of a token cache laid out as ``cache_trunk_tokens`` writes it (synthetic values)."""
     import zarr
 
-    from comtip_sc.pp._feature_cache import CachedTokens
+    from comtip_sc.pp import CachedTokens
 
     item = (8, 16, 1280)  # 8 dihedral views of EfficientNet-Lite0's 4 x 4 tokens of 1280 channels
     group = zarr.open_group(str(work / "tokens.zarr"), mode="w")

@@ -10,7 +10,7 @@ embedding of A1's spots is scored by
   of the labels but their count.
 - a linear probe: logistic regression (balanced class weights) on the standardised embedding, its
   balanced accuracy over spatial-block cross-validation inside the section (5 k-means blocks of the spot
-  centres, :func:`~comtip_sc.tl._ridge.spatial_folds`).
+  centres, :func:`~comtip_sc.tl.spatial_folds`).
 
 Spots without a label, or labelled ``undetermined``, are left out.
 """
@@ -25,9 +25,9 @@ import pandas as pd
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from comtip_sc._constants import SAMPLE_KEY, TABLE_KEY
-from comtip_sc._sections import resolve_sections, spot_layout
-from comtip_sc.tl._ridge import spatial_folds
+from comtip_sc.constants import SAMPLE_KEY, TABLE_KEY
+from comtip_sc.pp import resolve_sections, spot_layout
+from comtip_sc.tl import spatial_folds
 
 #: Leiden resolutions tried; the one whose cluster count is closest to the class count is kept.
 RESOLUTIONS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from spatialdata import SpatialData
 
-from comtip_sc.tl._ridge import ridge_cv
+from comtip_sc.tl import ridge_cv
 
 #: Histogram bins per channel (16 bins of 16 grey levels each on uint8 tiles).
 N_BINS = 16

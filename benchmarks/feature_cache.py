@@ -23,7 +23,7 @@ import lightning as L
 import torch
 
 import comtip_sc as cs
-from comtip_sc._atomic import atomic_path
+from comtip_sc.io import atomic_path
 
 
 class EpochTimer(L.Callback):

@@ -14,9 +14,8 @@ import pandas as pd
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from comtip_sc._constants import SAMPLE_KEY, TABLE_KEY
-from comtip_sc.pp._subset import subset_sections
-from comtip_sc.tl._datamodule import normalized_values
+from comtip_sc.constants import SAMPLE_KEY, TABLE_KEY
+from comtip_sc.pp import normalized_values, subset_sections
 
 if TYPE_CHECKING:
     from .presets import BenchPreset

@@ -19,13 +19,11 @@ import pandas as pd
 import torch
 from spatialdata import SpatialData
 
-from comtip_sc._constants import TABLE_KEY
-from comtip_sc._sections import resolve_sections, spot_layout
+from comtip_sc.constants import TABLE_KEY
 from comtip_sc.model import FLAG_PRESETS, ComtipConfig, ComtipModel
-from comtip_sc.pp import cache_tiles
-from comtip_sc.tl._datamodule import normalized_values
-from comtip_sc.tl._fit import _default_precision
-from comtip_sc.tl._ridge import spatial_folds
+from comtip_sc.pp import cache_tiles, normalized_values, resolve_sections, spot_layout
+from comtip_sc.tl import spatial_folds
+from comtip_sc.train import default_precision
 
 from .baselines import fit_regression, frozen_features, ridge_on_features, train_mean
 from .clustering import EMBEDDINGS, expression_pcs, score_embeddings
@@ -216,7 +214,7 @@ def fit_stnet(
         lr=preset.lr,
         weight_decay=preset.weight_decay,
         seed=preset.seed,
-        precision=_default_precision("auto"),
+        precision=default_precision("auto"),
         default_root_dir=str(root),
         token_cache=str(work / "train" / "dataset0_tokens.zarr"),
     )
@@ -230,8 +228,6 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
     ``CoMTIP`` part (its image embedding) and the ``baselines`` part (colour, trunk, expression PCA).
     """
     import comtip_sc as cs
-    from comtip_sc.tl._datamodule import SpotDataModule, SpotSentences
-    from comtip_sc.tl._inference import encode_images
 
     cfg, panel, seed = preset.config, fold.panel, preset.seed
     t0 = time.perf_counter()
@@ -280,12 +276,8 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
         if model.config.context_scale is not None:
             wide = cache_tiles(fold.test, work / "test_context.zarr", **_tile_kw(fold, preset, model.config))
             test_reader = cs.pp.ContextTiles(test_tiles, wide)
-        ds = SpotSentences(test_reader, np.zeros((n_test, 0), np.float32), np.zeros(0, np.int64), group=0)
-        loader = SpotDataModule([ds], batch_size=64, mean=net.image_mean, std=net.image_std).predict_loader(
-            ds
-        )
         # The test image embeddings, computed once from the test tile cache, feed every predictor below.
-        fold.test.tables[TABLE_KEY].obsm["X_bench"] = encode_images(net, loader)
+        fold.test.tables[TABLE_KEY].obsm["X_bench"] = model.encode_images(test_reader, batch_size=64)
         emb_s = time.perf_counter() - t
         if label == UNSEEN:
             t = time.perf_counter()

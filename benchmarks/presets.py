@@ -6,8 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from comtip_sc.model import ComtipConfig
-from comtip_sc.model._config import preset_training
+from comtip_sc.model import ComtipConfig, preset_training
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,7 @@ def _smoke_config() -> ComtipConfig:
     # transformer, so the smoke run goes through the trunk-token cache as the cpu run does.
     return ComtipConfig(
         backbone="resnet10t",
+        pretrained=False,
         tile_px=64,
         freeze_backbone="all",
         token_depth=1,
@@ -102,6 +102,6 @@ def get_preset(name: str) -> BenchPreset:
             threads=threads,
         )
     if name == "gpu":
-        cfg = ComtipConfig(backbone="vit_base_patch32_224", tile_px=224, embed_dim=256, gene_dim=256)
+        cfg = ComtipConfig.preset("gpu", backbone="vit_base_patch32_224")
         return BenchPreset("gpu", cfg, tile_um, epochs=20, colour_norm=colour, batch_size=64, lr=5e-4)
     raise ValueError(f"Unknown benchmark preset {name!r}; choose smoke, cpu or gpu.")

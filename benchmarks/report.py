@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from comtip_sc._atomic import atomic_path
+from comtip_sc.io import atomic_path
 
 from .colour_features import COLOUR_ROWS
 from .targets import targets_md

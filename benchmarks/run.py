@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from comtip_sc.model._gene_names import resolve_text_encoder
+from comtip_sc.model import resolve_text_encoder
 
 from .clustering import EMBEDDINGS
 from .folds import load_folds
@@ -45,7 +45,7 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 def _quiet_lightning(verbose: bool) -> Iterator[None]:
     # Lightning logs its device banner and warnings once per trainer: ~20 trainers per run would drown the
     # per-row progress lines.
-    names = ("lightning", "lightning.pytorch", "lightning.fabric", "comtip_sc.tl._fit", "comtip_sc.tl._utils")
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "comtip_sc.train", "comtip_sc.tl")
     before = {n: logging.getLogger(n).level for n in names}
     if not verbose:
         for n in names:

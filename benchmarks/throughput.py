@@ -37,8 +37,7 @@ import numpy as np
 import torch
 
 import comtip_sc as cs
-from comtip_sc.model import ComtipConfig, build_network
-from comtip_sc.model._comtip_model import ComtipModel
+from comtip_sc.model import ComtipConfig, ComtipModel, build_network
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.cache_reads import stage_cache_reads
@@ -219,8 +218,7 @@ def child_slide(
 def child_retrieval(n_bank: int, n_query: int, k: int, n_genes: int = 250, per_spot: int = 25) -> dict:
     import scipy.sparse as sp
 
-    from comtip_sc.model._bank import ReferenceBank
-    from comtip_sc.tl._retrieval import retrieve
+    from comtip_sc.model import ReferenceBank, retrieve
 
     rng = np.random.default_rng(0)
     dim = ComtipConfig.preset("cpu").embed_dim

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from comtip_sc._atomic import atomic_path
+from comtip_sc.io import atomic_path
 from comtip_sc.model import ComtipConfig, build_network
 
 
@@ -164,6 +164,10 @@ def tiny_configs() -> dict[str, ComtipConfig]:
     return {
         "tiny": ComtipConfig(
             backbone="vit_tiny_patch16_224",
+            pretrained=False,
+            freeze_backbone="none",
+            token_depth=0,
+            token_dim=None,
             tile_px=32,
             embed_dim=16,
             gene_dim=16,
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = ComtipConfig.preset("vit-tiny", text_encoder="char-ngram")
-    vitb = ComtipConfig(backbone="vit_base_patch32_224", text_encoder="char-ngram")
+    vitb = ComtipConfig.preset("gpu", backbone="vit_base_patch32_224", text_encoder="char-ngram")
     configs = {"vit-tiny preset (ViT-Ti/16, 112 px)": cpu, "ViT-B/32, 224 px": vitb}
     if args.quick:
         batch_sizes, genes, gene_batch, repeats = [8], [250, 1000, 5000], 4, args.repeats or 2

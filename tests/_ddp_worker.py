@@ -18,6 +18,10 @@ def tiny_network():
 
     cfg = ComtipConfig(
         backbone="vit_tiny_patch16_224",
+        pretrained=False,
+        freeze_backbone="none",
+        token_depth=0,
+        token_dim=None,
         tile_px=32,
         backbone_kwargs=dict(patch_size=8, depth=1, embed_dim=32, num_heads=2),
         embed_dim=16,

@@ -82,6 +82,7 @@ def frozen_cnn_config():
     def make(**overrides):
         settings = dict(
             backbone="resnet10t",
+            pretrained=False,
             tile_px=64,
             freeze_backbone="all",
             token_depth=1,

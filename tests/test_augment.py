@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from comtip_sc.model import ComtipConfig
-from comtip_sc.tl._augment import HED_FROM_RGB, RGB_FROM_HED, colour_jitter, hed_jitter
-from comtip_sc.tl._datamodule import SentenceCollate, SpotDataModule, SpotSentences
+from comtip_sc.pp._augment import HED_FROM_RGB, RGB_FROM_HED, colour_jitter, hed_jitter
+from comtip_sc.train._datamodule import SentenceCollate, SpotDataModule, SpotSentences
 
 AUGMENTS = [hed_jitter, colour_jitter]
 

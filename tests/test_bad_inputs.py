@@ -117,7 +117,7 @@ def test_model_genes_partly_missing_from_the_data(tiny_model, caplog):
 def test_requested_training_genes_partly_missing(fit, caplog):
     sdata = _toy()
     genes = [*sdata.tables["table"].var_names[:5], "NOT_A_GENE"]
-    with caplog.at_level(logging.WARNING, logger="comtip_sc.tl._fit"):
+    with caplog.at_level(logging.WARNING, logger="comtip_sc.train"):
         model = fit(sdata, genes=genes)
     assert model.panel == genes[:5] and "NOT_A_GENE" in caplog.text
 

@@ -9,7 +9,7 @@ import torch
 import comtip_sc as cs
 from comtip_sc.model._trunk import create_backbone
 from comtip_sc.model._vision import VisionBranch
-from comtip_sc.tl._datamodule import SentenceCollate
+from comtip_sc.train._datamodule import SentenceCollate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

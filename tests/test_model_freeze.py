@@ -6,8 +6,9 @@ import pytest
 import timm
 import torch
 
-from comtip_sc.model import ComtipConfig, ComtipLightningModule, VisionBranch, create_backbone
+from comtip_sc.model import ComtipConfig, VisionBranch, create_backbone
 from comtip_sc.model._freeze import check_freeze, freeze_trunk, trunk_groups
+from comtip_sc.train import ComtipLightningModule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from comtip_sc.model import ComtipConfig, ComtipLightningModule
-from comtip_sc.model._lightning import lr_factor
+from comtip_sc.model import ComtipConfig
+from comtip_sc.train import ComtipLightningModule
+from comtip_sc.train._plan import lr_factor
 
 GENES = ["CD3E", "EPCAM", "KRT19", "ALB", "MKI67", "PTPRC", "COL1A1", "VIM"]
 
@@ -21,6 +22,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def config() -> ComtipConfig:
     return ComtipConfig(
         backbone="vit_tiny_patch16_224",
+        pretrained=False,
+        freeze_backbone="none",
+        token_depth=0,
+        token_dim=None,
         tile_px=32,
         backbone_kwargs=dict(patch_size=8, depth=1, embed_dim=32, num_heads=2),
         embed_dim=16,

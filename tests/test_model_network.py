@@ -22,6 +22,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny_config(**overrides) -> ComtipConfig:
     base = dict(
         backbone="vit_tiny_patch16_224",
+        pretrained=False,
+        freeze_backbone="none",
+        token_depth=0,
+        token_dim=None,
         tile_px=TILE,
         backbone_kwargs=dict(patch_size=8, depth=2, embed_dim=64, num_heads=2),
         embed_dim=32,

@@ -240,6 +240,7 @@ def test_cpu_preset_token_grid_and_recipe():
     assert vb.num_patches >= 16  # at least a 4x4 grid
     assert preset_training("cpu")["lr"] == 1e-3 and preset_training("gpu")["lr"] == 1e-4
     assert ComtipConfig.preset("paper") == ComtipConfig.preset("gpu")
+    assert ComtipConfig() == ComtipConfig.preset("cpu")
 
 
 def test_old_configs_load_with_the_former_vit_behaviour():

@@ -229,10 +229,10 @@ def test_head_chooses_its_penalty_by_spatial_blocks(tiny_model, unseen_embedded)
         out = cs.tl.comtip_predict(unseen_embedded, tiny_model, cv_blocks=cv_blocks, **kw)
         runs[cv_blocks] = out.tables["table"].uns["comtip"]["predict"][PRED_KEY]
     assert runs[4]["head_cv"] == "4 spatial blocks" and runs[None]["head_cv"] == "loo"
-    folds = cs.tl._ridge.spatial_folds(bank.centres, bank.sections, 4)
-    expected = cs.tl._ridge.ridge_cv(bank.image_embeddings, bank.expression, folds).alpha_
+    folds = cs.tl.spatial_folds(bank.centres, bank.sections, 4)
+    expected = cs.tl.ridge_cv(bank.image_embeddings, bank.expression, folds).alpha_
     assert runs[4]["head_alphas"] == [expected]
-    loo = cs.tl._ridge.ridge_cv(bank.image_embeddings, bank.expression).alpha_
+    loo = cs.tl.ridge_cv(bank.image_embeddings, bank.expression).alpha_
     assert runs[None]["head_alphas"] == [loo]
     # A bank saved by an earlier version has no centres: leave-one-spot-out, said so in uns.
     old = copy.copy(tiny_model)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comtip_sc.model import ComtipModel, ReferenceBank
-from comtip_sc.tl._retrieval import retrieve, top_k_neighbours
+from comtip_sc.model._retrieval import retrieve, top_k_neighbours
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

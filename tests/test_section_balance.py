@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from comtip_sc.tl._datamodule import SpotDataModule, section_weights
+from comtip_sc.train._datamodule import SpotDataModule, section_weights
 
 
 class _Section(Dataset):

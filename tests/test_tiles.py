@@ -239,7 +239,7 @@ def test_parallel_tile_cache_equals_serial_byte_for_byte(tmp_path, colour_norm):
 
 
 def test_training_augmentation_is_a_tile_symmetry():
-    from comtip_sc.tl._datamodule import SentenceCollate
+    from comtip_sc.train._datamodule import SentenceCollate
 
     rng = np.random.default_rng(0)
     tiles = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import comtip_sc as cs
-from comtip_sc.model import ComtipLightningModule, NonFiniteLossError
+from comtip_sc.train import ComtipLightningModule, NonFiniteLossError
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,9 @@ INSTANCE_KEY = "instance_id"
 SPOT_ID_KEY = "spot_id"
 #: ``obs`` column with the section / sample id.
 SAMPLE_KEY = "sample"
+#: ``obs`` columns naming the patient / individual a section comes from, looked for in this order. Held-out
+#: validation sections are chosen by whole groups so that validation measures a new patient.
+GROUP_KEYS = ("patient", "individual", "donor", "subject")
 #: ``obs`` columns with array (grid) coordinates.
 ARRAY_ROW_KEY = "array_row"
 ARRAY_COL_KEY = "array_col"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from .._atomic import atomic_path
 from .._store import write_table
 from ._hest import read_hest
 from ._legacy_st import read_legacy_st
 
-__all__ = ["read_hest", "read_legacy_st", "write_table"]
+__all__ = ["atomic_path", "read_hest", "read_legacy_st", "write_table"]

@@ -1,4 +1,4 @@
-"""CoMTIP network pieces: vision branch + MFM, Gene-Text Encoder + PAAT, losses and the LightningModule."""
+"""CoMTIP network pieces: vision branch + MFM, Gene-Text Encoder + PAAT, losses and the network."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from ._comtip_model import ComtipModel, ReferenceBank
 from ._config import FLAG_PRESETS, PRESET_NAMES, ComtipConfig, preset_training
 from ._gene_names import char_ngram_embedding, embed_gene_names, minilm_available, resolve_text_encoder
 from ._gene_text import AttentionPool, GeneTextEncoder
-from ._lightning import ComtipLightningModule, NonFiniteLossError
 from ._losses import (
     LogitScale,
     candidate_values,
@@ -20,9 +19,11 @@ from ._losses import (
 )
 from ._network import ComtipNetwork, ProjectionHead, build_network
 from ._paat import PairDiscriminator, corrupt_pairs
+from ._retrieval import retrieve, top_k_neighbours
 from ._tokens import TokenTransformer
 from ._trunk import TRUNK_PRESETS, TrunkPreset
-from ._vision import MaskedView, MaskFeatureGenerator, VisionBranch, create_backbone
+from ._vision import MaskedView, MaskFeatureGenerator, VisionBranch, build_vision, create_backbone
+from ._weights import read_weights
 
 __all__ = [
     "FLAG_PRESETS",
@@ -30,14 +31,12 @@ __all__ = [
     "TRUNK_PRESETS",
     "AttentionPool",
     "ComtipConfig",
-    "ComtipLightningModule",
     "ComtipModel",
     "ComtipNetwork",
     "GeneTextEncoder",
     "LogitScale",
     "MaskFeatureGenerator",
     "MaskedView",
-    "NonFiniteLossError",
     "PairDiscriminator",
     "ProjectionHead",
     "ReferenceBank",
@@ -45,6 +44,7 @@ __all__ = [
     "TrunkPreset",
     "VisionBranch",
     "build_network",
+    "build_vision",
     "candidate_values",
     "char_ngram_embedding",
     "corrupt_pairs",
@@ -58,6 +58,9 @@ __all__ = [
     "pair_detection_loss",
     "pair_ranking_loss",
     "preset_training",
+    "read_weights",
     "resolve_text_encoder",
+    "retrieve",
+    "top_k_neighbours",
     "value_query_loss",
 ]

@@ -160,6 +160,33 @@ class ComtipModel:
             colour_norm=self.config.colour_norm,
         )
 
+    def encode_images(
+        self, tiles, *, batch_size: int = 64, num_workers: int = 0, device: str | torch.device | None = None
+    ) -> np.ndarray:
+        """L2-normalised image embeddings ``(n, embed_dim)`` of tiles, in order.
+
+        Parameters
+        ----------
+        tiles
+            A tile reader (:meth:`tiles`, :class:`~comtip_sc.pp.SpotTiles`, a tile cache from
+            :func:`~comtip_sc.pp.cache_tiles`, :class:`~comtip_sc.pp.ContextTiles`) or a ``(n, H, W, 3)``
+            uint8 array, cut as this model expects.
+        batch_size, num_workers
+            Loader settings.
+        device
+            Where the network runs (``None``: where it is now).
+
+        Examples
+        --------
+        >>> model.encode_images(model.tiles(sdata)).shape  # doctest: +SKIP
+        (64, 128)
+
+        """
+        from ._inference import encode_tiles
+
+        dev = None if device is None else torch.device(device)
+        return encode_tiles(self.network, tiles, batch_size=batch_size, num_workers=num_workers, device=dev)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the model to the folder ``path`` (atomically).

@@ -15,28 +15,25 @@ TextEncoderName = str  # "auto" | "minilm" | "char-ngram" | path to a local sent
 #: Named starting points: the network's config and the training recipe (``lr``, ``max_epochs``) that goes
 #: with it. ``cs.tl.fit`` and ``comtip fit`` take their defaults from here.
 _PRESETS: dict[str, dict[str, Any]] = {
-    # ImageNet EfficientNet-Lite0 (weights installed with the package), frozen, read as a 4x4 token grid at
-    # 128 px (it reduces 32x), with a 2-block token transformer that trains and hosts MFM. One trunk pass
-    # per tile is ~0.4 GFLOP, a laptop CPU's budget, and fit caches the trunk's tokens, so an epoch runs only
-    # the small transformers. Gene width 64: one training step on cached tokens (batch 32, 250 genes) took
-    # 0.22 s against 0.73 s at width 128 on one CPU thread.
-    "cpu": {
-        "config": {
-            "backbone": "efficientnet_lite0.imagenet",
-            "pretrained": True,
-            "freeze_backbone": "all",
-            "token_depth": 2,
-            "token_dim": 128,
-            "tile_px": 128,
-            "embed_dim": 128,
-            "gene_dim": 64,
-        },
-        "train": {"lr": 1e-3, "max_epochs": 12},
-    },
+    # The dataclass defaults: ImageNet EfficientNet-Lite0 (weights installed with the package), frozen, read
+    # as a 4x4 token grid at 128 px (it reduces 32x), with a 2-block token transformer that trains and hosts
+    # MFM. One trunk pass per tile is ~0.4 GFLOP, a laptop CPU's budget, and fit caches the trunk's tokens,
+    # so an epoch runs only the small transformers. Gene width 64: one training step on cached tokens
+    # (batch 32, 250 genes) took 0.22 s against 0.73 s at width 128 on one CPU thread.
+    "cpu": {"config": {}, "train": {"lr": 1e-3, "max_epochs": 12}},
     # The paper's setting: CLIP ViT-B/32 at 224 px (7x7 patches), fine-tuned, 256-d shared space. Without
     # checkpoint_path (an OpenAI CLIP / open_clip ViT-B/32 file) it starts from random weights.
     "gpu": {
-        "config": {"backbone": "clip-vit-b32", "tile_px": 224, "embed_dim": 256, "gene_dim": 256},
+        "config": {
+            "backbone": "clip-vit-b32",
+            "pretrained": False,
+            "freeze_backbone": "none",
+            "token_depth": 0,
+            "token_dim": None,
+            "tile_px": 224,
+            "embed_dim": 256,
+            "gene_dim": 256,
+        },
         "train": {"lr": 1e-4, "max_epochs": 20},
     },
     # A frozen pathology foundation model (UNI, ViT-L/16; weights from a local file) with a token
@@ -57,7 +54,16 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # A ViT-Ti/16 trained from scratch at 112 px (7x7 patches), MFM inside the ViT: the package's CPU setting
     # before pretrained trunks, kept for comparison and the benchmark.
     "vit-tiny": {
-        "config": {"backbone": "vit_tiny_patch16_224", "tile_px": 112, "embed_dim": 128, "gene_dim": 128},
+        "config": {
+            "backbone": "vit_tiny_patch16_224",
+            "pretrained": False,
+            "freeze_backbone": "none",
+            "token_depth": 0,
+            "token_dim": None,
+            "tile_px": 112,
+            "embed_dim": 128,
+            "gene_dim": 128,
+        },
         "train": {"lr": 1e-3, "max_epochs": 20},
     },
 }
@@ -89,6 +95,11 @@ def preset_training(name: str) -> dict[str, Any]:
 @dataclass
 class ComtipConfig:
     """Hyper-parameters of the CoMTIP network (architecture and loss weights).
+
+    The defaults are the ``cpu`` preset (``ComtipConfig() == ComtipConfig.preset("cpu")``): a frozen
+    ImageNet EfficientNet-Lite0 at 128 px under a 2-block token transformer. A config for another trunk
+    states what differs, e.g. ``ComtipConfig.preset("vit-tiny")`` or
+    ``ComtipConfig(backbone="resnet18", pretrained=False, freeze_backbone="none", token_depth=0)``.
 
     Every field is a plain JSON type, so ``ComtipConfig.from_dict(cfg.to_dict())`` round-trips and the dict
     can be stored in a Lightning checkpoint or next to saved weights.
@@ -210,22 +221,22 @@ class ComtipConfig:
 
     """
 
-    backbone: str = "vit_base_patch32_224"
-    pretrained: bool = False
+    backbone: str = "efficientnet_lite0.imagenet"
+    pretrained: bool = True
     checkpoint_path: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    tile_px: int = 224
-    freeze_backbone: str | int = "none"
-    token_depth: int = 0
-    token_dim: int | None = None
+    tile_px: int = 128
+    freeze_backbone: str | int = "all"
+    token_depth: int = 2
+    token_dim: int | None = 128
     token_heads: int | None = None
     token_pool: Literal["cls", "mean"] = "cls"
     colour_norm: str | None = None
     stain_jitter: float = 0.0
     colour_jitter: float = 0.0
     context_scale: float | None = None
-    embed_dim: int = 256
-    gene_dim: int = 256
+    embed_dim: int = 128
+    gene_dim: int = 64
     mask_ratio: float = 0.5
     use_values: bool = True
     use_names: bool = True
@@ -314,7 +325,7 @@ class ComtipConfig:
         Examples
         --------
         >>> ComtipConfig().to_dict()["backbone"]
-        'vit_base_patch32_224'
+        'efficientnet_lite0.imagenet'
 
         """
         d = dataclasses.asdict(self)
@@ -324,6 +335,10 @@ class ComtipConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ComtipConfig:
         """Build a config from :meth:`to_dict` output; unknown keys raise ``TypeError``.
+
+        A field missing from ``d`` takes the value it had when configs did not yet store it
+        (:data:`STORED_DEFAULTS`, the defaults of version 0.1), so a saved model always rebuilds the
+        network it was trained with.
 
         Examples
         --------
@@ -335,7 +350,8 @@ class ComtipConfig:
         unknown = set(d) - known
         if unknown:
             raise TypeError(f"Unknown ComtipConfig fields: {sorted(unknown)}")
-        return cls(**{k: (dict(v) if k == "backbone_kwargs" else v) for k, v in d.items()})
+        merged = {**STORED_DEFAULTS, **d}
+        return cls(**{k: (dict(v) if k == "backbone_kwargs" else v) for k, v in merged.items()})
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ComtipConfig:
@@ -365,6 +381,19 @@ class ComtipConfig:
         """
         return dataclasses.replace(self, **changes)
 
+
+#: What a stored config dict without these fields meant: the defaults of version 0.1 (a ViT-B/32 at 224 px,
+#: trained whole), before the defaults became the ``cpu`` preset.
+STORED_DEFAULTS: dict[str, Any] = {
+    "backbone": "vit_base_patch32_224",
+    "pretrained": False,
+    "tile_px": 224,
+    "freeze_backbone": "none",
+    "token_depth": 0,
+    "token_dim": None,
+    "embed_dim": 256,
+    "gene_dim": 256,
+}
 
 #: The ablation flags of the benchmark's peer families (see ``docs/model.md``).
 FLAG_PRESETS: dict[str, dict[str, bool]] = {

@@ -15,6 +15,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ._weights import read_weights
+
 #: The timm architecture the weights belong to.
 TIMM_NAME = "tf_efficientnet_lite0"
 
@@ -105,6 +107,6 @@ def load_lite0_weights(model: nn.Module, file: str | None = None) -> nn.Module:
     1280
 
     """
-    source = torch.load(file or lite0_weights_file(), map_location="cpu", weights_only=True)
+    source = read_weights(file or lite0_weights_file())
     model.load_state_dict(map_lukemelas_lite0(source, model), strict=True)
     return model

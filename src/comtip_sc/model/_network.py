@@ -76,7 +76,7 @@ class ComtipNetwork(nn.Module):
 
     Examples
     --------
-    >>> cfg = ComtipConfig(backbone="vit_tiny_patch16_224", tile_px=32, embed_dim=16, gene_dim=16,
+    >>> cfg = ComtipConfig.preset("vit-tiny", tile_px=32, embed_dim=16, gene_dim=16,
     ...     text_encoder="char-ngram", n_heads_gene=2,
     ...     backbone_kwargs=dict(patch_size=8, depth=1, embed_dim=32, num_heads=2))
     >>> net = build_network(cfg, ["CD3E", "EPCAM", "ALB"])

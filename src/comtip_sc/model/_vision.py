@@ -334,7 +334,7 @@ def build_vision(config: Any) -> VisionBranch:
     Examples
     --------
     >>> from comtip_sc.model import ComtipConfig
-    >>> cfg = ComtipConfig(backbone="resnet10t", tile_px=64, freeze_backbone="all", token_depth=1, token_dim=32)
+    >>> cfg = ComtipConfig(backbone="resnet10t", pretrained=False, tile_px=64, token_depth=1, token_dim=32)
     >>> vb = build_vision(cfg)
     >>> vb.trunk_frozen, vb.dim, vb.num_patches
     (True, 32, 4)

@@ -1,5 +1,7 @@
 """Preprocessing: gene panel, normalisation, spot filtering, section splits and physical-size tiles."""
 
+from .._sections import resolve_sections, spot_layout
+from .._tables import normalized_values
 from ._context import ContextTiles
 from ._feature_cache import CachedTokens, cache_trunk_tokens
 from ._genes import filter_spots, normalize, select_genes
@@ -17,6 +19,9 @@ __all__ = [
     "extract_tiles",
     "filter_spots",
     "normalize",
+    "normalized_values",
+    "resolve_sections",
     "select_genes",
+    "spot_layout",
     "subset_sections",
 ]

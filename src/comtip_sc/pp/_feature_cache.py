@@ -2,7 +2,7 @@
 
 With a frozen trunk (``ComtipConfig.freeze_backbone="all"``) the trunk is a fixed function of the tile, so
 its tokens can be computed once: for every tile and for each of the 8 dihedral views (4 rotations × an
-optional flip, the augmentations :class:`~comtip_sc.tl._datamodule.SentenceCollate` draws from). Training
+optional flip, the augmentations :class:`~comtip_sc.train._datamodule.SentenceCollate` draws from). Training
 then runs only the trainable token transformer on top. The cache lives beside the tile cache and records
 what it was computed from (trunk, a hash of its weights, tile size in µm and px, colour handling, views and
 the spots); any mismatch rebuilds it.
@@ -235,7 +235,7 @@ def cache_trunk_tokens(
     m = torch.tensor(mean, dtype=torch.float32).repeat(c // 3).view(1, c, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).repeat(c // 3).view(1, c, 1, 1)
     # Lazy: the training package imports this one.
-    from ..tl._augment import jitter_spot_tiles
+    from ._augment import jitter_spot_tiles
 
     generator = torch.Generator().manual_seed(seed)
     vision = vision.to(device)

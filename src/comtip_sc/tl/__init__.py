@@ -5,5 +5,15 @@ from ._embed import comtip_embed
 from ._evaluate import evaluate, pearson_per_gene
 from ._fit import fit
 from ._predict import comtip_predict
+from ._ridge import ridge_cv, spatial_folds
 
-__all__ = ["comtip_embed", "comtip_predict", "embedding_clusters", "evaluate", "fit", "pearson_per_gene"]
+__all__ = [
+    "comtip_embed",
+    "comtip_predict",
+    "embedding_clusters",
+    "evaluate",
+    "fit",
+    "pearson_per_gene",
+    "ridge_cv",
+    "spatial_folds",
+]

@@ -5,29 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from spatialdata import SpatialData
-from torch.utils.data import DataLoader, Dataset
 
 from .._constants import EMBED_KEY, TABLE_KEY
+from .._devices import resolve_device
 from .._store import store_path, write_table
 from ..model._comtip_model import ComtipModel
-from ._datamodule import SentenceCollate
-from ._inference import encode_images
-from ._utils import record, resolve_device, target
-
-
-class _TileItems(Dataset):
-    """Tiles shaped as the items :class:`~comtip_sc.tl._datamodule.SentenceCollate` expects."""
-
-    def __init__(self, tiles) -> None:
-        self.tiles = tiles
-        self._empty = np.zeros(0, np.float32)
-        self._idx = np.zeros(0, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.tiles)
-
-    def __getitem__(self, i: int):
-        return self.tiles[i], self._empty, self._idx, 0
+from ._utils import record, target
 
 
 def image_embeddings(
@@ -42,15 +25,9 @@ def image_embeddings(
 ) -> np.ndarray:
     """``(n_spots, embed_dim)`` L2-normalised image embeddings of the table's spots, in table order."""
     tiles = model.tiles(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
-    mean, std = model.network.image_mean, model.network.image_std
-    loader = DataLoader(
-        _TileItems(tiles),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=SentenceCollate(mean, std, augment=False),
+    return model.encode_images(
+        tiles, batch_size=batch_size, num_workers=num_workers, device=device or torch.device("cpu")
     )
-    network = model.network.to(device or torch.device("cpu"))
-    return encode_images(network, loader)
 
 
 def comtip_embed(

@@ -13,17 +13,18 @@ from spatialdata import SpatialData
 
 from .._constants import PRED_KEY, TABLE_KEY
 from .._deprecation import renamed_arguments
+from .._devices import resolve_device
 from .._sections import resolve_sections, spot_layout
 from .._store import store_path, write_table
 from .._tables import check_genes, get_table, normalized_values
 from ..model._comtip_model import ComtipModel, ReferenceBank
-from ._datamodule import SpotDataModule, SpotSentences
+from ..model._inference import encode_images, encode_sentences
+from ..model._retrieval import retrieve
+from ..train._datamodule import SpotDataModule, SpotSentences
 from ._embed import image_embeddings
-from ._inference import encode_images, encode_sentences
-from ._retrieval import retrieve
 from ._ridge import CV_BLOCKS, ridge_cv, spatial_folds
 from ._smooth import smooth_over_neighbours
-from ._utils import record, resolve_device, target
+from ._utils import record, target
 from ._zero_shot import readout_temperature, zero_shot_values
 
 log = logging.getLogger(__name__)

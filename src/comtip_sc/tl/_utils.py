@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
 from anndata import AnnData
 from spatialdata import SpatialData
 
@@ -43,16 +42,3 @@ def record(table: AnnData, tool: str, key: str, entry: dict[str, Any]) -> None:
         key,
         ", ".join(f"{k}={v}" for k, v in entry.items() if not isinstance(v, dict | list)),
     )
-
-
-def resolve_device(accelerator: str = "auto") -> torch.device:
-    """``"auto"`` → the first CUDA device when there is one, else the CPU."""
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("accelerator='gpu' was asked for but torch sees no CUDA device.")
-        return torch.device("cuda")
-    if accelerator == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"accelerator must be 'auto', 'cpu' or 'gpu', got {accelerator!r}.")

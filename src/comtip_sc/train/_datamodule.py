@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, WeightedRandomSampler
 
-# normalized_values is imported from here by the training code and the benchmark harness.
-from .._tables import normalized_values  # noqa: F401
-from . import _augment
+from ..model._inference import normalise_tiles
+from ..pp import _augment
 
 
 class SpotSentences(Dataset):
@@ -46,8 +45,8 @@ class SentenceCollate:
     Images are scaled to [0, 1], normalised with the backbone's mean/std and, for training,
     augmented with the symmetries of a histology tile (flips and 90° rotations), which change
     nothing biological, and, when ``stain_jitter`` / ``colour_jitter`` are positive, with the colour
-    changes a slide from another laboratory brings (:func:`~comtip_sc.tl._augment.hed_jitter`,
-    :func:`~comtip_sc.tl._augment.colour_jitter`). Without ``augment`` the jitter is never applied.
+    changes a slide from another laboratory brings (:func:`~comtip_sc.pp._augment.hed_jitter`,
+    :func:`~comtip_sc.pp._augment.colour_jitter`). Without ``augment`` the jitter is never applied.
     """
 
     mean: tuple[float, float, float]
@@ -79,17 +78,14 @@ class SentenceCollate:
             flips = (torch.rand(len(arrs)) < 0.5).tolist()
             arrs = [np.rot90(a, k, axes=(0, 1)) for a, k in zip(arrs, ks, strict=True)]
             arrs = [a[:, ::-1] if f else a for a, f in zip(arrs, flips, strict=True)]
+        if not (self.augment and (self.stain_jitter > 0 or self.colour_jitter > 0)):
+            return normalise_tiles(arrs, self.mean, self.std)
         tiles = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()
         c = tiles.shape[1]  # 6 for a spot tile + a context tile (pp.ContextTiles)
         mean = torch.tensor(self.mean).repeat(c // 3).view(1, c, 1, 1)
         std = torch.tensor(self.std).repeat(c // 3).view(1, c, 1, 1)
-        if self.augment and (self.stain_jitter > 0 or self.colour_jitter > 0):
-            tiles = _augment.jitter_spot_tiles(tiles.div_(255.0), self.stain_jitter, self.colour_jitter)
-            tiles = tiles.sub_(mean).div_(std)
-        else:
-            # (x / 255 - mean) / std in one multiply-add.
-            tiles = tiles.mul_(1.0 / (255.0 * std)).sub_(mean / std)
-        return tiles
+        tiles = _augment.jitter_spot_tiles(tiles.div_(255.0), self.stain_jitter, self.colour_jitter)
+        return tiles.sub_(mean).div_(std)
 
     @staticmethod
     def _sentences(items) -> dict[str, torch.Tensor]:
@@ -114,7 +110,7 @@ def section_weights(sizes: Sequence[int], alpha: float) -> np.ndarray:
     Examples
     --------
     >>> w = section_weights([100, 25], 0.5)
-    >>> round(w[:100].sum() / w.sum(), 3)  # 10 / (10 + 5)
+    >>> float(round(w[:100].sum() / w.sum(), 3))  # 10 / (10 + 5)
     0.667
 
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model._bank import ReferenceBank
+from ._bank import ReferenceBank
 
 #: Most similarity scores held at once (``2**22`` float32: 16 MiB), whatever the bank's size.
 MAX_SCORES = 2**22

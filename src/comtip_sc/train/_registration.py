@@ -1,4 +1,4 @@
-"""What ``cs.tl.fit`` trains on and leaves behind: registered tables, trunk-token caches, the retrieval bank."""
+"""Section registration: what ``cs.tl.fit`` trains on (panels, values, per-section datasets, token caches)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from .._constants import PANEL_KEY, SAMPLE_KEY
+from .._constants import GROUP_KEYS, PANEL_KEY, SAMPLE_KEY
 from .._sections import resolve_sections, spot_layout
-from .._tables import check_counts, check_genes, get_table
-from ..model._comtip_model import ReferenceBank
+from .._tables import check_counts, check_genes, get_table, normalized_values
 from ..pp._context import with_context
 from ..pp._feature_cache import cache_trunk_tokens
 from ..pp._genes import select_genes
 from ..pp._tile_cache import cache_tiles
 from ..pp._tiles import SpotTiles
-from ._datamodule import SpotDataModule, SpotSentences, normalized_values, subset
-from ._inference import encode_images, encode_sentences
+from ._datamodule import SpotSentences, subset
 
 # Registration is part of fit: its messages go to fit's logger.
-log = logging.getLogger("comtip_sc.tl._fit")
+log = logging.getLogger("comtip_sc.train")
 
 
 @dataclass
@@ -40,6 +37,7 @@ class Registered:
     sections: list[tuple[str, SpotSentences]]
     obs_names: np.ndarray
     centres: np.ndarray
+    groups: list[str | None]
 
 
 def register(
@@ -120,7 +118,11 @@ def register(
     resolved = resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
     sections = [(sec.region, subset(full, sec.obs_index)) for sec in resolved]
     _, centres = spot_layout(resolved, table.n_obs)
-    return Registered(f"dataset{idx}", panel, values, sections, table.obs_names.to_numpy(), centres)
+    group_key = next((k for k in GROUP_KEYS if k in table.obs), None)
+    groups = [
+        None if group_key is None else str(table.obs[group_key].iloc[sec.obs_index[0]]) for sec in resolved
+    ]
+    return Registered(f"dataset{idx}", panel, values, sections, table.obs_names.to_numpy(), centres, groups)
 
 
 def wants_token_cache(feature_cache: bool | None, vision: torch.nn.Module) -> bool:
@@ -137,13 +139,6 @@ def wants_token_cache(feature_cache: bool | None, vision: torch.nn.Module) -> bo
             "token_depth >= 1): a trunk that trains changes its tokens every step."
         )
     return bool(feature_cache)
-
-
-def cache_device(accelerator: str) -> torch.device:
-    """Where the trunk runs while the token cache is built: this process's GPU when training uses one."""
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def attach_token_caches(
@@ -178,45 +173,6 @@ def attach_token_caches(
         )
 
 
-def build_bank(
-    network: torch.nn.Module, dm: SpotDataModule, registered: list[Registered], vocab: dict[str, int]
-) -> ReferenceBank:
-    """The retrieval bank of a trained network: every spot given to fit, validation sections included.
-
-    Image-independent sentence embeddings, image embeddings and expression (sparse over the vocabulary;
-    each dataset is one measurement pattern, its panel) of every spot: they are the user's data, and
-    retrieval is from all of it.
-    """
-    panel = list(vocab)
-    embeddings, image_embeddings, expression, obs_names = [], [], [], []
-    bank_sections, centres, pattern = [], [], []
-    patterns = np.zeros((len(registered), len(panel)), bool)
-    for ri, r in enumerate(registered):
-        cols = np.array([vocab[g] for g in r.panel])
-        patterns[ri, cols] = True
-        for region, ds in r.sections:
-            loader = dm.predict_loader(ds)
-            embeddings.append(encode_sentences(network, loader))
-            image_embeddings.append(encode_images(network, loader))
-            block = sp.csr_matrix(r.values[ds.indices], dtype=np.float32)
-            block = sp.csr_matrix((block.data, cols[block.indices], block.indptr), (len(ds), len(panel)))
-            expression.append(block)
-            pattern.append(np.full(len(ds), ri))
-            obs_names.extend(r.obs_names[ds.indices].tolist())
-            bank_sections.extend([f"{r.name}/{region}"] * len(ds))
-            centres.append(r.centres[ds.indices])
-    return ReferenceBank(
-        np.concatenate(embeddings),
-        sp.vstack(expression, format="csr"),
-        panel,
-        obs_names,
-        np.concatenate(image_embeddings),
-        bank_sections,
-        np.concatenate(centres),
-        observed=(patterns, np.concatenate(pattern)),
-    )
-
-
 def gene_stats(registered: list[Registered], vocab: dict[str, int]) -> dict[str, dict[str, float]]:
     """Mean and maximum normalised value of every vocabulary gene over all spots given to fit (NaN if none)."""
     total = np.zeros(len(vocab))
@@ -234,3 +190,81 @@ def gene_stats(registered: list[Registered], vocab: dict[str, int]) -> dict[str,
         "mean": dict(zip(vocab, mean.tolist(), strict=True)),
         "max": dict(zip(vocab, vmax.tolist(), strict=True)),
     }
+
+
+@dataclass
+class TrainingData:
+    """Every registered table of one ``fit``, its sections in order, and which of them are held out."""
+
+    registered: list[Registered]
+    vocab: dict[str, int]
+    names: list[str]
+    sections: list[SpotSentences]
+    held_out: list[int]
+    groups: list[str | None]
+    stats: dict[str, dict[str, float]]
+
+    @property
+    def n_train(self) -> int:
+        """Spots of the sections that train."""
+        return sum(len(ds) for i, ds in enumerate(self.sections) if i not in self.held_out)
+
+
+def held_out_sections(
+    names: list[str], groups: list[str | None], sizes: list[int], val_sections: Sequence[str] | str | None
+) -> list[int]:
+    """Indices of the sections held out for validation.
+
+    ``"auto"``: when the tables name a patient or individual (``obs`` column among
+    :data:`~comtip_sc._constants.GROUP_KEYS`) and there are at least two, every section of the group with
+    the fewest spots (so that validation measures a new patient and most spots still train); else the
+    last section when there are several, none when there is one. ``None``: none. Otherwise the named
+    sections.
+    """
+    if val_sections is None:
+        return []
+    if val_sections == "auto":
+        known = [g for g in groups if g is not None]
+        if len(set(known)) >= 2 and len(known) == len(groups):
+            spots: dict[str, int] = {}
+            for g, n in zip(groups, sizes, strict=True):
+                spots[g] = spots.get(g, 0) + n
+            smallest = min(spots, key=lambda g: (spots[g], -max(i for i, h in enumerate(groups) if h == g)))
+            return [i for i, g in enumerate(groups) if g == smallest]
+        return [len(names) - 1] if len(names) > 1 else []
+    wanted = [val_sections] if isinstance(val_sections, str) else list(val_sections)
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise ValueError(f"val_sections {unknown} are not sections of the data; sections: {names}.")
+    return [names.index(w) for w in wanted]
+
+
+def register_all(
+    datasets: Sequence[SpatialData], val_sections: Sequence[str] | str | None, **kwargs: Any
+) -> TrainingData:
+    """Register every dataset (:func:`register`, with ``kwargs``) and choose the held-out sections."""
+    vocab: dict[str, int] = {}
+    registered = [register(d, idx=i, vocab=vocab, **kwargs) for i, d in enumerate(datasets)]
+    several = len(registered) > 1
+    names = [f"{r.name}:{name}" if several else name for r in registered for name, _ in r.sections]
+    groups = [
+        None if g is None else (f"{r.name}:{g}" if several else g) for r in registered for g in r.groups
+    ]
+    sections = [ds for r in registered for _, ds in r.sections]
+    held_out = held_out_sections(names, groups, [len(ds) for ds in sections], val_sections)
+    if len(held_out) == len(sections):
+        raise ValueError("Every section is held out for validation; nothing is left to train on.")
+    data = TrainingData(registered, vocab, names, sections, held_out, groups, gene_stats(registered, vocab))
+    if data.n_train < 2:
+        raise ValueError(
+            f"Only {data.n_train} training spot(s) outside val_sections; InfoNCE needs at least 2."
+        )
+    log.info(
+        "Training CoMTIP on %d section(s) (%s), %d training spots, %d genes in the vocabulary; held out: %s.",
+        len(sections),
+        ", ".join(names),
+        data.n_train,
+        len(vocab),
+        [names[i] for i in held_out] or "none",
+    )
+    return data

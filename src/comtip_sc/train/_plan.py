@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from timm.optim import param_groups_layer_decay
 
-from ._config import ComtipConfig
-from ._network import ComtipNetwork, build_network
+from ..model._config import ComtipConfig
+from ..model._network import ComtipNetwork, build_network
 
 #: Loss terms checked for finiteness at every training step, in the order they are reported.
 LOSS_TERMS = ("info_nce", "mfm", "paat", "paat_bce", "paat_rank", "value_query", "loss")

@@ -1,0 +1,140 @@
+"""How a CoMTIP network is trained: optimiser, epochs, batching and validation, grouped in one dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..model._config import ComtipConfig, preset_training
+
+
+@dataclass
+class TrainSettings:
+    """Training settings of :func:`comtip_sc.tl.fit` (the network itself is a :class:`~comtip_sc.model.ComtipConfig`).
+
+    The defaults are the ``cpu`` preset's recipe; :meth:`preset` gives another preset's. Every field can
+    also be passed to ``fit`` as a keyword (``fit(sdata, max_epochs=5)``), which overrides the field.
+
+    Parameters
+    ----------
+    max_epochs
+        Passes over the training spots.
+    lr
+        Peak AdamW learning rate (linear warm-up, then cosine decay). ``1e-4`` suits fine-tuning a
+        pretrained trunk; a trunk trained from scratch or a frozen trunk's token transformer trains at
+        ``1e-3`` (at ``1e-4`` and 12 epochs the PAAT discriminator and the zero-shot read-out stayed at
+        chance on her2st and the mouse bulb; see the benchmarks page).
+    batch_size
+        Spots per training step (and InfoNCE's negatives per step on one device).
+    weight_decay
+        AdamW weight decay (not applied to biases, norms, embeddings, tokens, queries or the temperature).
+    backbone_lr_mult, layer_decay
+        Learning-rate multiplier of the trunk and its layer-wise decay (timm's
+        ``param_groups_layer_decay``; ``None``: one rate for the whole trunk).
+    early_stopping_patience
+        Epochs without improvement of the validation loss before training stops (``None``: never early).
+    num_workers
+        Data-loader workers that cut tiles.
+    feature_cache
+        Train on cached trunk tokens (:func:`~comtip_sc.pp.cache_trunk_tokens`): ``None`` caches whenever
+        the trunk is frozen under a token transformer (the ``cpu`` and ``pathology`` presets).
+    section_balance
+        ``None``: plain shuffling. ``alpha`` in [0, 1]: each draw picks a training section with
+        probability ∝ ``n_spots ** alpha`` (``0``: every section equally often).
+
+    Examples
+    --------
+    >>> TrainSettings.preset("gpu").lr, TrainSettings().max_epochs
+    (0.0001, 12)
+
+    """
+
+    max_epochs: int = 12
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 0.05
+    backbone_lr_mult: float = 1.0
+    layer_decay: float | None = None
+    early_stopping_patience: int | None = 5
+    num_workers: int = 0
+    feature_cache: bool | None = None
+    section_balance: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1 or self.batch_size < 2:
+            raise ValueError(
+                f"max_epochs must be >= 1 and batch_size >= 2 (InfoNCE contrasts the spots of a batch), got "
+                f"{self.max_epochs} and {self.batch_size}."
+            )
+        if not self.lr > 0 or self.num_workers < 0:
+            raise ValueError(f"lr must be > 0 and num_workers >= 0, got {self.lr} and {self.num_workers}.")
+        if self.section_balance is not None and not 0.0 <= self.section_balance <= 1.0:
+            raise ValueError(f"section_balance must be None or in [0, 1], got {self.section_balance}.")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TrainSettings:
+        """The training recipe of a named preset (see :meth:`ComtipConfig.preset`), with ``overrides``.
+
+        Examples
+        --------
+        >>> TrainSettings.preset("cpu", batch_size=64).batch_size
+        64
+
+        """
+        return cls(**{**preset_training(name), **overrides})
+
+    def replace(self, **changes: Any) -> TrainSettings:
+        """Return a copy with some fields changed.
+
+        Examples
+        --------
+        >>> TrainSettings().replace(lr=1e-4).lr
+        0.0001
+
+        """
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-serialisable dict (stored in the model's training history).
+
+        Examples
+        --------
+        >>> TrainSettings().to_dict()["batch_size"]
+        32
+
+        """
+        return dataclasses.asdict(self)
+
+
+_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(TrainSettings))
+_CONFIG_NAMES = frozenset(f.name for f in dataclasses.fields(ComtipConfig))
+
+
+def resolve_settings(
+    preset: str,
+    config: ComtipConfig | None,
+    settings: TrainSettings | None,
+    keywords: dict[str, Any],
+) -> tuple[ComtipConfig, TrainSettings, dict[str, Any]]:
+    """Split ``fit``'s extra keywords into network overrides, training overrides and Lightning arguments.
+
+    A keyword that names a :class:`TrainSettings` field overrides it, one that names a
+    :class:`~comtip_sc.model.ComtipConfig` field overrides the network (``backbone=``, ``tile_px=``,
+    ``freeze_backbone=``, ...); everything else is passed to :class:`lightning.pytorch.Trainer`.
+    ``None`` values are ignored, so command-line wrappers can pass unset options through.
+
+    Examples
+    --------
+    >>> cfg, st, rest = resolve_settings("cpu", None, None, {"max_epochs": 2, "tile_px": 64, "fast_dev_run": 1})
+    >>> st.max_epochs, cfg.tile_px, rest
+    (2, 64, {'fast_dev_run': 1})
+
+    """
+    cfg = config if config is not None else ComtipConfig.preset(preset)
+    settings = settings if settings is not None else TrainSettings.preset(preset)
+    given = {k: v for k, v in keywords.items() if v is not None}
+    net = {k: v for k, v in given.items() if k in _CONFIG_NAMES}
+    train = {k: v for k, v in given.items() if k in _SETTING_NAMES}
+    rest = {k: v for k, v in keywords.items() if k not in _CONFIG_NAMES | _SETTING_NAMES}
+    return (cfg.replace(**net) if net else cfg), (settings.replace(**train) if train else settings), rest
