@@ -1,8 +1,8 @@
 """``python -m benchmarks``: expression prediction from H&E on held-out patients, every row in one run.
 
 python -m benchmarks --preset smoke --out /tmp/bench        # toy tissue, seconds
-python -m benchmarks --preset cpu --jobs 2                  # her2st + MOB on a laptop CPU
-python -m benchmarks --preset gpu --data-root ../shared/data
+python -m benchmarks --preset cpu --jobs 2 --data-root path/to/data   # her2st + MOB on a laptop CPU
+python -m benchmarks --preset gpu --data-root path/to/data
 """
 
 from __future__ import annotations

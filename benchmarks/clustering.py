@@ -70,8 +70,8 @@ def her2st_region_labels(path: str | os.PathLike, table: AnnData, section: str =
     Examples
     --------
     >>> import comtip_sc as cs
-    >>> t = cs.datasets.her2st("../shared/data/her2st", sections=["A1"]).tables["table"]  # doctest: +SKIP
-    >>> her2st_region_labels("../shared/data/her2st/" + str(HER2ST_LABELS), t).nunique()  # doctest: +SKIP
+    >>> t = cs.datasets.her2st("path/to/her2st", sections=["A1"]).tables["table"]  # doctest: +SKIP
+    >>> her2st_region_labels("path/to/her2st/" + str(HER2ST_LABELS), t).nunique()  # doctest: +SKIP
     5
 
     """

@@ -1,6 +1,7 @@
 """Make the README picture: observed vs predicted ERBB2 / KRT19 on her2st A1, trained on patient C only.
 
-Run from the repository root: ``python benchmarks/readme_figure.py [--data-root ../shared/data]``.
+Run from the repository root: ``python benchmarks/readme_figure.py --data-root path/to/data``
+(the folder holding ``her2st/``).
 Writes ``docs/_static/her2st_A1_observed_vs_predicted.png`` and prints the PCC of the shown genes.
 """
 

@@ -75,6 +75,10 @@ def python3_kernel(tmp_path, monkeypatch) -> str:
         "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     )
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    # The her2st tutorial reads its data folder from COMTIP_HER2ST; the real data lives next to the repository.
+    her2st = ROOT.parent / "shared" / "data" / "her2st"
+    if "COMTIP_HER2ST" not in os.environ and her2st.is_dir():
+        monkeypatch.setenv("COMTIP_HER2ST", str(her2st))
     return "python3"
 
 

@@ -1,4 +1,4 @@
-"""Loaders for the public legacy-ST datasets kept in ``shared/data`` (her2st, STUtility mouse olfactory bulb)."""
+"""Loaders for the public legacy-ST datasets her2st and STUtility mouse olfactory bulb, from local folders."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def her2st(path: str | PathLike, *, sections: str | Sequence[str] | None = None)
     Examples
     --------
     >>> import comtip_sc as cs
-    >>> sdata = cs.datasets.her2st("../shared/data/her2st", sections=["A1", "C2"])  # doctest: +SKIP
+    >>> sdata = cs.datasets.her2st("path/to/her2st", sections=["A1", "C2"])  # doctest: +SKIP
     >>> sdata.tables["table"].obs["patient"].value_counts()  # doctest: +SKIP
     patient
     A    346
@@ -132,7 +132,7 @@ def mob(path: str | PathLike, *, sections: str | Sequence[str] | None = None) ->
     Examples
     --------
     >>> import comtip_sc as cs
-    >>> sdata = cs.datasets.mob("../shared/data/stutility_mob")  # doctest: +SKIP
+    >>> sdata = cs.datasets.mob("path/to/stutility_mob")  # doctest: +SKIP
     >>> sdata.tables["table"].obs.groupby("sample", observed=True)["individual"].first().tolist()  # doctest: +SKIP
     [1, 1, 2]
 

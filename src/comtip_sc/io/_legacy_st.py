@@ -128,7 +128,7 @@ def read_legacy_st(
     Examples
     --------
     >>> import comtip_sc as cs
-    >>> root = "../shared/data/her2st"
+    >>> root = "path/to/her2st"
     >>> sdata = cs.io.read_legacy_st(
     ...     f"{root}/data/ST-cnts/C2.tsv.gz",
     ...     f"{root}/data/ST-spotfiles/C2_selection.tsv",

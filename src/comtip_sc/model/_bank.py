@@ -129,7 +129,7 @@ class ReferenceBank:
         """Length of the mean sentence and image embedding of the bank's spots.
 
         Contrastive embeddings crowd into a cone. When it closes (length near 1) every spot's embedding
-        points the same way and retrieval ranks the bank by noise; healthy fits of our benchmarks measured
+        points the same way and retrieval ranks the bank by noise; healthy fits in the benchmark measured
         0.68–0.93 and a collapsed one 1.00 (``docs/benchmarks.md``).
 
         Examples

@@ -51,8 +51,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         },
         "train": {"lr": 1e-3, "max_epochs": 20},
     },
-    # A ViT-Ti/16 trained from scratch at 112 px (7x7 patches), MFM inside the ViT: the package's CPU setting
-    # before pretrained trunks, kept for comparison and the benchmark.
+    # A ViT-Ti/16 trained from scratch at 112 px (7x7 patches), MFM inside the ViT: a small network that needs
+    # no weight file, for comparison with the pretrained trunks and for quick CPU runs (tutorials, benchmarks).
     "vit-tiny": {
         "config": {
             "backbone": "vit_tiny_patch16_224",
@@ -204,7 +204,7 @@ class ComtipConfig:
     value_query
         Train the zero-shot read-out with the value-query term (see :func:`~comtip_sc.model.value_query_loss`
         and ``docs/model.md``): one-pair sentences ``(gene, candidate value)`` for each panel gene, scored by
-        the image. Needs ``use_values``. Our addition to the paper's losses; ablated in the
+        the image. Needs ``use_values``. Not among the paper's losses; ablated in the
         benchmark.
     lambda_value_query
         Weight of the value-query term.

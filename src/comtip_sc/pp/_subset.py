@@ -34,7 +34,7 @@ def subset_sections(sdata: SpatialData, keep: np.ndarray, *, table_key: str = TA
     Examples
     --------
     >>> import comtip_sc as cs
-    >>> sdata = cs.datasets.her2st("../shared/data/her2st")  # doctest: +SKIP
+    >>> sdata = cs.datasets.her2st("path/to/her2st")  # doctest: +SKIP
     >>> patient = sdata.tables["table"].obs["patient"].to_numpy()  # doctest: +SKIP
     >>> train = cs.pp.subset_sections(sdata, patient == "C")  # doctest: +SKIP
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 #: Ridge penalties searched by the ``"head"`` method and by the benchmark's frozen-feature ridge: 0.01 to
-#: 1.5e6 in steps of 5/11 decade. The head's unit-length embeddings want 0.01–30 on our folds; the ridge on
+#: 1.5e6 in steps of 5/11 decade. The head's unit-length embeddings want 0.01–30 on the benchmark's folds; the ridge on
 #: standardised PCA components of a random-init backbone wants 1e3–1e4, and a grid that stopped at 1e3 held
 #: that baseline back by up to 0.015 PCC-ALL (docs/benchmarks.md).
 RIDGE_ALPHAS = np.logspace(-2, -2 + 18 * 5 / 11, 19)
