@@ -74,8 +74,8 @@ def reference_from(
     )
 
 
-def _retrieval(img: np.ndarray, bank: ReferenceBank, k: int) -> np.ndarray:
-    return retrieve(img, bank, k)  # chunked top-k: never a spots × bank matrix
+def _retrieval(img: np.ndarray, bank: ReferenceBank, k: int, device: torch.device) -> np.ndarray:
+    return retrieve(img, bank, k, device=device)  # chunked top-k: never a spots × bank matrix
 
 
 def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[np.ndarray, dict]:
@@ -183,7 +183,8 @@ def comtip_predict(
     spot_diameter_um
         Spot diameter in µm when the table does not record it (Visium: 55).
     batch_size, accelerator
-        Inference settings.
+        Inference settings. ``accelerator`` also sets where retrieval runs (``"auto"``: a GPU when there is
+        one; the bank is copied there once).
     write
         Also write the updated table into the zarr store backing ``sdata`` (:func:`comtip_sc.io.write_table`:
         a process killed part-way leaves the stored table as it was). Checked before any work: a SpatialData
@@ -263,7 +264,7 @@ def comtip_predict(
         if bank is None:
             raise ValueError("The model stores no reference bank; pass reference= or use method='zero_shot'.")
         if method == "retrieval":
-            pred = _retrieval(img, bank, k)
+            pred = _retrieval(img, bank, k, device)
         else:
             pred, head = _head(img, bank, cv_blocks)
         names = list(bank.genes)
