@@ -17,6 +17,7 @@ from ._losses import (
     pair_ranking_loss,
     value_query_loss,
 )
+from ._inference import inference_autocast
 from ._network import ComtipNetwork, ProjectionHead, build_network
 from ._paat import PairDiscriminator, corrupt_pairs
 from ._retrieval import retrieve, top_k_neighbours
@@ -51,6 +52,7 @@ __all__ = [
     "create_backbone",
     "embed_gene_names",
     "expected_value",
+    "inference_autocast",
     "info_nce",
     "mfm_loss",
     "minilm_available",

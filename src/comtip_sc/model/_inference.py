@@ -18,9 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-#: Default inference batch on the CPU (larger batches gained nothing on 2 cores) and on a GPU (enough spots
-#: per forward to keep a data-centre GPU busy with the small presets, far below its memory with the largest).
-EMBED_BATCH_CPU, EMBED_BATCH_GPU = 64, 512
+from .._constants import EMBED_BATCH_CPU, EMBED_BATCH_GPU
+
 #: Embeddings kept on the device before they are copied to the host together (one wait per group).
 _FLUSH_BATCHES = 64
 
@@ -46,7 +45,7 @@ def embed_workers(device: torch.device, num_workers: int | None = None) -> int:
     return 0 if device.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
 
 
-def autocast(device: torch.device):
+def inference_autocast(device: torch.device):
     """bf16 autocast on a CUDA device; nothing (float32) elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -87,7 +86,7 @@ def encode_images(network: nn.Module, loader: Iterable[dict[str, torch.Tensor]])
     pending: list[torch.Tensor] = []
     # disable=None: a progress bar on terminals and notebooks, silence in logs and CI.
     batches = tqdm(loader, desc="Embedding images", unit="batch", disable=None)
-    with autocast(device):
+    with inference_autocast(device):
         for batch in batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             if "image" in batch and batch["image"].dtype == torch.uint8:
