@@ -6,6 +6,7 @@ from ._comtip_model import ComtipModel, ReferenceBank
 from ._config import FLAG_PRESETS, PRESET_NAMES, ComtipConfig, preset_training
 from ._gene_names import char_ngram_embedding, embed_gene_names, minilm_available, resolve_text_encoder
 from ._gene_text import AttentionPool, GeneTextEncoder
+from ._inference import inference_autocast
 from ._losses import (
     LogitScale,
     candidate_values,
@@ -17,7 +18,6 @@ from ._losses import (
     pair_ranking_loss,
     value_query_loss,
 )
-from ._inference import inference_autocast
 from ._network import ComtipNetwork, ProjectionHead, build_network
 from ._paat import PairDiscriminator, corrupt_pairs
 from ._retrieval import retrieve, top_k_neighbours
