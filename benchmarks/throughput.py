@@ -9,15 +9,17 @@ a. bare forward spots/s (the trunk alone, and the full image encoder on ready-ma
    twice, in fresh processes without and with ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's switch for transparent
    huge pages on large CPU tensors, which spares the page faults of every batch's activations);
 b. ``cs.tl.fit`` steps/s reading pixels, a tile cache and a trunk-token cache (epochs after the first);
-c. peak memory (PSS) while embedding a synthetic 40,000 × 40,000 px chunked zarr slide with 50,000 spots (child
-   process, so the number is that run's alone);
-d. time and peak memory (PSS) of retrieval from a 1,000,000-spot synthetic bank for 100,000 queries (child process);
+c. embedding a synthetic 40,000 × 40,000 px chunked zarr slide with 50,000 spots (child process, so the
+   memory is that run's alone): peak memory (PSS), spots/s against the same network's forward on ready
+   tensors (same batch and precision), and one process's tile cutting on the slide;
+d. time and peak memory (PSS) of retrieval from a 1,000,000-spot synthetic bank for 100,000 queries (child
+   process), on the device;
 e. tile- and token-cache reads/s from memory and through the lazy chunk LRU: the measurement behind
    ``IN_MEMORY_MAX_BYTES``.
 
     python benchmarks/throughput.py --slide-preset vit-tiny   # full sizes, ~15 min on 2 CPU cores
     python benchmarks/throughput.py --quick                   # reduced sizes, a few minutes
-    python benchmarks/throughput.py --device cuda             # the networks on a GPU (fit in bf16)
+    python benchmarks/throughput.py --device cuda             # GPU table (stages b, c, d), a few minutes
 
 Writes ``benchmarks/results/throughput_<device>.md`` (``..._quick.md`` with ``--quick``).
 """
@@ -33,36 +35,34 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import comtip_sc as cs
-from comtip_sc.model import ComtipConfig, ComtipModel, build_network
+from comtip_sc.model import ComtipConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.cache_reads import stage_cache_reads
-from benchmarks.memory import PeakRSS
 from benchmarks.report import _atomic_write, git_commit, machine
-from benchmarks.slide import slide_sdata, write_slide
+from benchmarks.slide import write_slide
+from benchmarks.throughput_children import (
+    TILE_UM,
+    child_retrieval,
+    child_slide,
+    cpu_model,
+    ready_batch,
+    timed_batches,
+)
 
-TILE_UM = 150.0
 RSS_TARGET_GB = 3.0
-RATIO_TARGET = 0.9
+#: comtip_embed's share of the bare encoder forward to reach, per device.
+RATIO_TARGET = {"cpu": 0.9, "cuda": 0.5}
 #: Stage a's measurement rounds; each figure is its best round.
 ROUNDS = 3
 #: PyTorch's switch for transparent huge pages on large CPU tensors (read once, at its first CPU allocation).
 THP = "THP_MEM_ALLOC_ENABLE"
 
 
-def cpu_model(tile_um: float = TILE_UM, preset: str = "cpu") -> ComtipModel:
-    """A preset's network (the ``cpu`` preset: pretrained trunk) wrapped as a model, without training."""
-    cfg = ComtipConfig.preset(preset, text_encoder="char-ngram")
-    genes = [f"g{i}" for i in range(50)]
-    return ComtipModel(build_network(cfg, genes), panel=genes, tile_um=tile_um, tile_px=cfg.tile_px)
-
-
 # ----------------------------------------------------------------------------------------------- stage a
-@torch.no_grad()
 def stage_embed(
     n_side: int, batch: int, workers: list[int], tag: str = "", device: str = "cpu"
 ) -> list[tuple[str, str, str]]:
@@ -72,22 +72,11 @@ def stage_embed(
     sdata = cs.datasets.toy_tissue(n_rows=n_side, n_cols=n_side, n_genes=30, seed=0)
     n = n_side * n_side
     n_batches = -(-n // batch)
-    # The loader's collate permutes uint8 NHWC tiles, so the network sees channels_last memory; a plain
-    # NCHW tensor runs the CPU trunk ~1.5x slower and would flatter the ratio below.
-    x = torch.randn(batch, model.tile_px, model.tile_px, 3).permute(0, 3, 1, 2).to(dev)
-
-    def forward(fn):
-        def run() -> None:
-            for _ in range(n_batches):
-                fn()
-            if dev.type == "cuda":  # kernels run asynchronously: the clock stops when they are done
-                torch.cuda.synchronize()
-
-        return run
-
+    x = ready_batch(batch, model.tile_px, dev)
     timed = {
-        "trunk": forward(lambda: net.vision.trunk_tokens(x)),
-        "encoder": forward(lambda: net.encode_image(x)),
+        # The forwards under the precision comtip_embed uses (bf16 autocast on a GPU, float32 on the CPU).
+        "trunk": lambda: timed_batches(lambda: net.vision.trunk_tokens(x), n_batches, dev),
+        "encoder": lambda: timed_batches(lambda: net.encode_image(x), n_batches, dev),
         # A fresh reader each time, as comtip_embed makes one: its chunk cache starts empty.
         "cut": lambda: model.tiles(sdata).take(range(n)),
     }
@@ -101,14 +90,14 @@ def stage_embed(
     for _ in range(ROUNDS):
         for key, fn in timed.items():
             t0 = time.perf_counter()
-            fn()
-            best[key] = min(best[key], time.perf_counter() - t0)
+            seconds = fn()
+            best[key] = min(best[key], seconds if key in ("trunk", "encoder") else time.perf_counter() - t0)
     trunk, encoder = (n_batches * batch / best[k] for k in ("trunk", "encoder"))
     rows = [
         (
             "a",
             f"trunk forward alone, batch {batch}, {model.tile_px} px, channels_last"
-            + (f", {device}, fp32" if dev.type == "cuda" else ""),
+            + (f", {device}, bf16 autocast" if dev.type == "cuda" else ""),
             f"{trunk:.0f} spots/s",
         ),
         ("a", "image encoder forward (trunk + tokens + head) on ready tensors", f"{encoder:.0f} spots/s"),
@@ -121,13 +110,13 @@ def stage_embed(
     for w in workers:
         emb = n / best[w]
         ratio = emb / encoder
-        verdict = "meets" if ratio >= RATIO_TARGET else "misses"
+        verdict = "meets" if ratio >= RATIO_TARGET[device] else "misses"
         rows.append(
             (
                 "a",
                 f"`cs.tl.comtip_embed`, num_workers={w}, {n} spots",
                 f"{emb:.0f} spots/s; ×{ratio:.3f} of the encoder forward, ×{emb / trunk:.2f} of the trunk "
-                f"(target ≥ {RATIO_TARGET}: {verdict})",
+                f"(target ≥ {RATIO_TARGET[device]}: {verdict})",
             )
         )
     if tag:
@@ -136,9 +125,25 @@ def stage_embed(
 
 
 # ----------------------------------------------------------------------------------------------- stage b
+#: Stage b's ways of feeding fit.
+FIT_MODES = {
+    "pixels": ("pixels (tiles cut from the image every step)", {"feature_cache": False}),
+    "tiles": ("tile cache (zarr, 128 px tiles)", {"feature_cache": False, "tile_cache": "fit_tiles"}),
+    "tokens": (
+        "trunk-token cache (8 dihedral views per tile)",
+        {"feature_cache": True, "tile_cache": "fit_tok"},
+    ),
+}
+
+
 def stage_fit(
-    n_side: int, batch: int, epochs: int, work: Path, accelerator: str = "cpu"
+    n_side: int,
+    plan: list[tuple[str, int]],
+    epochs: int,
+    work: Path,
+    accelerator: str = "cpu",
 ) -> list[tuple[str, str, str]]:
+    """Steps/s and samples/s of ``cs.tl.fit`` for every ``(mode, batch)`` of ``plan`` (modes: FIT_MODES)."""
     import lightning as L
 
     class Clock(L.Callback):
@@ -155,16 +160,10 @@ def stage_fit(
                 self.steps += trainer.global_step - self._s0
 
     sdata = cs.datasets.toy_tissue(n_rows=n_side, n_cols=n_side, n_genes=60, seed=0)
-    modes = {
-        "pixels (tiles cut from the image every step)": {"feature_cache": False},
-        "tile cache (zarr, 128 px tiles)": {"feature_cache": False, "tile_cache": str(work / "fit_tiles")},
-        "trunk-token cache (8 dihedral views per tile)": {
-            "feature_cache": True,
-            "tile_cache": str(work / "fit_tok"),
-        },
-    }
     rows = []
-    for name, kw in modes.items():
+    for mode, batch in plan:
+        name, kw = FIT_MODES[mode]
+        kw = {k: str(work / v) if k == "tile_cache" else v for k, v in kw.items()}
         clock = Clock()
         cs.tl.fit(
             sdata,
@@ -185,68 +184,15 @@ def stage_fit(
             default_root_dir=str(work),
             **kw,
         )
+        rate = clock.steps / clock.seconds
         rows.append(
-            ("b", f"`cs.tl.fit`, {name}, batch {batch}", f"{clock.steps / clock.seconds:.2f} steps/s")
+            (
+                "b",
+                f"`cs.tl.fit`, {name}, batch {batch}, {n_side * n_side} spots, {accelerator}",
+                f"{rate:.2f} steps/s, {rate * batch:,.0f} samples/s ({clock.steps} steps timed)",
+            )
         )
     return rows
-
-
-# ----------------------------------------------------------------------------------------------- stage c
-def child_slide(
-    path: str, n_spots: int, batch: int, workers: int, preset: str = "cpu", accelerator: str = "cpu"
-) -> dict:
-    sdata = slide_sdata(Path(path), n_spots)
-    model = cpu_model(preset=preset)
-    with PeakRSS() as rss:
-        before = rss.peak
-        t0 = time.perf_counter()
-        cs.tl.comtip_embed(
-            sdata,
-            model,
-            batch_size=batch,
-            num_workers=workers,
-            accelerator=accelerator,
-            spot_diameter_um=55.0,
-        )
-        seconds = time.perf_counter() - t0
-    emb = sdata.tables["table"].obsm["X_comtip"]
-    assert emb.shape == (n_spots, model.config.embed_dim) and np.isfinite(emb).all()
-    return {"seconds": seconds, "peak_gb": rss.peak / 1e9, "before_gb": before / 1e9}
-
-
-# ----------------------------------------------------------------------------------------------- stage d
-def child_retrieval(n_bank: int, n_query: int, k: int, n_genes: int = 250, per_spot: int = 25) -> dict:
-    import scipy.sparse as sp
-
-    from comtip_sc.model import ReferenceBank, retrieve
-
-    rng = np.random.default_rng(0)
-    dim = ComtipConfig.preset("cpu").embed_dim
-
-    def unit(n: int) -> np.ndarray:
-        x = rng.standard_normal((n, dim), dtype=np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    cols = (np.arange(n_bank)[:, None] * 7 + np.arange(per_spot)[None] * (n_genes // per_spot)) % n_genes
-    cols.sort(axis=1)
-    values = sp.csr_matrix(
-        (
-            rng.random(n_bank * per_spot, dtype=np.float32) + 0.1,
-            cols.ravel(),
-            np.arange(0, n_bank * per_spot + 1, per_spot),
-        ),
-        shape=(n_bank, n_genes),
-    )
-    bank = ReferenceBank(unit(n_bank), values, [f"g{i}" for i in range(n_genes)])
-    del values, cols
-    queries = unit(n_query)
-    with PeakRSS() as rss:
-        before = rss.peak
-        t0 = time.perf_counter()
-        out = retrieve(queries, bank, k)
-        seconds = time.perf_counter() - t0
-    assert out.shape == (n_query, n_genes) and np.isfinite(out).all()
-    return {"seconds": seconds, "peak_gb": rss.peak / 1e9, "before_gb": before / 1e9, "dim": dim}
 
 
 def run_child(args: list[str], threads: int, env: dict[str, str] | None = None) -> dict:
@@ -258,29 +204,98 @@ def run_child(args: list[str], threads: int, env: dict[str, str] | None = None) 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# ----------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> None:
+def stage_slide(args: argparse.Namespace, work: Path, n_px: int, n_spots: int, workers: int) -> list:
+    """Stage c: write the slide here, embed it in a child process."""
+    t0 = time.perf_counter()
+    write_slide(work / "slide.zarr", n_px)
+    size = sum(f.stat().st_size for f in (work / "slide.zarr").rglob("*") if f.is_file()) / 1e6
+    written = time.perf_counter() - t0
+    log(f"stage c: slide of {n_px} px written in {written:.0f} s; embedding {n_spots} spots")
+    child = ["slide", str(work / "slide.zarr"), str(n_spots), str(args.batch or 0), str(workers)]
+    r = run_child([*child, args.slide_preset, args.device], args.threads)
+    ok = "meets" if r["peak_gb"] < RSS_TARGET_GB else "MISSES"
+    rate = n_spots / r["seconds"]
+    target = RATIO_TARGET[args.device]
+    ratio = rate / r["encoder_spots_s"]
+    where = f"{args.device}, bf16 autocast" if args.device == "cuda" else "cpu, float32"
+    gpu = f"; GPU peak {r['gpu_peak_gb']:.2f} GB" if args.device == "cuda" else ""
+    return [
+        (
+            "c",
+            f"embed a {n_px:,} × {n_px:,} px zarr slide (1024² chunks, {size:.1f} MB on disk, written in "
+            f"{written:.0f} s), {n_spots:,} spots, `{args.slide_preset}` network, batch {r['batch']}, "
+            f"num_workers={workers}, {where}",
+            f"peak memory {r['peak_gb']:.2f} GB (PSS, process + workers; {r['before_gb']:.2f} GB before embedding; "
+            f"target < {RSS_TARGET_GB:g} GB: {ok}){gpu}; {r['seconds']:.1f} s, {rate:,.0f} spots/s",
+        ),
+        (
+            "c",
+            f"same network's image encoder forward on ready tensors, batch {r['batch']}, {where}",
+            f"{r['encoder_spots_s']:,.0f} spots/s; `comtip_embed` above is ×{ratio:.3f} of it "
+            f"(target ≥ {target}: {'meets' if ratio >= target else 'misses'})",
+        ),
+        (
+            "c",
+            "tile cutting alone on the slide (SpotTiles, 1 process, fresh reader)",
+            f"{r['cut_spots_s']:,.0f} spots/s (×{r['cut_spots_s'] / r['encoder_spots_s']:.3f} of the forward per process)",
+        ),
+    ]
+
+
+def stage_retrieval(args: argparse.Namespace, n_bank: int, n_query: int) -> list:
+    """Stage d, in a child process."""
+    r = run_child(["retrieval", str(n_bank), str(n_query), "50", args.device], args.threads)
+    gpu = f", GPU peak {r['gpu_peak_gb']:.2f} GB" if args.device == "cuda" else ""
+    return [
+        (
+            "d",
+            f"retrieval on the {args.device}, top-50 of a {n_bank:,}-spot bank ({r['dim']}-d, 250 genes, 25 per "
+            f"spot) for {n_query:,} queries",
+            f"{r['seconds']:.1f} s ({n_query / r['seconds']:,.0f} queries/s); peak memory (PSS) {r['peak_gb']:.2f} GB "
+            f"({r['before_gb']:.2f} GB holding bank and queries){gpu}",
+        )
+    ]
+
+
+def log(msg: str) -> None:
+    print(f"[throughput {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="Reduced sizes (a few minutes).")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores).")
-    p.add_argument("--batch", type=int, default=64, help="Embedding batch size (default: %(default)s).")
+    p.add_argument(
+        "--batch", type=int, help="Embedding batch size (default: the package's, 64 CPU / 512 GPU)."
+    )
     p.add_argument("--slide-px", type=int, help="Side of the synthetic slide (default 40000; quick 8000).")
     p.add_argument("--slide-spots", type=int, help="Spots on the slide (default 50000; quick 2000).")
+    p.add_argument(
+        "--slide-workers", type=int, help="Stage c's loader workers (default: 1; cuda: cores - 2)."
+    )
     p.add_argument("--bank", type=int, help="Bank spots (default 1,000,000; quick 100,000).")
     p.add_argument("--queries", type=int, help="Query spots (default 100,000; quick 10,000).")
+    p.add_argument(
+        "--fit-plan",
+        help="Stage b's runs as mode:batch,... with modes pixels, tiles, tokens (default: each mode at 32; "
+        "cuda: tokens:32,tokens:256).",
+    )
+    p.add_argument(
+        "--fit-side", type=int, help="Stage b's toy section is side × side spots (default 16; cuda 64)."
+    )
     p.add_argument(
         "--slide-preset",
         default="cpu",
         help="Network of stage c (default: %(default)s). Memory is the data path's (tiles read from the lazy "
         "slide, batches) plus the network's; a lighter preset (vit-tiny) embeds 50,000 spots in minutes.",
     )
-    p.add_argument("--stages", default="abcde", help="Stages to run (default: %(default)s).")
+    p.add_argument("--stages", help="Stages to run (default: abcde; cuda: bcd).")
     p.add_argument(
         "--device",
         default="cpu",
         choices=["cpu", "cuda"],
-        help="Where the networks run (default: %(default)s); cuda: fp32 embedding, fit in bf16 mixed "
-        "precision, 0 and 4 loader workers.",
+        help="Where the networks run (default: %(default)s); cuda: embedding under bf16 autocast, fit in bf16 "
+        "mixed precision, retrieval on the GPU.",
     )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="Output folder.")
     p.add_argument("--name", help="Results file (default: throughput_<device>.md, with --quick _quick.md).")
@@ -288,80 +303,63 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible.")
+    return args
+
+
+def run_as_child(kind: str, rest: list[str]) -> None:
+    if kind == "embed":
+        side, batch, tag, device = rest
+        result = {"rows": stage_embed(int(side), int(batch), [0, 1], tag, device)}
+    elif kind == "slide":
+        result = child_slide(rest[0], *map(int, rest[1:4]), *rest[4:])
+    else:
+        result = child_retrieval(*map(int, rest[:3]), device=rest[3])
+    print(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     torch.set_num_threads(args.threads)
     if args.child:
-        kind, *rest = args.child
-        if kind == "embed":
-            side, batch, tag, device = rest
-            workers = [0, 4] if device == "cuda" else [0, 1]
-            result = {"rows": stage_embed(int(side), int(batch), workers, tag, device)}
-        elif kind == "slide":
-            result = child_slide(rest[0], *map(int, rest[1:4]), *rest[4:])
-        else:
-            result = child_retrieval(*map(int, rest))
-        print(json.dumps(result))
-        return
-    q = args.quick
+        return run_as_child(args.child[0], args.child[1:])
+    q, gpu = args.quick, args.device == "cuda"
+    stages = args.stages or ("bcd" if gpu else "abcde")
     slide_px = args.slide_px or (8000 if q else 40000)
     slide_spots = args.slide_spots or (2000 if q else 50000)
+    workers = (
+        args.slide_workers
+        if args.slide_workers is not None
+        else (max(1, (os.cpu_count() or 2) - 2) if gpu else 1)
+    )
     n_bank = args.bank or (100_000 if q else 1_000_000)
     n_query = args.queries or (10_000 if q else 100_000)
+    plan_text = args.fit_plan or ("tokens:32,tokens:256" if gpu else "pixels:32,tiles:32,tokens:32")
+    plan = [(m, int(b)) for m, b in (item.split(":") for item in plan_text.split(","))]
+    fit_side = args.fit_side or (10 if q else 64 if gpu else 16)
     commit, started = git_commit(), time.perf_counter()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="comtip_throughput_") as tmp:
         work = Path(tmp)
-        if "a" in args.stages:
-            side = str(12 if q else 32)
-            # Each in a fresh process: torch reads the switch once. On a GPU only the loader allocates on the
-            # CPU, so the second process is left out.
-            for env in ({}, {THP: "1"}) if args.device == "cpu" else ({},):
-                tag = f"{THP}=1" if env else ""
-                child = ["embed", side, str(args.batch), tag, args.device]
-                rows += map(tuple, run_child(child, args.threads, env)["rows"])
-        if "b" in args.stages:
-            rows += stage_fit(10 if q else 16, 32, 2 if q else 3, work, args.device)
-        if "c" in args.stages:
-            t0 = time.perf_counter()
-            write_slide(work / "slide.zarr", slide_px)
-            size = sum(f.stat().st_size for f in (work / "slide.zarr").rglob("*") if f.is_file()) / 1e6
-            written = time.perf_counter() - t0
-            r = run_child(
-                [
-                    "slide",
-                    str(work / "slide.zarr"),
-                    str(slide_spots),
-                    str(args.batch),
-                    "1",
-                    args.slide_preset,
-                    args.device,
-                ],
-                args.threads,
-            )
-            ok = "meets" if r["peak_gb"] < RSS_TARGET_GB else "MISSES"
-            rows.append(
-                (
-                    "c",
-                    f"embed a {slide_px:,} × {slide_px:,} px zarr slide (1024² chunks, {size:.1f} MB on disk, "
-                    f"written in {written:.0f} s), {slide_spots:,} spots, `{args.slide_preset}` network, "
-                    "num_workers=1",
-                    f"peak memory {r['peak_gb']:.2f} GB (PSS, process + worker; {r['before_gb']:.2f} GB before embedding; "
-                    f"target < {RSS_TARGET_GB:g} GB: {ok}); {r['seconds']:.0f} s, {slide_spots / r['seconds']:.0f} spots/s",
-                )
-            )
-        if "d" in args.stages:
-            r = run_child(["retrieval", str(n_bank), str(n_query), "50"], args.threads)
-            rows.append(
-                (
-                    "d",
-                    f"retrieval, top-50 of a {n_bank:,}-spot bank ({r['dim']}-d, 250 genes, 25 per spot) "
-                    f"for {n_query:,} queries",
-                    f"{r['seconds']:.0f} s ({n_query / r['seconds']:,.0f} queries/s); peak memory (PSS) {r['peak_gb']:.2f} GB "
-                    f"({r['before_gb']:.2f} GB holding bank and queries)",
-                )
-            )
-        if "e" in args.stages:
-            rows += stage_cache_reads(12 if q else 24, work, TILE_UM)
-    write_table(rows, args, commit, time.perf_counter() - started)
+        for stage in stages:
+            log(f"stage {stage} starts ({(time.perf_counter() - started) / 60:.1f} min in)")
+            if stage == "a":
+                # Each in a fresh process: torch reads the switch once. On a GPU only the loader allocates on
+                # the CPU, so the second process is left out.
+                for env in ({}, {THP: "1"}) if not gpu else ({},):
+                    tag = f"{THP}=1" if env else ""
+                    child = ["embed", str(12 if q else 32), str(args.batch or 64), tag, args.device]
+                    rows += map(tuple, run_child(child, args.threads, env)["rows"])
+            elif stage == "b":
+                rows += stage_fit(fit_side, plan, 2 if q else 3, work, args.device)
+            elif stage == "c":
+                rows += stage_slide(args, work, slide_px, slide_spots, workers)
+            elif stage == "d":
+                rows += stage_retrieval(args, n_bank, n_query)
+            elif stage == "e":
+                rows += stage_cache_reads(12 if q else 24, work, TILE_UM)
+            # The table so far after every stage: a run stopped part-way still leaves its figures.
+            write_table(rows, args, commit, time.perf_counter() - started)
 
 
 def write_table(

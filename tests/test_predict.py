@@ -69,6 +69,24 @@ def test_embed_copy_leaves_input(tiny_model, unseen_embedded):
     )
 
 
+def test_embed_with_tile_workers_equals_in_process(tiny_model):
+    """Tiles cut in two loader processes (each with its own chunk reader) give the in-process embedding."""
+    sdata = _unseen()
+    kw = {"batch_size": 7, "accelerator": "cpu", "copy": True}
+    workers = cs.tl.comtip_embed(sdata, tiny_model, num_workers=2, **kw).tables["table"].obsm[EMBED_KEY]
+    alone = cs.tl.comtip_embed(sdata, tiny_model, num_workers=0, **kw).tables["table"].obsm[EMBED_KEY]
+    np.testing.assert_array_equal(workers, alone)
+
+
+def test_embed_matches_the_bank_image_embeddings_of_the_training_tiles(tiny_model):
+    """The embedding path (uint8 tiles normalised on the device) gives fit's bank its image embeddings."""
+    sdata = cs.datasets.toy_tissue(n_rows=8, n_cols=8, n_genes=30, seed=0)
+    cs.tl.comtip_embed(sdata, tiny_model, accelerator="cpu")
+    np.testing.assert_allclose(
+        sdata.tables["table"].obsm[EMBED_KEY], tiny_model.reference.image_embeddings, atol=1e-6
+    )
+
+
 # ------------------------------------------------------------------ predict
 @pytest.mark.parametrize("method", ["retrieval", "head", "zero_shot"])
 def test_predict_methods_store_predicted_genes_only(tiny_model, unseen_embedded, method):

@@ -107,3 +107,42 @@ def test_model_with_a_dense_bank_of_the_first_format_loads(tiny_model, tmp_path)
     again = ComtipModel.load(tmp_path / "m2")
     assert (again.reference.values != tiny_model.reference.values).nnz == 0
     np.testing.assert_array_equal(again.reference.patterns, tiny_model.reference.patterns)
+
+
+def test_device_path_gives_the_cpu_neighbours_and_predictions():
+    """The GPU code path (no row filter, torch neighbour mean on BankTensors), run on the CPU, matches."""
+    from comtip_sc.model._bank import BankTensors
+    from comtip_sc.model._retrieval import retrieve_with, top_k_tensors
+
+    rng = np.random.default_rng(4)
+    bank = two_dataset_bank(rng, n=600)
+    queries = unit(rng, 90, 16)
+    cpu_idx, cpu_val = top_k_neighbours(queries, bank.embeddings, 11, max_scores=40)
+    q, b = torch.from_numpy(queries), torch.from_numpy(bank.embeddings)
+    for max_scores in (40, 10**6):
+        idx, val = top_k_tensors(q, b, 11, max_scores=max_scores, filter_rows=False)
+        np.testing.assert_array_equal(idx.numpy(), cpu_idx)
+        np.testing.assert_allclose(val.numpy(), cpu_val, rtol=1e-6)
+    expected = retrieve(queries, bank, 11)
+    tensors = BankTensors(bank, "cpu")
+    np.testing.assert_allclose(
+        tensors.neighbour_mean(torch.from_numpy(cpu_idx)).numpy(), bank.neighbour_mean(cpu_idx), rtol=1e-6
+    )
+    for max_scores in (200, 10**6):  # many query chunks, and one
+        got = retrieve_with(queries, tensors, 11, max_scores=max_scores, filter_rows=False)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    # The public entry with an explicit device gives the same (on the CPU the classic path runs).
+    np.testing.assert_allclose(retrieve(queries, bank, 11, device="cpu"), expected)
+
+
+def test_device_neighbour_mean_handles_spots_without_values():
+    """Spots whose stored row is empty (all zeros) and genes no neighbour measures give 0, as on the CPU."""
+    from comtip_sc.model._bank import BankTensors
+
+    dense = np.array([[0.0, np.nan], [1.0, np.nan], [np.nan, 2.0], [0.0, 0.0]], np.float32)
+    bank = ReferenceBank(np.eye(4, dtype=np.float32), dense, ["a", "b"])
+    neighbours = np.array([[0, 3], [0, 1], [2, 2], [0, 0]])
+    np.testing.assert_allclose(
+        BankTensors(bank, "cpu").neighbour_mean(torch.from_numpy(neighbours)).numpy(),
+        bank.neighbour_mean(neighbours),
+    )

@@ -6,6 +6,7 @@ from ._comtip_model import ComtipModel, ReferenceBank
 from ._config import FLAG_PRESETS, PRESET_NAMES, ComtipConfig, preset_training
 from ._gene_names import char_ngram_embedding, embed_gene_names, minilm_available, resolve_text_encoder
 from ._gene_text import AttentionPool, GeneTextEncoder
+from ._inference import inference_autocast
 from ._losses import (
     LogitScale,
     candidate_values,
@@ -51,6 +52,7 @@ __all__ = [
     "create_backbone",
     "embed_gene_names",
     "expected_value",
+    "inference_autocast",
     "info_nce",
     "mfm_loss",
     "minilm_available",

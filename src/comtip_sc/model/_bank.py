@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 
 class ReferenceBank:
@@ -143,3 +144,64 @@ class ReferenceBank:
         if self.image_embeddings is not None:
             out["image"] = float(np.linalg.norm(self.image_embeddings.mean(0)))
         return out
+
+
+class BankTensors:
+    """A :class:`ReferenceBank`'s embeddings and sparse expression as torch tensors on one ``device``.
+
+    What retrieval on a GPU reads: copied once, then every query chunk's top-k and neighbour mean run on the
+    device. Also runs on the CPU, where it gives what :meth:`ReferenceBank.neighbour_mean` gives.
+
+    Examples
+    --------
+    >>> bank = ReferenceBank(np.eye(2, dtype=np.float32), np.array([[1.0, np.nan], [3.0, 2.0]]), ["a", "b"])
+    >>> BankTensors(bank, "cpu").neighbour_mean(torch.tensor([[0, 1]]))
+    tensor([[2., 2.]])
+
+    """
+
+    def __init__(self, bank: ReferenceBank, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.genes = bank.genes
+        values = bank.values
+        self.embeddings = torch.from_numpy(np.ascontiguousarray(bank.embeddings)).to(self.device)
+        self.indptr = torch.from_numpy(values.indptr.astype(np.int64)).to(self.device)
+        self.indices = torch.from_numpy(values.indices.astype(np.int64)).to(self.device)
+        self.data = torch.from_numpy(values.data.astype(np.float32)).to(self.device)
+        self.pattern = torch.from_numpy(bank.pattern).to(self.device)
+        self.patterns = torch.from_numpy(bank.patterns.astype(np.float32)).to(self.device)
+        #: Stored values per spot, rounded up (sizes the query chunks).
+        self.mean_nnz = -(-values.nnz // max(values.shape[0], 1))
+
+    def neighbour_mean(self, neighbours: torch.Tensor) -> torch.Tensor:
+        """Mean expression ``[n, n_genes]`` over each row of spot indices ``neighbours [n, k]`` (on the device).
+
+        The stored values of every neighbour are gathered from the CSR arrays and summed per query and gene
+        with one indexed accumulation; per gene the sum is divided by the neighbours that measure it.
+        """
+        n, k = neighbours.shape
+        rows = neighbours.reshape(-1)
+        start = self.indptr[rows]
+        length = self.indptr[rows + 1] - start
+        total_nnz = int(length.sum())  # the one wait for the host per chunk: it sizes what follows
+        # Position of every gathered value in the CSR arrays: its row's start plus its rank in the row.
+        first = torch.cumsum(length, 0) - length
+        rank = torch.arange(total_nnz, device=self.device) - first.repeat_interleave(
+            length, output_size=total_nnz
+        )
+        pos = start.repeat_interleave(length, output_size=total_nnz) + rank
+        query = (
+            torch.arange(n, device=self.device)
+            .repeat_interleave(k)
+            .repeat_interleave(length, output_size=total_nnz)
+        )
+        total = torch.zeros(n, len(self.genes), device=self.device)
+        total.index_put_((query, self.indices[pos]), self.data[pos], accumulate=True)
+        per_pattern = torch.zeros(n, len(self.patterns), device=self.device)
+        per_pattern.index_put_(
+            (torch.arange(n, device=self.device).repeat_interleave(k), self.pattern[rows]),
+            torch.ones(n * k, device=self.device),
+            accumulate=True,
+        )
+        count = per_pattern @ self.patterns
+        return torch.where(count > 0, total / count.clamp(min=1.0), torch.zeros((), device=self.device))

@@ -161,7 +161,12 @@ class ComtipModel:
         )
 
     def encode_images(
-        self, tiles, *, batch_size: int = 64, num_workers: int = 0, device: str | torch.device | None = None
+        self,
+        tiles,
+        *,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        device: str | torch.device | None = None,
     ) -> np.ndarray:
         """L2-normalised image embeddings ``(n, embed_dim)`` of tiles, in order.
 
@@ -172,9 +177,10 @@ class ComtipModel:
             :func:`~comtip_sc.pp.cache_tiles`, :class:`~comtip_sc.pp.ContextTiles`) or a ``(n, H, W, 3)``
             uint8 array, cut as this model expects.
         batch_size, num_workers
-            Loader settings.
+            Loader settings (``None``: 64 spots and no worker process on the CPU, 512 spots and up to 8
+            workers on a GPU).
         device
-            Where the network runs (``None``: where it is now).
+            Where the network runs (``None``: where it is now); on a GPU under bf16 autocast.
 
         Examples
         --------

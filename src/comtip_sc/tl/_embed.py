@@ -18,8 +18,8 @@ def image_embeddings(
     model: ComtipModel,
     *,
     table_key: str = TABLE_KEY,
-    batch_size: int = 64,
-    num_workers: int = 0,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
     device: torch.device | None = None,
     spot_diameter_um: float | None = None,
 ) -> np.ndarray:
@@ -36,8 +36,8 @@ def comtip_embed(
     *,
     table_key: str = TABLE_KEY,
     key_added: str = EMBED_KEY,
-    batch_size: int = 64,
-    num_workers: int = 0,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
     accelerator: str = "auto",
     spot_diameter_um: float | None = None,
     copy: bool = False,
@@ -58,10 +58,15 @@ def comtip_embed(
         Table whose spots are embedded.
     key_added
         ``obsm`` key of the embedding.
-    batch_size, num_workers
-        Inference loader settings.
+    batch_size
+        Spots per forward pass. Default: 64 on the CPU, 512 on a GPU.
+    num_workers
+        Processes that cut tiles from the images while the network runs, each with its own reader and cache
+        of decoded image chunks. Default: 0 on the CPU (the network uses every core), ``min(8, cores - 2)``
+        with a GPU.
     accelerator
-        ``"auto"`` (GPU when available), ``"cpu"`` or ``"gpu"``. Inference runs on one device.
+        ``"auto"`` (GPU when available), ``"cpu"`` or ``"gpu"``. Inference runs on one device; on a GPU
+        under bf16 autocast, with pinned batches copied asynchronously.
     spot_diameter_um
         Spot diameter in µm when the table does not record it (Visium: 55).
     write

@@ -18,7 +18,7 @@ from .._sections import resolve_sections, spot_layout
 from .._store import store_path, write_table
 from .._tables import check_genes, get_table, normalized_values
 from ..model._comtip_model import ComtipModel, ReferenceBank
-from ..model._inference import encode_images, encode_sentences
+from ..model._inference import embed_batch_size, encode_pairs, network_device
 from ..model._retrieval import retrieve
 from ..train._datamodule import SpotDataModule, SpotSentences
 from ._embed import image_embeddings
@@ -35,7 +35,7 @@ def reference_from(
     model: ComtipModel,
     *,
     table_key: str = TABLE_KEY,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     spot_diameter_um: float | None = None,
     device: torch.device | None = None,
 ) -> ReferenceBank:
@@ -58,24 +58,20 @@ def reference_from(
     net = model.network if device is None else model.network.to(device)
     ds = SpotSentences(tiles, values, net.gene_index(genes).numpy(), group=0)
     loader = SpotDataModule(
-        [ds], batch_size=batch_size, mean=net.image_mean, std=net.image_std
+        [ds],
+        batch_size=embed_batch_size(network_device(net), batch_size),
+        mean=net.image_mean,
+        std=net.image_std,
     ).predict_loader(ds)
     sections, centres = spot_layout(
         resolve_sections(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um), table.n_obs
     )
-    return ReferenceBank(
-        encode_sentences(net, loader),
-        values,
-        genes,
-        table.obs_names.tolist(),
-        encode_images(net, loader),
-        sections,
-        centres,
-    )
+    sentences, images = encode_pairs(net, loader)
+    return ReferenceBank(sentences, values, genes, table.obs_names.tolist(), images, sections, centres)
 
 
-def _retrieval(img: np.ndarray, bank: ReferenceBank, k: int) -> np.ndarray:
-    return retrieve(img, bank, k)  # chunked top-k: never a spots × bank matrix
+def _retrieval(img: np.ndarray, bank: ReferenceBank, k: int, device: torch.device) -> np.ndarray:
+    return retrieve(img, bank, k, device=device)  # chunked top-k: never a spots × bank matrix
 
 
 def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[np.ndarray, dict]:
@@ -124,7 +120,7 @@ def comtip_predict(
     key_added: str = PRED_KEY,
     use_rep: str | None = None,
     spot_diameter_um: float | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     accelerator: str = "auto",
     copy: bool = False,
     write: bool = False,
@@ -183,7 +179,8 @@ def comtip_predict(
     spot_diameter_um
         Spot diameter in µm when the table does not record it (Visium: 55).
     batch_size, accelerator
-        Inference settings.
+        Inference settings (default batch: 64 spots on the CPU, 512 on a GPU). ``accelerator`` also sets where retrieval runs (``"auto"``: a GPU when there is
+        one; the bank is copied there once).
     write
         Also write the updated table into the zarr store backing ``sdata`` (:func:`comtip_sc.io.write_table`:
         a process killed part-way leaves the stored table as it was). Checked before any work: a SpatialData
@@ -263,7 +260,7 @@ def comtip_predict(
         if bank is None:
             raise ValueError("The model stores no reference bank; pass reference= or use method='zero_shot'.")
         if method == "retrieval":
-            pred = _retrieval(img, bank, k)
+            pred = _retrieval(img, bank, k, device)
         else:
             pred, head = _head(img, bank, cv_blocks)
         names = list(bank.genes)

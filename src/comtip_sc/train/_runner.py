@@ -24,7 +24,7 @@ from .._constants import NORM_TARGET_SUM
 from .._devices import default_precision, resolve_device
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._config import ComtipConfig
-from ..model._inference import encode_images, encode_sentences
+from ..model._inference import encode_pairs
 from ..model._weights import read_weights
 from ._datamodule import SpotDataModule
 from ._plan import ComtipLightningModule
@@ -49,9 +49,9 @@ def build_bank(network: torch.nn.Module, dm: SpotDataModule, data: TrainingData)
         cols = np.array([data.vocab[g] for g in r.panel])
         patterns[ri, cols] = True
         for region, ds in r.sections:
-            loader = dm.predict_loader(ds)
-            embeddings.append(encode_sentences(network, loader))
-            image_embeddings.append(encode_images(network, loader))
+            sentences, images = encode_pairs(network, dm.predict_loader(ds))
+            embeddings.append(sentences)
+            image_embeddings.append(images)
             block = sp.csr_matrix(r.values[ds.indices], dtype=np.float32)
             block = sp.csr_matrix((block.data, cols[block.indices], block.indptr), (len(ds), len(panel)))
             expression.append(block)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU throughput table in one command (from the repository root):
+#
+#     bash benchmarks/gpu_table.sh [extra throughput.py arguments]
+#
+# Installs the wheels of a `.whl` folder (packages the machine lacks) when there is one, prints the GPU and
+# library versions, runs `benchmarks/throughput.py --device cuda` with its log in "$OUT" when OUT is set,
+# and copies the result table there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+nvidia-smi || true
+df -h /dev/shm || true
+python3 - <<'PY'
+import os, torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cores", os.cpu_count())
+PY
+mkdir -p "${OUT:-/tmp/gpu_table}"
+log="${OUT:-/tmp/gpu_table}/throughput_cuda.log"
+PYTHONUNBUFFERED=1 python3 benchmarks/throughput.py --device cuda "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+if [ -n "${OUT:-}" ]; then
+    cp benchmarks/results/throughput_cuda*.md "$OUT"/ 2>/dev/null || true
+fi
+exit "$rc"
