@@ -58,3 +58,9 @@ COLOUR_REF_STD = (45.0, 40.0, 30.0)
 COLOUR_NORM_SPOTS = 256
 #: The values ``colour_norm`` accepts.
 COLOUR_NORMS = (None, "section")
+
+#: Colour statistics of a tile (``pp.colour_stats``): histogram bins per RGB channel (16 grey levels each on
+#: uint8 tiles); with the channel means and s.d.s, 3 * (2 + COLOUR_BINS) = 54 features per tile.
+COLOUR_BINS = 16
+#: The context tile of the colour statistics (``pp.colour_features``): its side as a multiple of the spot tile's.
+COLOUR_CONTEXT_SCALE = 3.0

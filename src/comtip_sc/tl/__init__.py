@@ -1,6 +1,7 @@
 """Tools: training, embedding, clustering, prediction and evaluation."""
 
 from ._clusters import embedding_clusters
+from ._colour_bar import ColourBar, ColourBarFit, colour_bar, colour_bar_predict
 from ._embed import comtip_embed
 from ._evaluate import evaluate, pearson_per_gene
 from ._fit import fit
@@ -8,6 +9,10 @@ from ._predict import comtip_predict
 from ._ridge import ridge_cv, spatial_folds
 
 __all__ = [
+    "ColourBar",
+    "ColourBarFit",
+    "colour_bar",
+    "colour_bar_predict",
     "comtip_embed",
     "comtip_predict",
     "embedding_clusters",
