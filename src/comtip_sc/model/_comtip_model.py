@@ -229,6 +229,8 @@ class ComtipModel:
                 arrays = {"embeddings": ref.embeddings, "values_data": ref.values.data}
                 if ref.image_embeddings is not None:
                     arrays["image_embeddings"] = ref.image_embeddings
+                if ref.colour is not None:
+                    arrays["colour"] = ref.colour
                 tensors = {
                     k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()
                 }
@@ -313,6 +315,8 @@ class ComtipModel:
                 else None,
                 sections=meta["reference"].get("sections", []),
                 centres=tensors["centres"].numpy() if "centres" in tensors else None,
+                # Optional: older models have none (the "hybrid" read-out then needs reference=).
+                colour=tensors["colour"].numpy() if "colour" in tensors else None,
             )
         return cls(
             network,
