@@ -7,6 +7,7 @@ from ._evaluate import evaluate, pearson_per_gene
 from ._fit import fit
 from ._predict import comtip_predict
 from ._ridge import ridge_cv, spatial_folds
+from ._self_check import format_self_check, self_check
 
 __all__ = [
     "ColourBar",
@@ -18,7 +19,9 @@ __all__ = [
     "embedding_clusters",
     "evaluate",
     "fit",
+    "format_self_check",
     "pearson_per_gene",
     "ridge_cv",
+    "self_check",
     "spatial_folds",
 ]

@@ -98,7 +98,7 @@ def hybrid_head(
     }
 
 
-def _spot_keys(sdatas: Sequence[SpatialData], table_key: str, spot_diameter_um: float | None):
+def spot_keys(sdatas: Sequence[SpatialData], table_key: str, spot_diameter_um: float | None):
     """``(object index, row)`` of every ``(shapes element, spot id)`` of the objects' tables."""
     keys = {}
     for i, sdata in enumerate(sdatas):
@@ -131,7 +131,7 @@ def with_bank_colour(
     bank = model.reference
     if bank is None:
         raise ValueError("The model stores no reference bank.")
-    keys = _spot_keys(sdatas, table_key, spot_diameter_um)
+    keys = spot_keys(sdatas, table_key, spot_diameter_um)
     where = [keys.get(k) for k in bank_keys(bank)]
     colour = np.full((len(where), 2 * N_COLOUR_STATS), np.nan, np.float32)
     for i, sdata in enumerate(sdatas):
