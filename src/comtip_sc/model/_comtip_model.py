@@ -8,7 +8,7 @@ model is a folder with
 - ``model.safetensors``: the network weights;
 - ``reference.safetensors``: the retrieval reference bank (image-independent gene-sentence
   embeddings and normalised expression of the training spots, as CSR arrays plus the genes each spot
-  measures).
+  measures; image embeddings, spot centres and colour statistics when the bank has them).
 
 The folder is written next to its final place and renamed into it, so a crash never leaves a
 half-written model.

@@ -47,7 +47,7 @@ class ColourBarFit:
     Attributes
     ----------
     variant
-        Name of the chosen variant (:func:`colour_variant_name`).
+        Name of the chosen variant (``colour_variant_name``).
     cv_pcc
         Per variant, the PCC-ALL of its out-of-fold predictions over the training spots' spatial blocks.
     alphas
@@ -92,7 +92,7 @@ def colour_bar_predict(
     """Fit the four colour-bar variants on training spots; predict test spots; choose a variant by CV.
 
     Each variant standardises its 54 features over the training spots (after the per-section z-scores,
-    if any) and fits :func:`~comtip_sc.tl._ridge.ridge_cv` over ``train_folds``. The chosen variant has
+    if any) and fits the package's spatial-block ridge over ``train_folds``. The chosen variant has
     the best PCC-ALL of out-of-fold predictions over the same folds (each fold predicted by a ridge with
     the variant's penalty fitted on the other folds), ties going to the simpler variant. Test values are
     never looked at: selection uses training spots only.
@@ -106,13 +106,13 @@ def colour_bar_predict(
     train_sections, test_sections
         Section of every spot (for the per-section z-scores).
     train_folds
-        Spatial CV fold of every training spot (:func:`~comtip_sc.tl._ridge.spatial_folds`), at least two.
+        Spatial CV fold of every training spot (k-means blocks of each section), at least two.
     context_scale
         The context tile's scale, for the variants' names.
 
     Returns
     -------
-    A :class:`ColourBarFit`.
+    A :class:`~comtip_sc.tl.ColourBarFit`.
 
     Examples
     --------
@@ -167,7 +167,7 @@ class ColourBar:
     predictions
         One DataFrame per test SpatialData: its table's spots × ``genes``, the chosen variant's predictions.
     fit
-        The :class:`ColourBarFit` of every variant (CV scores, penalties, predictions before smoothing).
+        The :class:`~comtip_sc.tl.ColourBarFit` of every variant (CV scores, penalties, predictions before smoothing).
     genes
         The predicted genes.
 
@@ -218,7 +218,7 @@ def colour_bar(
 ) -> ColourBar:
     """The simple bar: predict the test sections' expression from the colour of their tiles.
 
-    Fits the four colour-statistics ridges (:func:`colour_bar_predict`: spot tile or 3× context tile,
+    Fits the four colour-statistics ridges (:func:`~comtip_sc.tl.colour_bar_predict`: spot tile or 3× context tile,
     with and without per-section z-scores, each penalty chosen by spatial-block CV) on the training
     sections and predicts the test sections with the one whose out-of-fold PCC-ALL over the training
     sections' spatial blocks is best. The variant is chosen on the training sections alone, not by the

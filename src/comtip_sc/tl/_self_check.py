@@ -98,11 +98,11 @@ def self_check(
 ) -> pd.DataFrame:
     """Score the model's read-outs and the simple colour bar on whole held-out sections.
 
-    Each read-out (:func:`comtip_predict` with ``method=`` each of ``readouts``) predicts the held-out
-    spots from their tiles; the simple bar (:func:`colour_bar`: the best by spatial-block CV of four
+    Each read-out (:func:`~comtip_sc.tl.comtip_predict` with ``method=`` each of ``readouts``) predicts the held-out
+    spots from their tiles; the simple bar (:func:`~comtip_sc.tl.colour_bar`: the best by spatial-block CV of four
     colour-statistics ridges, fitted on ``train``) predicts the same spots. Every prediction is scored
     against the held-out expression with PCC-ALL: the mean over ``genes`` of the Pearson correlation over
-    all held-out spots (:func:`pearson_per_gene`; a gene constant in the truth or the prediction counts 0).
+    all held-out spots (:func:`~comtip_sc.tl.pearson_per_gene`; a gene constant in the truth or the prediction counts 0).
     Spots of held-out sections in the model's reference bank (matched by shapes element and spot id) are
     left out of the bank first, so retrieval and the ridge read-outs never see them; the ``"hybrid"``
     read-out takes the colour statistics of bank spots from ``train`` when the bank carries none. Nothing
@@ -143,7 +143,7 @@ def self_check(
     DataFrame indexed by read-out (``readouts`` in order, then ``"simple bar (<variant>)"``) with columns
     ``pcc_all``, ``vs_bar`` (``pcc_all`` minus the bar's), ``beats_bar`` (``False`` on the bar's row),
     ``n_spots`` and ``n_genes``. ``attrs`` holds ``"bar_variant"``, ``"bar_cv_pcc"`` (every variant's
-    training CV score) and ``"genes"``. :func:`format_self_check` renders it as text. A warning is logged
+    training CV score) and ``"genes"``. :func:`~comtip_sc.tl.format_self_check` renders it as text. A warning is logged
     when no read-out beats the bar.
 
     Examples
@@ -238,7 +238,7 @@ def self_check(
 
 
 def format_self_check(table: pd.DataFrame) -> str:
-    """A self-check table (:func:`self_check`) as aligned text for logs and reprs.
+    """A self-check table (:func:`~comtip_sc.tl.self_check`) as aligned text for logs and reprs.
 
     Examples
     --------
