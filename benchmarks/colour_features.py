@@ -1,10 +1,11 @@
 """The benchmark's trivial baselines: colour statistics of the tiles + ridge.
 
-A spot's tile is reduced to 54 numbers (per RGB channel: mean, standard deviation and a 16-bin
-histogram), regressed onto the panel by ridge with the penalty chosen by the same spatial-block CV as the
-frozen-feature ridge. Eight variants: the spot tile or a context tile 3× wider; features as they are or
-z-scored within each section (train and test alike); predictions as they are or averaged over the 6
-nearest spots of the same section. The best of them per dataset is the bar every model row must clear.
+A spot's tile is reduced to 54 numbers (:func:`comtip_sc.pp.colour_stats`: per RGB channel mean, standard
+deviation and a 16-bin histogram), regressed onto the panel by ridge with the penalty chosen by the same
+spatial-block CV as the frozen-feature ridge (:func:`comtip_sc.tl.colour_bar_predict`, the package's simple
+bar). Eight variants: the spot tile or a context tile 3× wider; features as they are or z-scored within
+each section (train and test alike); predictions as they are or averaged over the 6 nearest spots of the
+same section. The best of them per dataset is the bar every model row must clear.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import Any
 import numpy as np
 from spatialdata import SpatialData
 
-from comtip_sc.tl import ridge_cv
+from comtip_sc.pp import colour_stats, zscore_per_section
+from comtip_sc.tl import colour_bar_predict
+
+__all__ = ["colour_stats", "zscore_per_section"]  # re-exported: the harness and its tests use them from here
 
 #: Histogram bins per channel (16 bins of 16 grey levels each on uint8 tiles).
 N_BINS = 16
@@ -25,62 +29,6 @@ N_FEATURES = 3 * (2 + N_BINS)
 K_NEIGHBOURS = 6
 #: The context tile's side as a multiple of the spot tile's.
 CONTEXT_SCALE = 3.0
-
-
-def colour_stats(tiles: np.ndarray) -> np.ndarray:
-    """Per-channel mean, s.d. and 16-bin histogram of ``uint8`` RGB tiles: ``(n, 54)`` features.
-
-    Columns: the 3 channel means, the 3 channel s.d.s (both on the 0–1 scale), then 16 histogram bins
-    of R, of G and of B, each channel's bins summing to 1.
-
-    Parameters
-    ----------
-    tiles
-        ``(n, h, w, 3)`` ``uint8`` tiles.
-
-    Returns
-    -------
-    ``(n, 54)`` ``float32`` features.
-
-    Examples
-    --------
-    >>> x = colour_stats(np.zeros((2, 4, 4, 3), np.uint8))
-    >>> x.shape, float(x[0, 6])
-    ((2, 54), 1.0)
-
-    """
-    tiles = np.asarray(tiles)
-    if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
-        raise ValueError(f"tiles must be uint8 (n, h, w, 3), got {tiles.dtype} {tiles.shape}.")
-    n = len(tiles)
-    px = tiles.reshape(n, -1, 3)
-    values = px.astype(np.float32) / 255.0
-    mean, sd = values.mean(1), values.std(1)
-    # One bincount over (tile, channel, bin) codes instead of a Python loop over tiles.
-    codes = (px >> 4).astype(np.int64) + N_BINS * np.arange(3) + 3 * N_BINS * np.arange(n)[:, None, None]
-    hist = np.bincount(codes.ravel(), minlength=3 * N_BINS * n).reshape(n, 3 * N_BINS)
-    hist = hist / np.float32(px.shape[1])
-    return np.hstack([mean, sd, hist]).astype(np.float32)
-
-
-def zscore_per_section(x: np.ndarray, sections: Sequence[str]) -> np.ndarray:
-    """Standardise every feature within each section (a constant feature becomes 0).
-
-    Examples
-    --------
-    >>> z = zscore_per_section(np.array([[1.0], [3.0], [10.0], [10.0]]), ["a", "a", "b", "b"])
-    >>> z.ravel().tolist()
-    [-1.0, 1.0, 0.0, 0.0]
-
-    """
-    x = np.asarray(x, dtype=np.float64)
-    sections = np.asarray(sections).astype(str)
-    out = np.empty_like(x)
-    for name in np.unique(sections):
-        rows = sections == name
-        sd = x[rows].std(0)
-        out[rows] = (x[rows] - x[rows].mean(0)) / np.where(sd > 0, sd, 1.0)
-    return out
 
 
 def neighbour_average(
@@ -141,7 +89,7 @@ def fold_colour_stats(
     train_tiles, test_tiles
         Their spot tiles (:class:`~comtip_sc.pp.SpotTiles` or a tile cache); the context tiles are cut
         around the same centres at ``CONTEXT_SCALE`` times their ``tile_um``, same ``tile_px`` and
-        ``colour_norm``, and kept in memory only.
+        ``colour_norm``. Every reader is reduced a chunk of tiles at a time.
 
     Returns
     -------
@@ -155,9 +103,9 @@ def fold_colour_stats(
         "tile_px": train_tiles.tile_px,
         "colour_norm": colour_norm,
     }
-    wide = [SpotTiles(sdata, **kw).take() for sdata in (train, test)]
+    wide = [SpotTiles(sdata, **kw) for sdata in (train, test)]
     return {
-        False: (colour_stats(train_tiles.take()), colour_stats(test_tiles.take())),
+        False: (colour_stats(train_tiles), colour_stats(test_tiles)),
         True: (colour_stats(wide[0]), colour_stats(wide[1])),
     }
 
@@ -210,17 +158,13 @@ def colour_predictions(
         Section and centre of every test spot, for per-section z-scores and the neighbour average.
 
     """
-    from sklearn.preprocessing import StandardScaler
-
-    for context, zscore in dict.fromkeys((c, z) for c, z, _ in COLOUR_VARIANTS):
-        train_x, test_x = features[context]
-        if zscore:
-            train_x, test_x = (
-                zscore_per_section(train_x, train_sections),
-                zscore_per_section(test_x, test_sections),
-            )
-        scale = StandardScaler().fit(train_x)
-        ridge = ridge_cv(scale.transform(train_x), train_y, train_folds)
-        pred = ridge.predict(scale.transform(test_x)).astype(np.float32)
+    train_x = np.hstack([features[False][0], features[True][0]])
+    test_x = np.hstack([features[False][1], features[True][1]])
+    fit = colour_bar_predict(
+        train_x, train_y, train_sections, train_folds, test_x, test_sections, context_scale=CONTEXT_SCALE
+    )
+    # The library's variants in its order (spot tile, then context; without, then with z-scores), named
+    # by its colour_variant_name: the same order as COLOUR_VARIANTS here.
+    for (context, zscore, _), pred in zip(COLOUR_VARIANTS[::2], fit.predictions.values(), strict=True):
         yield colour_row_name(context, zscore, False), pred
         yield colour_row_name(context, zscore, True), neighbour_average(pred, test_centres, test_sections)

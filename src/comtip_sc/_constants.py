@@ -62,3 +62,8 @@ COLOUR_NORMS = (None, "section")
 #: Default inference batch (spots per forward) on the CPU, where larger batches gained nothing on 2 cores, and
 #: on a GPU, where it keeps a data-centre GPU busy with the small presets, far below its memory with the largest.
 EMBED_BATCH_CPU, EMBED_BATCH_GPU = 64, 512
+#: Colour statistics of a tile (``pp.colour_stats``): histogram bins per RGB channel (16 grey levels each on
+#: uint8 tiles); with the channel means and s.d.s, 3 * (2 + COLOUR_BINS) = 54 features per tile.
+COLOUR_BINS = 16
+#: The context tile of the colour statistics (``pp.colour_features``): its side as a multiple of the spot tile's.
+COLOUR_CONTEXT_SCALE = 3.0

@@ -38,6 +38,10 @@ class ReferenceBank:
     centres
         ``(n_spots, 2)`` spot centres in their image's pixels, or ``None`` (banks saved by earlier versions:
         the head then chooses its penalty by leave-one-spot-out CV).
+    colour
+        ``(n_spots, 108)`` colour statistics of the spots' tiles (:func:`~comtip_sc.pp.colour_features`:
+        spot tile, then 3× context tile; NaN rows for spots without them), for the ``"hybrid"`` predictor,
+        or ``None`` (banks saved by earlier versions, or built without them).
     observed
         With a sparse ``expression``: ``(patterns [n_patterns, n_genes] bool, pattern [n_spots] int)``, the
         genes measured by each pattern and the pattern of each spot. ``None``: every spot measures every
@@ -63,6 +67,7 @@ class ReferenceBank:
         sections: Sequence[str] = (),
         centres: np.ndarray | None = None,
         *,
+        colour: np.ndarray | None = None,
         observed: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -72,6 +77,11 @@ class ReferenceBank:
         self.sections = list(sections)
         self.centres = centres
         n = len(self.embeddings)
+        self.colour = None if colour is None else np.asarray(colour, dtype=np.float32)
+        if self.colour is not None and (self.colour.ndim != 2 or len(self.colour) != n):
+            raise ValueError(
+                f"colour must be (n_spots, n_features) for the {n} spots, got {self.colour.shape}."
+            )
         if sp.issparse(expression):
             self.values = sp.csr_matrix(expression, dtype=np.float32)
             if observed is None:
@@ -92,6 +102,33 @@ class ReferenceBank:
             )
         if self.patterns.shape[1:] != (len(self.genes),) or self.pattern.shape != (n,):
             raise ValueError("observed must be (patterns [n_patterns, n_genes], pattern [n_spots]).")
+
+    def subset(self, idx: np.ndarray) -> ReferenceBank:
+        """A new bank of the spots ``idx`` (integer positions or a boolean mask); arrays are copied.
+
+        Examples
+        --------
+        >>> bank = ReferenceBank(np.eye(2, dtype=np.float32), np.array([[1.0], [3.0]]), ["g"], ["s0", "s1"])
+        >>> bank.subset(np.array([1])).obs_names
+        ['s1']
+
+        """
+        idx = np.flatnonzero(idx) if np.asarray(idx).dtype == bool else np.asarray(idx, dtype=np.int64)
+
+        def pick(x):
+            return None if x is None else np.asarray(x)[idx]
+
+        return ReferenceBank(
+            self.embeddings[idx],
+            self.values[idx],
+            self.genes,
+            [self.obs_names[i] for i in idx] if self.obs_names else [],
+            pick(self.image_embeddings),
+            [self.sections[i] for i in idx] if self.sections else [],
+            pick(self.centres),
+            colour=pick(self.colour),
+            observed=(self.patterns, self.pattern[idx]),
+        )
 
     def rows(self, idx: Sequence[int] | np.ndarray | slice) -> np.ndarray:
         """Dense expression of the spots ``idx`` (NaN where a spot does not measure a gene)."""

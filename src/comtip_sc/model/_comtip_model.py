@@ -8,7 +8,7 @@ model is a folder with
 - ``model.safetensors``: the network weights;
 - ``reference.safetensors``: the retrieval reference bank (image-independent gene-sentence
   embeddings and normalised expression of the training spots, as CSR arrays plus the genes each spot
-  measures).
+  measures; image embeddings, spot centres and colour statistics when the bank has them).
 
 The folder is written next to its final place and renamed into it, so a crash never leaves a
 half-written model.
@@ -235,6 +235,8 @@ class ComtipModel:
                 arrays = {"embeddings": ref.embeddings, "values_data": ref.values.data}
                 if ref.image_embeddings is not None:
                     arrays["image_embeddings"] = ref.image_embeddings
+                if ref.colour is not None:
+                    arrays["colour"] = ref.colour
                 tensors = {
                     k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()
                 }
@@ -319,6 +321,8 @@ class ComtipModel:
                 else None,
                 sections=meta["reference"].get("sections", []),
                 centres=tensors["centres"].numpy() if "centres" in tensors else None,
+                # Optional: older models have none (the "hybrid" read-out then needs reference=).
+                colour=tensors["colour"].numpy() if "colour" in tensors else None,
             )
         return cls(
             network,

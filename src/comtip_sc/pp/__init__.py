@@ -2,6 +2,7 @@
 
 from .._sections import resolve_sections, spot_layout
 from .._tables import normalized_values
+from ._colour_stats import colour_features, colour_stats, zscore_per_section
 from ._context import ContextTiles
 from ._feature_cache import CachedTokens, cache_trunk_tokens
 from ._genes import filter_spots, normalize, select_genes
@@ -16,6 +17,8 @@ __all__ = [
     "SpotTiles",
     "cache_tiles",
     "cache_trunk_tokens",
+    "colour_features",
+    "colour_stats",
     "extract_tiles",
     "filter_spots",
     "normalize",
@@ -24,4 +27,5 @@ __all__ = [
     "select_genes",
     "spot_layout",
     "subset_sections",
+    "zscore_per_section",
 ]

@@ -10,6 +10,8 @@ from .._constants import EMBED_KEY, TABLE_KEY
 from .._devices import resolve_device
 from .._store import store_path, write_table
 from ..model._comtip_model import ComtipModel
+from ..model._inference import encode_tiles
+from ._tta import DihedralMean
 from ._utils import record, target
 
 
@@ -22,12 +24,18 @@ def image_embeddings(
     num_workers: int | None = None,
     device: torch.device | None = None,
     spot_diameter_um: float | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
-    """``(n_spots, embed_dim)`` L2-normalised image embeddings of the table's spots, in table order."""
+    """``(n_spots, embed_dim)`` L2-normalised image embeddings of the table's spots, in table order.
+
+    ``tta``: each the mean over the tile's 8 dihedral views, scaled back to unit length.
+    """
     tiles = model.tiles(sdata, table_key=table_key, spot_diameter_um=spot_diameter_um)
-    return model.encode_images(
-        tiles, batch_size=batch_size, num_workers=num_workers, device=device or torch.device("cpu")
-    )
+    device = device or torch.device("cpu")
+    if tta:
+        network = DihedralMean(model.network)
+        return encode_tiles(network, tiles, batch_size=batch_size, num_workers=num_workers, device=device)
+    return model.encode_images(tiles, batch_size=batch_size, num_workers=num_workers, device=device)
 
 
 def comtip_embed(
@@ -40,6 +48,7 @@ def comtip_embed(
     num_workers: int | None = None,
     accelerator: str = "auto",
     spot_diameter_um: float | None = None,
+    tta: bool = False,
     copy: bool = False,
     write: bool = False,
 ) -> SpatialData | None:
@@ -69,6 +78,10 @@ def comtip_embed(
         under bf16 autocast, with pinned batches copied asynchronously.
     spot_diameter_um
         Spot diameter in µm when the table does not record it (Visium: 55).
+    tta
+        Test-time augmentation: embed each tile's 8 dihedral views (its 4 rotations by 90°, each also
+        mirrored) and keep their mean embedding, scaled back to unit length. 8 times the compute; memory
+        stays that of one batch.
     write
         Also write the updated table into the zarr store backing ``sdata`` (:func:`comtip_sc.io.write_table`:
         a process killed part-way leaves the stored table as it was). Checked before any work: a SpatialData
@@ -104,6 +117,7 @@ def comtip_embed(
         num_workers=num_workers,
         device=resolve_device(accelerator),
         spot_diameter_um=spot_diameter_um,
+        tta=tta,
     )
     table.obsm[key_added] = emb.astype(np.float32)
     record(
@@ -116,6 +130,7 @@ def comtip_embed(
             "tile_um": model.tile_um,
             "tile_px": model.tile_px,
             "backbone": model.config.backbone,
+            "tta": tta,
         },
     )
     if write:

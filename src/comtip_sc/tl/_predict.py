@@ -22,7 +22,9 @@ from ..model._inference import embed_batch_size, encode_pairs, network_device
 from ..model._retrieval import retrieve
 from ..train._datamodule import SpotDataModule, SpotSentences
 from ._embed import image_embeddings
-from ._ridge import CV_BLOCKS, ridge_cv, spatial_folds
+from ._head import bank_folds, pattern_ridge
+from ._hybrid import hybrid_head, model_colour_features
+from ._ridge import CV_BLOCKS
 from ._smooth import smooth_over_neighbours
 from ._utils import record, target
 from ._zero_shot import readout_temperature, zero_shot_values
@@ -80,26 +82,9 @@ def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[
         raise ValueError(
             "The reference bank has no image embeddings; 'head' needs a bank built by fit or reference=."
         )
-    folds = None
     # Banks saved by earlier versions have no spot centres: leave-one-spot-out, and uns says so.
-    if cv_blocks is not None and bank.centres is not None and np.isfinite(bank.centres).all():
-        folds = spatial_folds(bank.centres, bank.sections, cv_blocks)
-    pred = np.zeros((len(img), len(bank.genes)), np.float32)
-    alphas = []
-    observed = ~np.isnan(bank.expression)
-    # Genes observed on the same spots share one multi-output ridge fit.
-    patterns, group = np.unique(observed.T, axis=0, return_inverse=True)
-    for p, rows in enumerate(patterns):
-        cols = np.flatnonzero(group.ravel() == p)
-        if rows.sum() < 2:
-            continue
-        ridge = ridge_cv(
-            bank.image_embeddings[rows],
-            bank.expression[rows][:, cols],
-            None if folds is None else folds[rows],
-        )
-        pred[:, cols] = ridge.predict(img)
-        alphas.append(float(ridge.alpha_))
+    folds = bank_folds(bank, cv_blocks)
+    pred, alphas, _ = pattern_ridge(bank.image_embeddings, bank.expression, folds, img)
     return pred, {"head_cv": "loo" if folds is None else f"{cv_blocks} spatial blocks", "head_alphas": alphas}
 
 
@@ -108,7 +93,7 @@ def comtip_predict(
     sdata: SpatialData,
     model: ComtipModel,
     *,
-    method: Literal["retrieval", "zero_shot", "head"] = "retrieval",
+    method: Literal["retrieval", "zero_shot", "head", "hybrid"] = "retrieval",
     genes: Sequence[str] | None = None,
     k: int = 50,
     temperature: float | None = None,
@@ -120,6 +105,7 @@ def comtip_predict(
     key_added: str = PRED_KEY,
     use_rep: str | None = None,
     spot_diameter_um: float | None = None,
+    tta: bool = False,
     batch_size: int | None = None,
     accelerator: str = "auto",
     copy: bool = False,
@@ -140,14 +126,19 @@ def comtip_predict(
         values (the ``config.value_query_candidates`` values the model trained its read-out on, from 0 to
         the gene's training maximum) — works for genes outside the training panel, embedded from their
         names. ``"head"``: a ridge regression fitted on the reference spots' frozen image embeddings, its
-        penalty chosen by spatial-block CV (``cv_blocks``).
+        penalty chosen by spatial-block CV (``cv_blocks``). ``"hybrid"``: the same ridge over the image
+        embedding and the tiles' colour statistics (:func:`~comtip_sc.pp.colour_features`: spot tile and
+        3× context tile), each block z-scored within each section; the colour block's weight (0.5, 1 or 2)
+        and the penalty are chosen together by the spatial-block CV. It needs the colour statistics of the
+        reference spots: a bank that carries them, or ``reference=`` (computed from its images).
     genes
-        Genes to predict. Default: the model's panel (``"retrieval"``/``"head"``: the reference's genes).
+        Genes to predict. Default: the model's panel (the reference's genes for the ridge and retrieval
+        methods).
     k
         Neighbours for ``"retrieval"``.
     cv_blocks
-        ``"head"``: each reference section is cut into this many contiguous blocks (k-means of the spot
-        centres) and the ridge penalty (0.01 … 1.5e6, 19 values) is chosen by leaving
+        ``"head"``, ``"hybrid"``: each reference section is cut into this many contiguous blocks
+        (k-means of the spot centres) and the ridge penalty (0.01 … 1.5e6, 19 values) is chosen by leaving
         out one block of every section at a time (R² averaged over genes). ``None``: leave-one-spot-out CV,
         which keeps a spot's neighbours in the fit and under-regularises for a new patient
         (``docs/benchmarks.md``). Banks saved by earlier versions carry no spot centres and use ``None``.
@@ -178,6 +169,10 @@ def comtip_predict(
         computed here).
     spot_diameter_um
         Spot diameter in µm when the table does not record it (Visium: 55).
+    tta
+        Test-time augmentation of the embedding computed here (not of ``use_rep``, which then raises):
+        each tile's embedding is the mean over its 8 dihedral views, as :func:`comtip_embed` with
+        ``tta=True``.
     batch_size, accelerator
         Inference settings (default batch: 64 spots on the CPU, 512 on a GPU). ``accelerator`` also sets where retrieval runs (``"auto"``: a GPU when there is
         one; the bank is copied there once).
@@ -200,8 +195,13 @@ def comtip_predict(
     >>> sdata.tables["table"].obsm["comtip_pred"]["ERBB2"]  # doctest: +SKIP
 
     """
-    if method not in ("retrieval", "zero_shot", "head"):
-        raise ValueError(f"method must be 'retrieval', 'zero_shot' or 'head', got {method!r}.")
+    if method not in ("retrieval", "zero_shot", "head", "hybrid"):
+        raise ValueError(f"method must be 'retrieval', 'zero_shot', 'head' or 'hybrid', got {method!r}.")
+    if tta and use_rep is not None:
+        raise ValueError(
+            "tta=True augments the embedding computed here, but use_rep= gives a precomputed one; embed "
+            "with cs.tl.comtip_embed(..., tta=True) and pass its key as use_rep instead."
+        )
     if method == "zero_shot" and not model.config.use_values:
         # Its sentences are gene names only: every candidate value gives the same sentence.
         raise ValueError(
@@ -239,6 +239,7 @@ def comtip_predict(
             batch_size=batch_size,
             device=device,
             spot_diameter_um=spot_diameter_um,
+            tta=tta,
         )
     if method == "zero_shot":
         names = list(genes) if genes is not None else list(model.panel)
@@ -261,8 +262,11 @@ def comtip_predict(
             raise ValueError("The model stores no reference bank; pass reference= or use method='zero_shot'.")
         if method == "retrieval":
             pred = _retrieval(img, bank, k, device)
-        else:
+        elif method == "head":
             pred, head = _head(img, bank, cv_blocks)
+        else:
+            ref = None if reference is None else (reference, reference_table_key)
+            pred, head = _hybrid(out, model, img, bank, ref, cv_blocks, table_key, spot_diameter_um)
         names = list(bank.genes)
         if genes is not None:
             missing = [g for g in genes if g not in names]
@@ -291,15 +295,33 @@ def comtip_predict(
             "unmeasured_genes": [g for g in names if g not in in_table],
             "k": k if method == "retrieval" else None,
             "temperature": temp if method == "zero_shot" else None,
-            "head_cv": head["head_cv"] if method == "head" else None,
-            "head_alphas": head["head_alphas"] if method == "head" else None,
+            "head_cv": head["head_cv"] if method in ("head", "hybrid") else None,
+            "head_alphas": head["head_alphas"] if method in ("head", "hybrid") else None,
+            "colour_weight": head["colour_weight"] if method == "hybrid" else None,
             "reference": "given" if reference is not None else "model bank",
             "smooth": smooth,
+            "tta": tta,
         },
     )
     if write:
         write_table(out, table_key)
     return out if copy else None
+
+
+def _hybrid(out, model, img, bank, reference, cv_blocks, table_key, spot_diameter_um):
+    """``"hybrid"``: colour statistics of the predicted spots, then the ridge.
+
+    ``reference``: ``None`` or ``(SpatialData, table key)``, whose colour statistics then fill ``bank``
+    (built from it by :func:`reference_from`, in its table's order).
+    """
+    if reference is not None:
+        bank.colour = model_colour_features(
+            reference[0], model, table_key=reference[1], spot_diameter_um=spot_diameter_um
+        )
+    colour = model_colour_features(out, model, table_key=table_key, spot_diameter_um=spot_diameter_um)
+    resolved = resolve_sections(out, table_key=table_key, spot_diameter_um=spot_diameter_um)
+    sections, _ = spot_layout(resolved, len(img))
+    return hybrid_head(img, colour, sections, bank, cv_blocks)
 
 
 def _report_genes(names: list[str], in_table: list[str], table, default: bool, key: str) -> None:
