@@ -6,8 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from comtip_sc.model import ComtipConfig
-from comtip_sc.model._config import preset_training
+from comtip_sc.model import ComtipConfig, preset_training
 
 
 @dataclass(frozen=True)

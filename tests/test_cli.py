@@ -4,6 +4,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+from comtip_sc._predictions import get_predictions
 from comtip_sc.cli import EXIT_DATA, EXIT_OK, EXIT_USAGE, build_parser, main
 
 
@@ -77,7 +78,7 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
         == EXIT_OK
     )
     table = ad.read_h5ad(out)
-    pred = table.obsm["comtip_pred"]
+    pred = get_predictions(table, "comtip_pred")
     assert pred.shape == (table.n_obs, 40) and set(pred.columns) <= set(table.var_names)
     assert np.isfinite(pred.to_numpy()).all()
     zs = tmp_path / "zs.h5ad"

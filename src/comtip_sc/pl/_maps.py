@@ -20,8 +20,9 @@ from spatialdata.transformations import get_transformation
 from .._constants import PRED_KEY, SAMPLE_KEY, TABLE_KEY
 from .._deprecation import renamed_arguments
 from .._image import pyramid_levels
+from .._predictions import get_predictions
 from .._sections import Section, resolve_sections
-from .._tables import get_predictions, get_table, normalized_values
+from .._tables import get_table, normalized_values
 from ..tl._evaluate import pearson_per_gene
 from ._utils import finish
 
@@ -99,11 +100,11 @@ def _values(table: AnnData, genes: Sequence[str], rows: np.ndarray, pred_key: st
     for g in genes:
         if g not in frame.columns:
             raise KeyError(
-                f"Gene {g!r} has no prediction in obsm[{pred_key!r}] (predicted: {list(frame.columns)[:10]})."
+                f"Gene {g!r} has no prediction under {pred_key!r} (predicted: {list(frame.columns)[:10]})."
             )
         pred = frame[g].to_numpy(np.float64)[rows]
         if np.isnan(pred).all():
-            raise ValueError(f"Gene {g!r} has no prediction in obsm[{pred_key!r}] (all NaN).")
+            raise ValueError(f"Gene {g!r} has no prediction under {pred_key!r} (all NaN).")
         obs = None
         if g in table.var_names:
             obs = normalized_values(table, [g], layer=layer)[rows, 0].astype(np.float64)
@@ -165,7 +166,7 @@ def predicted_vs_observed(
     genes
         Gene(s) to draw, one row each.
     pred_key
-        ``obsm`` key of the predictions (:func:`comtip_sc.tl.comtip_predict`'s ``key_added``). Formerly
+        Key of the predictions (:func:`comtip_sc.tl.comtip_predict`'s ``key_added``). Formerly
         ``layer_pred``, still accepted with a :class:`FutureWarning`.
     layer
         Layer of observed expression: ``None`` normalises the raw counts in ``X`` (1e4 per spot + log1p)

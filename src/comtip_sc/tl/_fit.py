@@ -15,9 +15,10 @@ from anndata import AnnData
 from spatialdata import SpatialData
 
 from .._constants import DEFAULT_TILE_UM, NORM_TARGET_SUM, TABLE_KEY
+from .._logging import progress_callbacks, third_party_quiet
+from .._presets import preset_training
 from ..model import ComtipConfig, ComtipLightningModule
 from ..model._comtip_model import ComtipModel
-from ..model._config import preset_training
 from ..model._trunk import TRUNK_PRESETS
 from ._datamodule import SpotDataModule
 from ._fit_data import attach_token_caches, build_bank, cache_device, register, wants_token_cache
@@ -41,6 +42,7 @@ def _default_precision(accelerator: str) -> str:
     return "32-true"
 
 
+@third_party_quiet()
 def fit(
     sdata: SpatialData | Sequence[SpatialData],
     *,
@@ -314,6 +316,9 @@ def fit(
                 monitor="val/loss", mode="min", patience=early_stopping_patience
             )
         )
+    # fit logs its own summary; Lightning's parameter table is left to enable_model_summary=True.
+    trainer_kwargs.setdefault("enable_model_summary", False)
+    cbs = progress_callbacks(cbs, trainer_kwargs.get("enable_progress_bar", True))
     trainer = L.Trainer(
         max_epochs=max_epochs,
         accelerator=accelerator,

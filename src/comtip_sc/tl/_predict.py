@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from spatialdata import SpatialData
 
 from .._constants import PRED_KEY, TABLE_KEY
 from .._deprecation import renamed_arguments
+from .._predictions import split_by_table, store_predictions
 from .._sections import resolve_sections, spot_layout
 from .._store import store_path, write_table
 from .._tables import check_genes, get_table, normalized_values
@@ -173,9 +173,13 @@ def comtip_predict(
     table_key
         Table whose spots are predicted.
     key_added
-        ``obsm`` key of the predictions: a :class:`pandas.DataFrame` of spots × predicted genes (columns
-        are the gene names, values on the normalised log1p scale), for genes the table measures and
-        genes it lacks alike. Formerly ``layer_added``, still accepted with a :class:`FutureWarning`.
+        Where the predictions go (values on the normalised log1p scale): ``layers[key_added]`` holds the
+        genes the table measures, as a sparse matrix over the table's genes whose stored entries are the
+        predicted genes' columns (other genes are implicit zeros); ``obsm[key_added]`` holds a
+        :class:`pandas.DataFrame` of spots × the predicted genes the table does not measure (absent when
+        there are none). ``uns["comtip"]["predict"][key_added]["genes"]`` lists every predicted gene.
+        :func:`predictions_adata` returns them all as one AnnData. Formerly ``layer_added``, still
+        accepted with a :class:`FutureWarning`.
     use_rep
         ``obsm`` key of precomputed image embeddings from :func:`comtip_embed` with this model (default:
         computed here).
@@ -192,14 +196,16 @@ def comtip_predict(
 
     Returns
     -------
-    ``None``, or the new SpatialData when ``copy=True``. Writes ``table.obsm[key_added]`` and records the
-    call in ``table.uns["comtip"]["predict"][key_added]`` (method, genes and settings), so predictions
-    under different keys keep their own records.
+    ``None``, or the new SpatialData when ``copy=True``. Writes ``table.layers[key_added]`` (and
+    ``table.obsm[key_added]`` for genes the table does not measure) and records the call in
+    ``table.uns["comtip"]["predict"][key_added]`` (method, genes and settings), so predictions under
+    different keys keep their own records.
 
     Examples
     --------
     >>> cs.tl.comtip_predict(sdata, model, method="zero_shot", genes=["ERBB2", "KRT19"])  # doctest: +SKIP
-    >>> sdata.tables["table"].obsm["comtip_pred"]["ERBB2"]  # doctest: +SKIP
+    >>> sc.get.obs_df(sdata.tables["table"], ["ERBB2"], layer="comtip_pred")  # doctest: +SKIP
+    >>> pred = cs.tl.predictions_adata(sdata)  # doctest: +SKIP
 
     """
     if method not in ("retrieval", "zero_shot", "head"):
@@ -278,11 +284,9 @@ def comtip_predict(
         resolved = resolve_sections(out, table_key=table_key, spot_diameter_um=spot_diameter_um)
         spot_sections, centres = spot_layout(resolved, table.n_obs)
         pred = smooth_over_neighbours(pred, centres, spot_sections, smooth)
-    in_table = [g for g in names if g in table.var_names]
+    in_table, _ = split_by_table(names, table)
     _report_genes(names, in_table, table, genes is None, key_added)  # may refuse: before any write
-    table.obsm[key_added] = pd.DataFrame(
-        np.asarray(pred, dtype=np.float32), index=table.obs_names.copy(), columns=pd.Index(names, dtype=str)
-    )
+    store_predictions(table, pred, names, key_added)
     record(
         table,
         "predict",
@@ -317,10 +321,11 @@ def _report_genes(names: list[str], in_table: list[str], table, default: bool, k
         lacking = [g for g in names if g not in set(in_table)]
         log.warning(
             "%d of the %d predicted genes are not in the table (e.g. %s); their predictions are in obsm[%r] "
-            "beside the others and listed in uns['comtip']['predict'][%r]['unmeasured_genes'].",
+            "(the others in layers[%r]) and listed in uns['comtip']['predict'][%r]['unmeasured_genes'].",
             len(lacking),
             len(names),
             lacking[:5],
+            key,
             key,
             key,
         )
