@@ -88,7 +88,7 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
     old = tmp_path / "old.h5ad"
     with pytest.warns(FutureWarning, match="--key-added"):
         assert main([*cmd[:5], str(old), "--method", "zero_shot", "--layer-added", "mine", "-q"]) == EXIT_OK
-    assert "mine" in ad.read_h5ad(old).obsm
+    assert "mine" in ad.read_h5ad(old).layers
     emb = tmp_path / "emb.h5ad"
     assert main(["embed", "toy", "--model", str(model), "--out", str(emb), "-q"]) == EXIT_OK
     np.testing.assert_allclose(np.linalg.norm(ad.read_h5ad(emb).obsm["X_comtip"], axis=1), 1.0, rtol=1e-5)

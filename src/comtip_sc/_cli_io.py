@@ -53,7 +53,7 @@ def check_output(path: str, *, overwrite: bool, suffixes: tuple[str, ...] | None
         raise ValueError(
             f"--out must end in .h5ad (the table only) or .zarr (the whole SpatialData), got {path}."
         )
-    if target.exists() and not overwrite and not (target.is_dir() and not any(target.iterdir())):
+    if target.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
 
 

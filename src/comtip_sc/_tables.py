@@ -38,6 +38,35 @@ def get_table(sdata: SpatialData | AnnData, table_key: str = TABLE_KEY) -> AnnDa
     return sdata.tables[table_key]
 
 
+def require_spatialdata(sdata: object, what: str, also: str = "") -> None:
+    """Raise a ``TypeError`` saying what to pass when ``what`` (a function needing H&E tiles) got no SpatialData.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> require_spatialdata(ad.AnnData(np.ones((1, 1))), "cs.tl.comtip_embed")
+    Traceback (most recent call last):
+    ...
+    TypeError: cs.tl.comtip_embed cuts each spot's tile from the H&E image, so it needs a SpatialData...
+
+    """
+    if isinstance(sdata, SpatialData):
+        return
+    got = type(sdata).__name__
+    hint = ""
+    if isinstance(sdata, AnnData):
+        hint = (
+            " An AnnData holds the table only. Read the data with spatialdata_io (e.g. "
+            "spatialdata_io.visium), with comtip_sc.io or comtip_sc.datasets, or convert a scanpy Visium "
+            "AnnData with spatialdata_io.experimental.from_legacy_anndata(adata); the table is then "
+            f"sdata.tables['table'].{also}"
+        )
+    raise TypeError(
+        f"{what} cuts each spot's tile from the H&E image, so it needs a SpatialData (image, spot shapes "
+        f"and a table annotating them), got {got}.{hint}"
+    )
+
+
 def with_tables(sdata: SpatialData, tables: dict[str, AnnData]) -> SpatialData:
     """A new SpatialData sharing ``sdata``'s images, labels, points, shapes and attrs, with ``tables``.
 

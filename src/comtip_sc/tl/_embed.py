@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._constants import EMBED_KEY, TABLE_KEY
 from .._store import store_path, write_table
+from .._tables import require_spatialdata
 from ..model._comtip_model import ComtipModel
 from ._datamodule import SentenceCollate
 from ._inference import encode_images
@@ -107,6 +108,7 @@ def comtip_embed(
     >>> sc.pp.neighbors(sdata.tables["table"], use_rep="X_comtip")  # doctest: +SKIP
 
     """
+    require_spatialdata(sdata, "cs.tl.comtip_embed")
     if write:
         if copy:
             raise ValueError(

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+
+from .._logging import tqdm
 
 
 def _device(network: nn.Module) -> torch.device:

@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from anndata import AnnData
 from spatialdata import SpatialData
 
 from .._constants import PRED_KEY, TABLE_KEY
@@ -15,7 +16,7 @@ from .._deprecation import renamed_arguments
 from .._predictions import split_by_table, store_predictions
 from .._sections import resolve_sections, spot_layout
 from .._store import store_path, write_table
-from .._tables import check_genes, get_table, normalized_values
+from .._tables import check_genes, get_table, normalized_values, require_spatialdata
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ._datamodule import SpotDataModule, SpotSentences
 from ._embed import image_embeddings
@@ -108,7 +109,7 @@ def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[
 
 @renamed_arguments(layer_added="key_added")
 def comtip_predict(
-    sdata: SpatialData,
+    sdata: SpatialData | AnnData,
     model: ComtipModel,
     *,
     method: Literal["retrieval", "zero_shot", "head"] = "retrieval",
@@ -133,7 +134,9 @@ def comtip_predict(
     Parameters
     ----------
     sdata
-        SpatialData whose table's spots are predicted (a section the model never saw works).
+        SpatialData whose table's spots are predicted (a section the model never saw works), or an AnnData
+        with their image embeddings in ``obsm[use_rep]`` (no image is read then; ``smooth`` and
+        ``write`` need the SpatialData).
     model
         A trained :class:`~comtip_sc.model.ComtipModel`.
     method
@@ -196,7 +199,7 @@ def comtip_predict(
 
     Returns
     -------
-    ``None``, or the new SpatialData when ``copy=True``. Writes ``table.layers[key_added]`` (and
+    ``None``, or the new SpatialData (AnnData) when ``copy=True``. Writes ``table.layers[key_added]`` (and
     ``table.obsm[key_added]`` for genes the table does not measure) and records the call in
     ``table.uns["comtip"]["predict"][key_added]`` (method, genes and settings), so predictions under
     different keys keep their own records.
@@ -230,7 +233,18 @@ def comtip_predict(
                 "write=True writes into the store of sdata, which copy=True promises to leave alone."
             )
         store_path(sdata)  # fail before the work, not after it
-    out, table = target(sdata, table_key, copy)
+    if isinstance(sdata, AnnData) and use_rep is not None and smooth is None and not write:
+        # Embeddings already in obsm: no image is read, so the table alone is enough.
+        out = sdata.copy() if copy else sdata
+        table = out
+    else:
+        require_spatialdata(
+            sdata,
+            "cs.tl.comtip_predict",
+            " An AnnData alone works with use_rep= (image embeddings from cs.tl.comtip_embed in its obsm), "
+            "without smooth= and write=.",
+        )
+        out, table = target(sdata, table_key, copy)
     check_genes(table, what=f"Table {table_key!r}")
     device = resolve_device(accelerator)
     if use_rep is not None:
