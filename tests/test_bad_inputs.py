@@ -16,6 +16,7 @@ from spatialdata.models import Image2DModel
 from spatialdata.transformations import Identity, get_transformation, set_transformation
 
 import comtip_sc as cs
+from comtip_sc._predictions import get_predictions
 from comtip_sc.model._comtip_model import FORMAT_VERSION, ComtipModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def test_duplicated_gene_names_predict(tiny_model):
     gene = _dup_genes(sdata)
     with pytest.raises(ValueError, match=rf"duplicated gene name.*{gene}"):
         cs.tl.comtip_predict(sdata, tiny_model)
-    assert "comtip_pred" not in sdata.tables["table"].obsm
+    assert "comtip_pred" not in sdata.tables["table"].layers
 
 
 def test_gene_ids_of_another_namespace_at_predict(tiny_model):
@@ -98,7 +99,7 @@ def test_gene_ids_of_another_namespace_at_predict(tiny_model):
     sdata.tables["table"].var_names = [f"ENSG{i:011d}" for i in range(30)]
     with pytest.raises(ValueError, match=r"ENSG.*name genes differently"):
         cs.tl.comtip_predict(sdata, tiny_model)
-    assert "comtip_pred" not in sdata.tables["table"].obsm  # refused before anything is written
+    assert "comtip_pred" not in sdata.tables["table"].layers  # refused before anything is written
 
 
 def test_model_genes_partly_missing_from_the_data(tiny_model, caplog):
@@ -109,7 +110,7 @@ def test_model_genes_partly_missing_from_the_data(tiny_model, caplog):
         cs.tl.comtip_predict(sdata, tiny_model)
     lacking = [g for g in tiny_model.panel if g not in table.var_names]
     assert len(lacking) == 10 and "10 of the 30 predicted genes are not in the table" in caplog.text
-    pred = table.obsm["comtip_pred"]
+    pred = get_predictions(table, "comtip_pred")
     assert list(pred.columns) == list(tiny_model.panel) and np.isfinite(pred.to_numpy()).all()
     assert table.uns["comtip"]["predict"]["comtip_pred"]["unmeasured_genes"] == lacking
 
@@ -151,14 +152,14 @@ def test_single_spot_predict(tiny_model):
     sdata.tables["table"] = sdata.tables["table"][:1].copy()
     for method in ("retrieval", "head"):
         cs.tl.comtip_predict(sdata, tiny_model, method=method)
-        assert np.isfinite(sdata.tables["table"].obsm["comtip_pred"].to_numpy()).all()
+        assert np.isfinite(get_predictions(sdata.tables["table"], "comtip_pred").to_numpy()).all()
 
 
 def test_single_gene(tiny_model, fit):
     sdata = _toy(seed=3)
     sdata.tables["table"] = sdata.tables["table"][:, :1].copy()
     cs.tl.comtip_predict(sdata, tiny_model)
-    assert np.isfinite(sdata.tables["table"].obsm["comtip_pred"].to_numpy()).all()
+    assert np.isfinite(get_predictions(sdata.tables["table"], "comtip_pred").to_numpy()).all()
     assert len(fit(sdata).panel) == 1
 
 
@@ -295,7 +296,7 @@ def test_read_only_zarr_store(tiny_model, tmp_path):
         cs.tl.comtip_embed(sdata, tiny_model)  # reading and computing in memory work
         with pytest.raises(PermissionError, match=rf"{re.escape(str(store))} is read-only"):
             cs.tl.comtip_predict(sdata, tiny_model, write=True)
-        assert "comtip_pred" not in sdata.tables["table"].obsm  # refused before any work
+        assert "comtip_pred" not in sdata.tables["table"].layers  # refused before any work
     finally:
         _chmod_tree(store, writable=True)
 

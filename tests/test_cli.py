@@ -4,6 +4,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+from comtip_sc._predictions import get_predictions
 from comtip_sc.cli import EXIT_DATA, EXIT_OK, EXIT_USAGE, build_parser, main
 
 
@@ -77,7 +78,7 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
         == EXIT_OK
     )
     table = ad.read_h5ad(out)
-    pred = table.obsm["comtip_pred"]
+    pred = get_predictions(table, "comtip_pred")
     assert pred.shape == (table.n_obs, 40) and set(pred.columns) <= set(table.var_names)
     assert np.isfinite(pred.to_numpy()).all()
     zs = tmp_path / "zs.h5ad"
@@ -87,7 +88,7 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
     old = tmp_path / "old.h5ad"
     with pytest.warns(FutureWarning, match="--key-added"):
         assert main([*cmd[:5], str(old), "--method", "zero_shot", "--layer-added", "mine", "-q"]) == EXIT_OK
-    assert "mine" in ad.read_h5ad(old).obsm
+    assert "mine" in ad.read_h5ad(old).layers
     emb = tmp_path / "emb.h5ad"
     assert main(["embed", "toy", "--model", str(model), "--out", str(emb), "-q"]) == EXIT_OK
     np.testing.assert_allclose(np.linalg.norm(ad.read_h5ad(emb).obsm["X_comtip"], axis=1), 1.0, rtol=1e-5)

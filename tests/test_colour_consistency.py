@@ -8,6 +8,7 @@ from spatialdata.transformations import get_transformation
 
 import comtip_sc as cs
 from comtip_sc._constants import EMBED_KEY, PRED_KEY
+from comtip_sc._predictions import get_predictions
 
 
 def _rescanned(sdata, gain, offset):
@@ -65,6 +66,6 @@ def test_a_brightness_shifted_section_predicts_like_the_original(jittered_sectio
         cs.tl.comtip_embed(s, model, copy=True).tables["table"].obsm[EMBED_KEY] for s in (unseen, shifted)
     )
     assert (a * b).sum(1).min() > 0.99
-    pa, pb = (o.tables["table"].obsm[PRED_KEY][model.panel].to_numpy() for o in outs)
+    pa, pb = (get_predictions(o.tables["table"], PRED_KEY)[model.panel].to_numpy() for o in outs)
     spread = pa.std()
     assert np.abs(pa - pb).mean() < 0.1 * spread

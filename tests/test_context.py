@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import comtip_sc as cs
+from comtip_sc._predictions import get_predictions
 from comtip_sc.model._trunk import create_backbone
 from comtip_sc.model._vision import VisionBranch
 from comtip_sc.train._datamodule import SentenceCollate
@@ -84,7 +85,7 @@ def test_fit_embed_predict_with_a_context_tile(tmp_path, config, fit_quiet) -> N
         sdata.tables["table"].obsm["X_comtip"], model.reference.image_embeddings, atol=5e-3
     )
     cs.tl.comtip_predict(sdata, loaded, method="head", accelerator="cpu")
-    assert np.isfinite(sdata.tables["table"].obsm["comtip_pred"].to_numpy()).all()
+    assert np.isfinite(get_predictions(sdata.tables["table"], "comtip_pred").to_numpy()).all()
 
 
 def test_context_scale_is_validated(config) -> None:

@@ -13,6 +13,7 @@ from matplotlib.image import imread
 
 import comtip_sc as cs
 from comtip_sc._constants import PRED_KEY
+from comtip_sc._predictions import get_predictions
 from comtip_sc._tables import normalized_values
 from comtip_sc.pl import _maps
 
@@ -64,7 +65,7 @@ def test_map_rows_share_one_colour_scale(predicted):
             assert obs_coll.get_clim() == pred_coll.get_clim()
             # The scale spans both panels' values, and the panels show the right values.
             obs = normalized_values(table, [gene])[:, 0]
-            pred = table.obsm[PRED_KEY][gene].to_numpy()
+            pred = get_predictions(table, PRED_KEY)[gene].to_numpy()
             np.testing.assert_allclose(obs_coll.get_array(), obs, rtol=1e-6)
             np.testing.assert_allclose(pred_coll.get_array(), pred, rtol=1e-6)
             vmin, vmax = obs_coll.get_clim()
@@ -81,7 +82,7 @@ def test_map_titles_carry_pearson_r(predicted):
     try:
         table = predicted.tables["table"]
         obs = normalized_values(table, ["KRT19"])[:, 0]
-        pred = table.obsm[PRED_KEY]["KRT19"].to_numpy()
+        pred = get_predictions(table, PRED_KEY)["KRT19"].to_numpy()
         r = np.corrcoef(obs, pred)[0, 1]
         titles = [ax.get_title() for ax in fig.axes[:2]]
         assert titles == [f"KRT19 observed (r = {r:.2f})", f"KRT19 predicted (r = {r:.2f})"]
@@ -126,13 +127,13 @@ def test_map_custom_spot_size(predicted):
 
 def test_map_gene_outside_table_is_predicted_only(predicted, tmp_path):
     table = predicted.tables["table"]
-    assert EXTRA in table.obsm[PRED_KEY].columns and EXTRA not in table.var_names
+    assert EXTRA in get_predictions(table, PRED_KEY).columns and EXTRA not in table.var_names
     fig = cs.pl.predicted_vs_observed(predicted, ["KRT19", EXTRA], return_fig=True, show=False)
     try:
         ax_obs, ax_pred = fig.axes[3], fig.axes[4]
         assert _maps_of(ax_obs) == []
         (coll,) = _maps_of(ax_pred)
-        np.testing.assert_allclose(coll.get_array(), table.obsm[PRED_KEY][EXTRA].to_numpy())
+        np.testing.assert_allclose(coll.get_array(), get_predictions(table, PRED_KEY)[EXTRA].to_numpy())
         assert ax_pred.get_title().startswith(f"{EXTRA} predicted")
         fig.savefig(tmp_path / "extra.png")
         _assert_png(tmp_path / "extra.png")
@@ -170,7 +171,7 @@ def test_map_needs_sample_when_table_spans_sections(tiny_model, tmp_path):
         table = both.tables["table"]
         rows = np.flatnonzero(table.obs["sample"].astype(str).to_numpy() == "other")
         (coll,) = _maps_of(fig.axes[1])
-        pred = table.obsm[PRED_KEY]["KRT19"].to_numpy()[rows]
+        pred = get_predictions(table, PRED_KEY)["KRT19"].to_numpy()[rows]
         np.testing.assert_allclose(coll.get_array(), pred)
         fig.savefig(tmp_path / "other.png")
         _assert_png(tmp_path / "other.png")

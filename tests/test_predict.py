@@ -15,6 +15,7 @@ from spatialdata import SpatialData
 
 import comtip_sc as cs
 from comtip_sc._constants import EMBED_KEY, PRED_KEY
+from comtip_sc._predictions import get_predictions
 from comtip_sc._tables import normalized_values
 from comtip_sc.model._comtip_model import ComtipModel
 
@@ -95,11 +96,18 @@ def test_predict_methods_store_predicted_genes_only(tiny_model, unseen_embedded,
         unseen_embedded, tiny_model, method=method, genes=genes, use_rep=EMBED_KEY, copy=True
     )
     table = out.tables["table"]
-    pred = table.obsm[PRED_KEY]
+    pred = get_predictions(table, PRED_KEY)
     assert isinstance(pred, pd.DataFrame)
     assert list(pred.columns) == genes and pred.index.equals(table.obs_names)
     assert np.isfinite(pred.to_numpy()).all()
-    assert PRED_KEY not in table.layers
+    # A sparse layer over the table's genes, its stored entries exactly the predicted genes' columns.
+    layer = table.layers[PRED_KEY]
+    assert sp.issparse(layer) and layer.format == "csr" and layer.shape == table.shape
+    assert layer.nnz == table.n_obs * len(genes)
+    stored = set(np.unique(layer.indices).tolist())
+    assert stored == set(table.var_names.get_indexer(genes).tolist())
+    np.testing.assert_array_equal(layer[:, table.var_names.get_indexer(genes)].toarray(), pred.to_numpy())
+    assert PRED_KEY not in table.obsm  # every predicted gene is measured: nothing left for obsm
     rec = table.uns["comtip"]["predict"][PRED_KEY]
     assert rec["method"] == method and rec["genes"] == genes and rec["unmeasured_genes"] == []
     # Predictions live on the log1p scale of the training values.
@@ -116,15 +124,15 @@ def test_each_predict_call_keeps_its_own_record(tiny_model, unseen_embedded):
     records = table.uns["comtip"]["predict"]
     assert records["by_retrieval"]["method"] == "retrieval" and records["by_retrieval"]["genes"] == ["KRT19"]
     assert records["by_zero_shot"]["method"] == "zero_shot" and records["by_zero_shot"]["genes"] == ["EPCAM"]
-    assert list(table.obsm["by_retrieval"].columns) == ["KRT19"]
-    assert list(table.obsm["by_zero_shot"].columns) == ["EPCAM"]
+    assert list(get_predictions(table, "by_retrieval").columns) == ["KRT19"]
+    assert list(get_predictions(table, "by_zero_shot").columns) == ["EPCAM"]
 
 
 def test_layer_added_is_a_deprecated_alias(tiny_model, unseen_embedded):
     kw = {"method": "retrieval", "genes": ["KRT19"], "use_rep": EMBED_KEY, "copy": True}
     with pytest.warns(FutureWarning, match="key_added"):
         out = cs.tl.comtip_predict(unseen_embedded, tiny_model, layer_added="old_name", **kw)
-    assert list(out.tables["table"].obsm["old_name"].columns) == ["KRT19"]
+    assert list(get_predictions(out.tables["table"], "old_name").columns) == ["KRT19"]
     with pytest.raises(TypeError, match="key_added"):
         cs.tl.comtip_predict(unseen_embedded, tiny_model, layer_added="a", key_added="b", **kw)
 
@@ -132,9 +140,9 @@ def test_layer_added_is_a_deprecated_alias(tiny_model, unseen_embedded):
 def test_predict_default_genes_cover_the_panel(tiny_model, unseen_embedded):
     out = cs.tl.comtip_predict(unseen_embedded, tiny_model, use_rep=EMBED_KEY, copy=True)
     table = out.tables["table"]
-    assert list(table.obsm[PRED_KEY].columns) == list(tiny_model.panel)
+    assert list(get_predictions(table, PRED_KEY).columns) == list(tiny_model.panel)
     assert (table.var_names.get_indexer(tiny_model.panel) >= 0).all()
-    assert np.isfinite(table.obsm[PRED_KEY].to_numpy()).all()
+    assert np.isfinite(get_predictions(table, PRED_KEY).to_numpy()).all()
 
 
 def test_zero_shot_outside_panel_is_stored_with_the_others(tiny_model, unseen_embedded):
@@ -149,8 +157,14 @@ def test_zero_shot_outside_panel_is_stored_with_the_others(tiny_model, unseen_em
         copy=True,
     )
     table = out.tables["table"]
-    pred = table.obsm[PRED_KEY]
+    pred = get_predictions(table, PRED_KEY)
     assert list(pred.columns) == ["KRT19", *OUTSIDE]
+    # Measured genes in the layer, the others in an obsm DataFrame.
+    assert list(table.obsm[PRED_KEY].columns) == OUTSIDE
+    assert table.layers[PRED_KEY].nnz == table.n_obs
+    np.testing.assert_array_equal(
+        table.layers[PRED_KEY][:, table.var_names.get_loc("KRT19")].toarray().ravel(), pred["KRT19"]
+    )
     assert np.isfinite(pred.to_numpy()).all()
     assert not any(g in table.var_names for g in OUTSIDE)
     assert table.uns["comtip"]["predict"][PRED_KEY]["unmeasured_genes"] == OUTSIDE
@@ -190,18 +204,20 @@ def test_zero_shot_temperature_default_and_override(tiny_model, unseen_embedded)
     assert default.uns["comtip"]["predict"][PRED_KEY]["temperature"] == pytest.approx(chosen)
     same = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=chosen, **kw).tables["table"]
     np.testing.assert_allclose(
-        same.obsm[PRED_KEY][kw["genes"]].to_numpy(), default.obsm[PRED_KEY][kw["genes"]].to_numpy()
+        get_predictions(same, PRED_KEY)[kw["genes"]].to_numpy(),
+        get_predictions(default, PRED_KEY)[kw["genes"]].to_numpy(),
     )
     # A very cold read-out snaps every spot to one candidate value; a very warm one flattens towards the
     # middle of the candidate range: the two differ, and the warm one varies less between spots.
     cold = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=1e-4, **kw).tables["table"]
     warm = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=100.0, **kw).tables["table"]
     assert not np.allclose(
-        cold.obsm[PRED_KEY][kw["genes"]].to_numpy(), warm.obsm[PRED_KEY][kw["genes"]].to_numpy()
+        get_predictions(cold, PRED_KEY)[kw["genes"]].to_numpy(),
+        get_predictions(warm, PRED_KEY)[kw["genes"]].to_numpy(),
     )
     assert (
-        warm.obsm[PRED_KEY][kw["genes"]].to_numpy().std(0).max()
-        < cold.obsm[PRED_KEY][kw["genes"]].to_numpy().std(0).max()
+        get_predictions(warm, PRED_KEY)[kw["genes"]].to_numpy().std(0).max()
+        < get_predictions(cold, PRED_KEY)[kw["genes"]].to_numpy().std(0).max()
     )
     # By default the read-out uses the candidate grid the value-query term trained on (M values).
     from comtip_sc.tl._zero_shot import zero_shot_values
@@ -212,7 +228,9 @@ def test_zero_shot_temperature_default_and_override(tiny_model, unseen_embedded)
         zero_shot_values(img, tiny_model, kw["genes"], [chosen], n_candidates=n) for n in (None, m, 24)
     )
     np.testing.assert_array_equal(on_default, on_m)
-    np.testing.assert_allclose(on_default, default.obsm[PRED_KEY][kw["genes"]].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        on_default, get_predictions(default, PRED_KEY)[kw["genes"]].to_numpy(), rtol=1e-6
+    )
     assert not np.allclose(on_default, on_24)
     with pytest.raises(ValueError, match="temperature"):
         cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=0.0, **kw)
@@ -228,12 +246,12 @@ def test_retrieval_and_head_with_given_reference(tiny_model, unseen_embedded):
         rec = table.uns["comtip"]["predict"][PRED_KEY]
         assert rec["reference"] == "given"
         assert len(rec["genes"]) == len(tiny_model.panel)
-        assert np.isfinite(table.obsm[PRED_KEY][rec["genes"]].to_numpy()).all()
+        assert np.isfinite(get_predictions(table, PRED_KEY)[rec["genes"]].to_numpy()).all()
     # k=1 retrieval returns, per spot, exactly one reference spot's expression row.
     out = cs.tl.comtip_predict(
         unseen_embedded, tiny_model, reference=reference, k=1, genes=["KRT19"], copy=True
     )
-    pred = out.tables["table"].obsm[PRED_KEY]["KRT19"].to_numpy()
+    pred = get_predictions(out.tables["table"], PRED_KEY)["KRT19"].to_numpy()
     ref_vals = normalized_values(reference.tables["table"], ["KRT19"])[:, 0]
     assert np.isin(np.round(pred, 5), np.round(ref_vals, 5)).all()
 

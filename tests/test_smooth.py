@@ -7,6 +7,7 @@ from sklearn.neighbors import NearestNeighbors
 
 import comtip_sc as cs
 from comtip_sc._constants import PRED_KEY
+from comtip_sc._predictions import get_predictions
 from comtip_sc._sections import resolve_sections, spot_layout
 from comtip_sc.tl._smooth import smooth_over_neighbours
 
@@ -89,13 +90,16 @@ def test_predict_smooth_within_sections_and_records_it(tiny_model, method):
     assert (table.X != before[0]).nnz == 0 and table.obs.equals(before[1])
     assert (sorted(table.layers), sorted(table.obsm)) == before[2:4] and dict(table.uns) == before[4]
     t_plain, t_smooth = plain.tables["table"], smoothed.tables["table"]
-    p, s = t_plain.obsm[PRED_KEY][GENES].to_numpy(), t_smooth.obsm[PRED_KEY][GENES].to_numpy()
+    p, s = (
+        get_predictions(t_plain, PRED_KEY)[GENES].to_numpy(),
+        get_predictions(t_smooth, PRED_KEY)[GENES].to_numpy(),
+    )
     names, centres = spot_layout(resolve_sections(sdata), table.n_obs)
     assert len(set(names)) == 2
     np.testing.assert_allclose(s, smooth_over_neighbours(p, centres, names, 4), rtol=1e-5, atol=1e-6)
     assert s.var(0).sum() < p.var(0).sum()
     # Only the documented outputs differ between the two calls: the predictions and the record.
-    assert list(t_smooth.obsm[PRED_KEY].columns) == GENES
+    assert list(get_predictions(t_smooth, PRED_KEY).columns) == GENES
     assert sorted(t_smooth.layers) == sorted(t_plain.layers) and sorted(t_smooth.obsm) == sorted(t_plain.obsm)
     rec_plain, rec_smooth = (t.uns["comtip"]["predict"][PRED_KEY] for t in (t_plain, t_smooth))
     assert rec_plain["smooth"] is None and rec_smooth["smooth"] == 4

@@ -37,7 +37,8 @@ EMBED_KEY = "X_comtip"
 #: Default ``obs`` column of the Leiden clusters of the image embedding, and ``obsm`` key of its UMAP.
 CLUSTER_KEY = "comtip_leiden"
 UMAP_KEY = EMBED_KEY + "_umap"
-#: Default ``obsm`` key of predicted expression: a DataFrame of spots × predicted genes.
+#: Default key of predicted expression: ``layers[PRED_KEY]`` for the genes the table measures, an
+#: ``obsm[PRED_KEY]`` DataFrame for the others (see ``comtip_sc._predictions``).
 PRED_KEY = "comtip_pred"
 
 #: Suffixes of the element names that the readers write, ``f"{sample}{suffix}"``.
@@ -47,6 +48,16 @@ SHAPES_SUFFIX = "_spots"
 #: Tile defaults. A legacy ST spot is 100 µm across; 150 µm keeps the spot plus a margin.
 DEFAULT_TILE_UM = 150.0
 DEFAULT_TILE_PX = 112
+
+#: Default size of the gene panel (``cs.pp.select_genes``, ``cs.tl.fit``, ``comtip fit``): a ceiling, since a
+#: panel has only the genes detected in every section.
+N_TOP_GENES = 250
+#: Spots per batch when embedding or predicting (``cs.tl.comtip_embed``, ``cs.tl.comtip_predict``).
+INFER_BATCH_SIZE = 64
+#: Spots per training batch (``cs.tl.fit``).
+TRAIN_BATCH_SIZE = 32
+#: Reference spots averaged by ``comtip_predict(method="retrieval")``.
+RETRIEVAL_K = 50
 
 #: Target sum for the per-spot normalisation.
 NORM_TARGET_SUM = 1e4

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
@@ -37,6 +36,35 @@ def get_table(sdata: SpatialData | AnnData, table_key: str = TABLE_KEY) -> AnnDa
             f"SpatialData has no table {table_key!r}; available tables: {sorted(sdata.tables.keys())}."
         )
     return sdata.tables[table_key]
+
+
+def require_spatialdata(sdata: object, what: str, also: str = "") -> None:
+    """Raise a ``TypeError`` saying what to pass when ``what`` (a function needing H&E tiles) got no SpatialData.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> require_spatialdata(ad.AnnData(np.ones((1, 1))), "cs.tl.comtip_embed")
+    Traceback (most recent call last):
+    ...
+    TypeError: cs.tl.comtip_embed cuts each spot's tile from the H&E image, so it needs a SpatialData...
+
+    """
+    if isinstance(sdata, SpatialData):
+        return
+    got = type(sdata).__name__
+    hint = ""
+    if isinstance(sdata, AnnData):
+        hint = (
+            " An AnnData holds the table only. Read the data with spatialdata_io (e.g. "
+            "spatialdata_io.visium), with comtip_sc.io or comtip_sc.datasets, or convert a scanpy Visium "
+            "AnnData with spatialdata_io.experimental.from_legacy_anndata(adata); the table is then "
+            f"sdata.tables['table'].{also}"
+        )
+    raise TypeError(
+        f"{what} cuts each spot's tile from the H&E image, so it needs a SpatialData (image, spot shapes "
+        f"and a table annotating them), got {got}.{hint}"
+    )
 
 
 def with_tables(sdata: SpatialData, tables: dict[str, AnnData]) -> SpatialData:
@@ -198,29 +226,3 @@ def normalized_values(
         return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
     x = log_normalize(table.X, target_sum=target_sum, cols=cols)
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
-
-
-def get_predictions(table: AnnData, pred_key: str) -> pd.DataFrame:
-    """The predictions of :func:`comtip_sc.tl.comtip_predict` in ``obsm[pred_key]`` (spots × genes).
-
-    Examples
-    --------
-    >>> import anndata as ad, numpy as np, pandas as pd
-    >>> t = ad.AnnData(np.ones((2, 1), np.float32))
-    >>> t.obsm["comtip_pred"] = pd.DataFrame({"KRT19": [0.5, 1.0]}, index=t.obs_names)
-    >>> get_predictions(t, "comtip_pred").columns.tolist()
-    ['KRT19']
-
-    """
-    if pred_key not in table.obsm:
-        raise KeyError(
-            f"obsm[{pred_key!r}] holds no predictions (obsm: {list(table.obsm.keys())}); run "
-            f"cs.tl.comtip_predict(sdata, model, key_added={pred_key!r}) first."
-        )
-    pred = table.obsm[pred_key]
-    if not isinstance(pred, pd.DataFrame):
-        raise TypeError(
-            f"obsm[{pred_key!r}] is a {type(pred).__name__}, not the DataFrame of genes that "
-            "cs.tl.comtip_predict writes; pass the key of a prediction."
-        )
-    return pred

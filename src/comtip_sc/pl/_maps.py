@@ -20,10 +20,11 @@ from spatialdata.transformations import get_transformation
 from .._constants import PRED_KEY, SAMPLE_KEY, TABLE_KEY
 from .._deprecation import renamed_arguments
 from .._image import pyramid_levels
+from .._predictions import get_predictions
 from .._sections import Section, resolve_sections
-from .._tables import get_predictions, get_table, normalized_values
+from .._tables import get_table, normalized_values
 from ..tl._evaluate import pearson_per_gene
-from ._utils import finish
+from ._utils import finish, finish_ax
 
 #: The background is read from the coarsest pyramid level whose crop still has this many pixels on its
 #: long side: sharp enough under spots of a few pixels, and a 9k x 9k slide is never computed whole.
@@ -99,11 +100,11 @@ def _values(table: AnnData, genes: Sequence[str], rows: np.ndarray, pred_key: st
     for g in genes:
         if g not in frame.columns:
             raise KeyError(
-                f"Gene {g!r} has no prediction in obsm[{pred_key!r}] (predicted: {list(frame.columns)[:10]})."
+                f"Gene {g!r} has no prediction under {pred_key!r} (predicted: {list(frame.columns)[:10]})."
             )
         pred = frame[g].to_numpy(np.float64)[rows]
         if np.isnan(pred).all():
-            raise ValueError(f"Gene {g!r} has no prediction in obsm[{pred_key!r}] (all NaN).")
+            raise ValueError(f"Gene {g!r} has no prediction under {pred_key!r} (all NaN).")
         obs = None
         if g in table.var_names:
             obs = normalized_values(table, [g], layer=layer)[rows, 0].astype(np.float64)
@@ -150,8 +151,9 @@ def predicted_vs_observed(
     """Maps of observed and predicted expression side by side, spots drawn over the section's H&E.
 
     One row per gene: observed (left) and predicted (right) share one colour scale (same ``vmin`` /
-    ``vmax``, one colour bar), so a pale prediction reads as pale. Both titles carry the gene's Pearson
-    correlation over the spots drawn (a constant gene scores 0). A predicted gene that the table does
+    ``vmax``, one colour bar), so a pale prediction reads as pale. The predicted panel's title carries
+    that gene's Pearson correlation with the observed values over the spots drawn (a constant gene
+    scores 0). A predicted gene that the table does
     not measure (zero-shot genes outside the panel) is drawn predicted only.
 
     The background is a crop around the spots, read from a coarse pyramid level of the image; spots
@@ -165,7 +167,7 @@ def predicted_vs_observed(
     genes
         Gene(s) to draw, one row each.
     pred_key
-        ``obsm`` key of the predictions (:func:`comtip_sc.tl.comtip_predict`'s ``key_added``). Formerly
+        Key of the predictions (:func:`comtip_sc.tl.comtip_predict`'s ``key_added``). Formerly
         ``layer_pred``, still accepted with a :class:`FutureWarning`.
     layer
         Layer of observed expression: ``None`` normalises the raw counts in ``X`` (1e4 per spot + log1p)
@@ -189,7 +191,8 @@ def predicted_vs_observed(
 
     Returns
     -------
-    The figure when ``return_fig`` is true, else ``None``.
+    The figure when ``return_fig`` is true; with ``show=False`` the map axes (observed, predicted of
+    each gene in turn), the figure left open; else ``None``.
 
     Examples
     --------
@@ -247,9 +250,9 @@ def predicted_vs_observed(
         else:
             ok = np.isfinite(pred)
             r_gene = float(pearson_per_gene(obs[ok, None], pred[ok, None])[0]) if ok.sum() > 1 else 0.0
-            title_r = f" (r = {r_gene:.2f})"
+            title_r = f", r = {r_gene:.2f}"
             _draw(row[0], bg, extent, xy, r, obs, norm, cmap, img_alpha)
-            row[0].set_title(f"{gene} observed{title_r}", fontsize=9)
+            row[0].set_title(f"{gene} observed", fontsize=9)
         coll = _draw(row[1], bg, extent, xy, r, pred, norm, cmap, img_alpha)
         row[1].set_title(f"{gene} predicted{title_r}", fontsize=9)
         fig.colorbar(coll, cax=row[2], label="log1p (1e4 / spot)")
@@ -258,32 +261,31 @@ def predicted_vs_observed(
         name = ", ".join(pd.unique(table.obs[SAMPLE_KEY].astype(str).to_numpy()[sec.obs_index]))
     fig.suptitle(f"{name}: {pred_key}", fontsize=10)
     fig.tight_layout()
-    return finish(fig, show=show, save=save, return_fig=return_fig)
+    return finish(fig, show=show, save=save, return_fig=return_fig, axes=list(axes[:, :2].ravel()))
 
 
-def finish_ax(
-    ax: Axes,
-    owned: bool,
-    *,
-    show: bool | None,
-    save: str | os.PathLike | None,
-    return_fig: bool,
-) -> Figure | Axes | None:
-    """:func:`~comtip_sc.pl._utils.finish` for functions taking ``ax=``.
+def _label_top(ax: Axes, top: pd.Series) -> None:
+    """Name the best genes in a column beside their points, each joined to its point by a thin line.
 
-    A figure made here (``owned``) is handled by ``finish``. A caller's axes are never closed: like
-    scanpy, ``show=False`` returns them so the caller can keep drawing.
+    The best genes sit at neighbouring ranks with similar r, so labels next to the points would pile on
+    each other; a column of evenly spaced labels never overlaps.
     """
-    fig = ax.figure
-    if owned:
-        return finish(fig, show=show, save=save, return_fig=return_fig)
-    if save is not None:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-    if show:
-        plt.show()
-    if return_fig:
-        return fig
-    return ax if show is False else None
+    n = len(top)
+    if not n:
+        return
+    # Top right is empty: the points fall from the top left, and the legend sits bottom left.
+    step = min(0.06, 0.5 / n)
+    for i, (gene, value) in enumerate(top.items()):
+        ax.annotate(
+            gene,
+            xy=(i + 1, value),
+            xycoords="data",
+            xytext=(0.62, 0.95 - i * step),
+            textcoords="axes fraction",
+            fontsize=7,
+            va="center",
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5", "shrinkA": 1, "shrinkB": 2},
+        )
 
 
 @renamed_arguments(n_top="n_top_genes")
@@ -317,11 +319,13 @@ def gene_pcc(
     ax
         Axes to draw into; ``None`` makes a new figure.
     show, save, return_fig
-        As in scanpy. With ``ax`` given and ``show=False`` the axes are returned.
+        As in scanpy: show the figure, save it to a path, return the figure, or (``show=False``) return
+        the axes and leave the figure open.
 
     Returns
     -------
-    The figure when ``return_fig`` is true; the axes when ``ax`` was given and ``show=False``; else ``None``.
+    The figure when ``return_fig`` is true; with ``show=False`` the axes, the figure left open; else
+    ``None``.
 
     Examples
     --------
@@ -343,14 +347,10 @@ def gene_pcc(
     ax.scatter(rank, r.to_numpy(), s=12, c=r.to_numpy(), cmap="coolwarm", vmin=-1, vmax=1, zorder=2)
     ax.axhline(float(r.mean()), ls="--", lw=1, c="0.3", label=f"mean r = {r.mean():.3f}")
     ax.axhline(0.0, lw=0.5, c="0.6")
-    for i, (gene, value) in enumerate(r.iloc[:n_top_genes].items()):
-        # Labels alternate sides of the point so that neighbours at similar r do not overlap.
-        ax.annotate(
-            gene, (i + 1, value), xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points", fontsize=7
-        )
+    _label_top(ax, r.iloc[:n_top_genes])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("gene rank")
     ax.set_ylabel("Pearson r (predicted vs observed)")
     ax.set_title(f"{len(r)} genes, {key}", fontsize=9)
-    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    ax.legend(loc="lower left", fontsize=8, frameon=False)
     return finish_ax(ax, owned, show=show, save=save, return_fig=return_fig)

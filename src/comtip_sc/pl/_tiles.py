@@ -62,7 +62,8 @@ def tiles(
 
     Returns
     -------
-    The figure when ``return_fig`` is true, else ``None``.
+    The figure when ``return_fig`` is true; with ``show=False`` the tile axes, the figure left open; else
+    ``None``.
 
     Examples
     --------

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import zarr
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._atomic import atomic_path
+from .._logging import tqdm
 from ._tile_cache import LazyZarrArray
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from anndata import AnnData
 from scipy import sparse
 from spatialdata import SpatialData
 
-from .._constants import NORM_LAYER, NORM_TARGET_SUM, PANEL_KEY, SAMPLE_KEY, TABLE_KEY, UNS_KEY
+from .._constants import N_TOP_GENES, NORM_LAYER, NORM_TARGET_SUM, PANEL_KEY, SAMPLE_KEY, TABLE_KEY, UNS_KEY
 from .._deprecation import renamed_arguments
 from .._tables import check_counts, get_table, log_normalize, with_tables
 
@@ -64,7 +64,7 @@ def _present_in_all_groups(adata: AnnData, groupby: str | None) -> np.ndarray:
 def select_genes(
     data: Data,
     *,
-    n_top_genes: int = 250,
+    n_top_genes: int = N_TOP_GENES,
     method: Literal["mean", "hvg", "list"] = "mean",
     genes: Sequence[str] | None = None,
     groupby: str | None = SAMPLE_KEY,
@@ -145,16 +145,21 @@ def select_genes(
             raise KeyError(f"{len(missing)} requested gene(s) not in the table: {missing}.")
         absent = var_names[~_present_in_all_groups(adata, groupby)].intersection(panel)
         if len(absent):
-            logger.warning("Panel genes with zero counts in at least one %r group: %s", groupby, list(absent))
+            where = "in the table" if groupby is None else f"in at least one {groupby!r} group"
+            logger.warning("Panel genes with zero counts %s: %s", where, list(absent))
         n_candidates = len(panel)
     else:
         candidates = np.flatnonzero(_present_in_all_groups(adata, groupby))
         n_candidates = len(candidates)
         if n_candidates < n_top_genes:
-            logger.warning(
-                "Only %d genes are detected in every %r group; the panel has %d instead of %d genes.",
+            where = "in the table" if groupby is None else f"in every {groupby!r} group"
+            # The default size is a ceiling that a small panel simply does not reach; a size the caller asked
+            # for and did not get is worth a warning.
+            logger.log(
+                logging.INFO if n_top_genes == N_TOP_GENES else logging.WARNING,
+                "Only %d genes are detected %s; the panel has %d instead of %d genes.",
                 n_candidates,
-                groupby,
+                where,
                 n_candidates,
                 n_top_genes,
             )

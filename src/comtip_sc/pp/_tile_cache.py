@@ -13,10 +13,10 @@ import numpy as np
 import zarr
 from spatialdata import SpatialData
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .._atomic import atomic_path
 from .._constants import DEFAULT_TILE_PX, DEFAULT_TILE_UM, TABLE_KEY
+from .._logging import tqdm
 from ._tiles import SpotTiles
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,6 @@
 """Tools: training, embedding, clustering, prediction and evaluation."""
 
+from .._predictions import predictions_adata
 from ._clusters import embedding_clusters
 from ._colour_bar import ColourBar, ColourBarFit, colour_bar, colour_bar_predict
 from ._embed import comtip_embed
@@ -21,6 +22,7 @@ __all__ = [
     "fit",
     "format_self_check",
     "pearson_per_gene",
+    "predictions_adata",
     "ridge_cv",
     "self_check",
     "spatial_folds",

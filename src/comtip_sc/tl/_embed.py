@@ -9,6 +9,7 @@ from spatialdata import SpatialData
 from .._constants import EMBED_KEY, TABLE_KEY
 from .._devices import resolve_device
 from .._store import store_path, write_table
+from .._tables import require_spatialdata
 from ..model._comtip_model import ComtipModel
 from ..model._inference import encode_tiles
 from ._tta import DihedralMean
@@ -102,6 +103,7 @@ def comtip_embed(
     >>> sc.pp.neighbors(sdata.tables["table"], use_rep="X_comtip")  # doctest: +SKIP
 
     """
+    require_spatialdata(sdata, "cs.tl.comtip_embed")
     if write:
         if copy:
             raise ValueError(

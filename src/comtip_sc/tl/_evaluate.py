@@ -11,7 +11,8 @@ from spatialdata import SpatialData
 
 from .._constants import PRED_KEY, TABLE_KEY
 from .._deprecation import renamed_arguments
-from .._tables import get_predictions, get_table, normalized_values
+from .._predictions import get_predictions
+from .._tables import get_table, normalized_values
 
 #: Genes in the "highly expressed" and "highly variable" subsets of the protocol.
 N_HEG = 50
@@ -88,7 +89,8 @@ def evaluate(
     sdata
         SpatialData (its ``table_key`` table is used) or an AnnData.
     pred_key
-        ``obsm`` key of the predictions written by :func:`comtip_predict` (its ``key_added``). Formerly
+        Key of the predictions written by :func:`comtip_predict` (its ``key_added``: ``layers`` and
+        ``obsm``). Formerly
         ``layer_pred``, still accepted with a :class:`FutureWarning`.
     layer
         Layer of observed expression, as everywhere in the package: ``None`` reads the raw counts in
@@ -123,7 +125,7 @@ def evaluate(
         genes = [g for g in frame.columns if g in table.var_names]
         if not genes:
             raise ValueError(
-                f"obsm[{pred_key!r}] predicts no gene that the table measures "
+                f"Prediction {pred_key!r} predicts no gene that the table measures "
                 f"(predicted: {list(frame.columns)[:10]})."
             )
     else:
@@ -133,11 +135,11 @@ def evaluate(
             raise KeyError(f"Genes {missing[:10]} are not in the table.")
         unpredicted = [g for g in genes if g not in frame.columns]
         if unpredicted:
-            raise KeyError(f"Genes {unpredicted[:10]} have no prediction in obsm[{pred_key!r}].")
+            raise KeyError(f"Genes {unpredicted[:10]} have no prediction under {pred_key!r}.")
     pred = frame[list(genes)].to_numpy(np.float64)
     if np.isnan(pred).any():
         bad = [genes[j] for j in np.flatnonzero(np.isnan(pred).any(axis=0))[:5]]
-        raise ValueError(f"obsm[{pred_key!r}] has NaN predictions for genes {bad}.")
+        raise ValueError(f"Prediction {pred_key!r} has NaN values for genes {bad}.")
     true = normalized_values(table, list(genes), layer=layer).astype(np.float64)
     overall, r = _metrics(true, pred, n_heg, n_hvg)
     rows = {"all": overall}

@@ -15,6 +15,7 @@ from anndata import AnnData
 from spatialdata import SpatialData
 
 from .._constants import DEFAULT_TILE_UM, TABLE_KEY
+from .._logging import third_party_quiet
 from ..model._comtip_model import ComtipModel
 from ..model._config import ComtipConfig
 from ..model._trunk import TRUNK_PRESETS
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 CONE_WARN = 0.97
 
 
+@third_party_quiet()
 def fit(
     sdata: SpatialData | Sequence[SpatialData],
     *,

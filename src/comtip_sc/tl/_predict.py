@@ -7,16 +7,17 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
+from anndata import AnnData
 from spatialdata import SpatialData
 
 from .._constants import PRED_KEY, TABLE_KEY
 from .._deprecation import renamed_arguments
 from .._devices import resolve_device
+from .._predictions import split_by_table, store_predictions
 from .._sections import resolve_sections, spot_layout
 from .._store import store_path, write_table
-from .._tables import check_genes, get_table, normalized_values
+from .._tables import check_genes, get_table, normalized_values, require_spatialdata
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._inference import embed_batch_size, encode_pairs, network_device
 from ..model._retrieval import retrieve
@@ -90,7 +91,7 @@ def _head(img: np.ndarray, bank: ReferenceBank, cv_blocks: int | None) -> tuple[
 
 @renamed_arguments(layer_added="key_added")
 def comtip_predict(
-    sdata: SpatialData,
+    sdata: SpatialData | AnnData,
     model: ComtipModel,
     *,
     method: Literal["retrieval", "zero_shot", "head", "hybrid"] = "retrieval",
@@ -116,7 +117,9 @@ def comtip_predict(
     Parameters
     ----------
     sdata
-        SpatialData whose table's spots are predicted (a section the model never saw works).
+        SpatialData whose table's spots are predicted (a section the model never saw works), or an AnnData
+        with their image embeddings in ``obsm[use_rep]`` (no image is read then; ``smooth`` and
+        ``write`` need the SpatialData).
     model
         A trained :class:`~comtip_sc.model.ComtipModel`.
     method
@@ -161,9 +164,13 @@ def comtip_predict(
     table_key
         Table whose spots are predicted.
     key_added
-        ``obsm`` key of the predictions: a :class:`pandas.DataFrame` of spots × predicted genes (columns
-        are the gene names, values on the normalised log1p scale), for genes the table measures and
-        genes it lacks alike. Formerly ``layer_added``, still accepted with a :class:`FutureWarning`.
+        Where the predictions go (values on the normalised log1p scale): ``layers[key_added]`` holds the
+        genes the table measures, as a sparse matrix over the table's genes whose stored entries are the
+        predicted genes' columns (other genes are implicit zeros); ``obsm[key_added]`` holds a
+        :class:`pandas.DataFrame` of spots × the predicted genes the table does not measure (absent when
+        there are none). ``uns["comtip"]["predict"][key_added]["genes"]`` lists every predicted gene.
+        :func:`predictions_adata` returns them all as one AnnData. Formerly ``layer_added``, still
+        accepted with a :class:`FutureWarning`.
     use_rep
         ``obsm`` key of precomputed image embeddings from :func:`comtip_embed` with this model (default:
         computed here).
@@ -185,14 +192,16 @@ def comtip_predict(
 
     Returns
     -------
-    ``None``, or the new SpatialData when ``copy=True``. Writes ``table.obsm[key_added]`` and records the
-    call in ``table.uns["comtip"]["predict"][key_added]`` (method, genes and settings), so predictions
-    under different keys keep their own records.
+    ``None``, or the new SpatialData (AnnData) when ``copy=True``. Writes ``table.layers[key_added]`` (and
+    ``table.obsm[key_added]`` for genes the table does not measure) and records the call in
+    ``table.uns["comtip"]["predict"][key_added]`` (method, genes and settings), so predictions under
+    different keys keep their own records.
 
     Examples
     --------
     >>> cs.tl.comtip_predict(sdata, model, method="zero_shot", genes=["ERBB2", "KRT19"])  # doctest: +SKIP
-    >>> sdata.tables["table"].obsm["comtip_pred"]["ERBB2"]  # doctest: +SKIP
+    >>> sc.get.obs_df(sdata.tables["table"], ["ERBB2"], layer="comtip_pred")  # doctest: +SKIP
+    >>> pred = cs.tl.predictions_adata(sdata)  # doctest: +SKIP
 
     """
     if method not in ("retrieval", "zero_shot", "head", "hybrid"):
@@ -222,7 +231,18 @@ def comtip_predict(
                 "write=True writes into the store of sdata, which copy=True promises to leave alone."
             )
         store_path(sdata)  # fail before the work, not after it
-    out, table = target(sdata, table_key, copy)
+    if isinstance(sdata, AnnData) and use_rep is not None and smooth is None and not write:
+        # Embeddings already in obsm: no image is read, so the table alone is enough.
+        out = sdata.copy() if copy else sdata
+        table = out
+    else:
+        require_spatialdata(
+            sdata,
+            "cs.tl.comtip_predict",
+            " An AnnData alone works with use_rep= (image embeddings from cs.tl.comtip_embed in its obsm), "
+            "without smooth= and write=.",
+        )
+        out, table = target(sdata, table_key, copy)
     check_genes(table, what=f"Table {table_key!r}")
     device = resolve_device(accelerator)
     if use_rep is not None:
@@ -280,11 +300,9 @@ def comtip_predict(
         resolved = resolve_sections(out, table_key=table_key, spot_diameter_um=spot_diameter_um)
         spot_sections, centres = spot_layout(resolved, table.n_obs)
         pred = smooth_over_neighbours(pred, centres, spot_sections, smooth)
-    in_table = [g for g in names if g in table.var_names]
+    in_table, _ = split_by_table(names, table)
     _report_genes(names, in_table, table, genes is None, key_added)  # may refuse: before any write
-    table.obsm[key_added] = pd.DataFrame(
-        np.asarray(pred, dtype=np.float32), index=table.obs_names.copy(), columns=pd.Index(names, dtype=str)
-    )
+    store_predictions(table, pred, names, key_added)
     record(
         table,
         "predict",
@@ -337,10 +355,11 @@ def _report_genes(names: list[str], in_table: list[str], table, default: bool, k
         lacking = [g for g in names if g not in set(in_table)]
         log.warning(
             "%d of the %d predicted genes are not in the table (e.g. %s); their predictions are in obsm[%r] "
-            "beside the others and listed in uns['comtip']['predict'][%r]['unmeasured_genes'].",
+            "(the others in layers[%r]) and listed in uns['comtip']['predict'][%r]['unmeasured_genes'].",
             len(lacking),
             len(names),
             lacking[:5],
+            key,
             key,
             key,
         )

@@ -22,6 +22,7 @@ import torch
 
 from .._constants import NORM_TARGET_SUM
 from .._devices import default_precision, resolve_device
+from .._logging import progress_callbacks
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._config import ComtipConfig
 from ..model._inference import encode_pairs
@@ -177,6 +178,9 @@ class TrainRunner:
                     monitor="val/loss", mode="min", patience=st.early_stopping_patience
                 )
             )
+        # fit logs its own summary; Lightning's parameter table is left to enable_model_summary=True.
+        kw.setdefault("enable_model_summary", False)
+        cbs = progress_callbacks(cbs, kw.get("enable_progress_bar", True))
         logger = kw.pop("logger", None)
         trainer = L.Trainer(
             max_epochs=st.max_epochs,
