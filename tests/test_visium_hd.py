@@ -239,3 +239,45 @@ def test_xenium_errors_name_what_is_missing():
     )
     with pytest.raises(ValueError, match=r"10 cell\(s\).*'cell_circles'.*aaa00030-1"):
         cs.io.from_xenium(fewer)
+
+
+def _fit_embed_predict(sdata, tiny_config, tmp_path, *, table_key, tile_um):
+    model = cs.tl.fit(
+        sdata,
+        table_key=table_key,
+        config=tiny_config,
+        tile_um=tile_um,
+        max_epochs=1,
+        batch_size=32,
+        seed=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    cs.tl.comtip_embed(sdata, model, table_key=table_key)
+    cs.tl.comtip_predict(sdata, model, table_key=table_key)
+    table = sdata.tables[table_key]
+    emb, pred = table.obsm["X_comtip"], table.obsm["comtip_pred"]
+    assert emb.shape == (table.n_obs, tiny_config.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-4)
+    assert pred.shape == (table.n_obs, len(model.panel)) and np.isfinite(pred.to_numpy()).all()
+    return model
+
+
+def test_fit_embed_predict_on_8um_bins(tiny_config, one_torch_thread, tmp_path):
+    raw = cs.datasets.visium_hd_tissue(n_rows=16, n_cols=20, n_genes=30, seed=2)
+    hd = cs.io.from_visium_hd(raw, bin_size=8)
+    # A 32 µm tile centred on each 8 µm bin: the bin and its neighbours.
+    model = _fit_embed_predict(hd, tiny_config, tmp_path, table_key="table", tile_um=32)
+    assert model.tile_um == 32 and len(model.reference.embeddings) == 320
+
+
+def test_fit_embed_predict_on_pseudo_spots(tiny_config, one_torch_thread, tmp_path):
+    raw = cs.datasets.visium_hd_tissue(n_rows=36, n_cols=36, bin_um=16, n_genes=30, um_per_px=2.0, seed=3)
+    hd = cs.io.from_visium_hd(raw, bin_size=16)
+    cs.pp.aggregate_bins(hd, spot_um=55)
+    n = hd.tables["pseudo_55um"].n_obs
+    assert 64 <= n <= 121
+    _fit_embed_predict(hd, tiny_config, tmp_path, table_key="pseudo_55um", tile_um=110)
+    # The bins' table is untouched by training on the pseudo-spots.
+    assert "X_comtip" not in hd.tables["table"].obsm
