@@ -1,5 +1,8 @@
 """Visium HD bins and Xenium cells: spatialdata-io-shaped inputs, pseudo-spots, and training on bins."""
 
+import gc
+import tracemalloc
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -281,3 +284,66 @@ def test_fit_embed_predict_on_pseudo_spots(tiny_config, one_torch_thread, tmp_pa
     _fit_embed_predict(hd, tiny_config, tmp_path, table_key="pseudo_55um", tile_um=110)
     # The bins' table is untouched by training on the pseudo-spots.
     assert "X_comtip" not in hd.tables["table"].obsm
+
+
+def _measure(fn):
+    """``fn()``, the growth of the process's peak RSS over its RSS before (MiB; ``None`` where the peak
+    cannot be reset) and the peak of Python/numpy allocations during it (tracemalloc, MiB)."""
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key + ":"))
+
+    gc.collect()
+    try:
+        before = status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the peak RSS, to the current RSS
+    except OSError:
+        before = None
+    tracemalloc.start()
+    try:
+        out = fn()
+        traced = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    rss = None if before is None else round(status("VmHWM") - before, 1)
+    return out, rss, round(traced, 1)
+
+
+class _Spread:
+    """A lazy view of ``k`` tiles spread evenly over a tile reader."""
+
+    def __init__(self, tiles, k):
+        self.tiles, self.idx = tiles, np.linspace(0, len(tiles) - 1, k).astype(int)
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        return self.tiles[int(self.idx[i])]
+
+
+def test_a_million_bins_cost_memory_per_batch_not_per_bin(tiny_model, one_torch_thread):
+    raw = cs.datasets.visium_hd_tissue(n_rows=1000, n_cols=1000, n_genes=20, um_per_px=8.0, seed=4)
+    hd = cs.io.from_visium_hd(raw)
+    n = hd.tables["table"].n_obs
+    assert n == 1_000_000
+    tiles, rss, traced = _measure(lambda: tiny_model.tiles(hd))
+    per_bin_images_mb = n * tiny_model.tile_px**2 * 3 / 2**20
+    print(
+        f"tile reader for {n} bins: peak RSS +{rss} MiB, traced peak {traced} MiB "
+        f"(per-bin images would take {per_bin_images_mb:.0f} MiB)"
+    )
+    # The reader keeps centres and names (a few hundred bytes per bin), never a tile per bin.
+    assert traced < 0.15 * per_bin_images_mb and (rss is None or rss < 0.15 * per_bin_images_mb)
+    peaks = {}
+    for k in (256, 1024):
+        emb, rss, traced = _measure(lambda k=k: tiny_model.encode_images(_Spread(tiles, k), batch_size=64))
+        assert emb.shape == (k, tiny_model.config.embed_dim) and np.isfinite(emb).all()
+        peaks[k] = (rss, traced)
+        print(f"embedding {k} of the bins in batches of 64: peak RSS +{rss} MiB, traced peak {traced} MiB")
+    # Four times the batches, the same peak: memory follows the batch (and the bounded chunk cache).
+    assert peaks[1024][1] < peaks[256][1] + 32 and peaks[1024][1] < 256
+    if peaks[1024][0] is not None:
+        assert peaks[1024][0] < peaks[256][0] + 64

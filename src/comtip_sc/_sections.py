@@ -106,11 +106,16 @@ def _spot_geometry(shapes: pd.DataFrame, ids: np.ndarray, region: str) -> tuple[
         xy = np.column_stack([shapely.get_x(geoms), shapely.get_y(geoms)])
         return xy, 2.0 * shapes["radius"].loc[ids].to_numpy(dtype=float)
     if kinds <= _POLYGONS:
-        xy = np.empty((len(geoms), 2))
-        for start in range(0, len(geoms), _BLOCK):
-            centroids = shapely.centroid(geoms[start : start + _BLOCK])
-            xy[start : start + _BLOCK] = np.column_stack([shapely.get_x(centroids), shapely.get_y(centroids)])
-        return xy, np.sqrt(shapely.area(geoms))
+        box, area = shapely.bounds(geoms), shapely.area(geoms)
+        xy = (box[:, :2] + box[:, 2:]) / 2
+        # An axis-aligned square bin fills its bounding box, whose centre is then its centroid; other
+        # polygons get shapely's centroid.
+        other = np.flatnonzero(~np.isclose(area, np.prod(box[:, 2:] - box[:, :2], axis=1), rtol=1e-9))
+        for start in range(0, len(other), _BLOCK):
+            rows = other[start : start + _BLOCK]
+            centroids = shapely.centroid(geoms[rows])
+            xy[rows] = np.column_stack([shapely.get_x(centroids), shapely.get_y(centroids)])
+        return xy, np.sqrt(area)
     raise ValueError(
         f"Shapes element {region!r} holds neither circles (points with a 'radius' column) nor polygons "
         "(e.g. square bins); found geometry types "

@@ -159,7 +159,10 @@ def visium_hd_tissue(
                 bin_type.astype(np.int64), categories=[_type_name(t) for t in range(n_types)]
             ),
         },
-        index=pd.Index([f"s_{bin_um:03d}um_{r:05d}_{c:05d}-1" for r, c in zip(rows, cols, strict=True)]),
+        # Python ints (tolist) format several times faster than numpy scalars.
+        index=pd.Index(
+            [f"s_{bin_um:03d}um_{r:05d}_{c:05d}-1" for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
+        ),
     )
     var = pd.DataFrame(
         {"gene_ids": names, "feature_types": "Gene Expression", "genome": "synthetic"},
