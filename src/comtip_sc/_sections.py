@@ -8,11 +8,13 @@ fails early, naming the element, column or spot at fault, when a link is missing
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import shapely
 from anndata import AnnData
 from spatialdata import SpatialData
 from spatialdata.models import get_table_keys
@@ -23,6 +25,13 @@ from spatialdata.transformations import (
 
 from ._constants import SAMPLE_KEY, SPOT_DIAMETER_KEY, TABLE_KEY, UNS_KEY
 from ._tables import get_table
+
+#: spatialdata_io.visium_hd's name of a bin shapes element ends in the bin side: "…_square_008um".
+_BIN_NAME = re.compile(r"square_(\d{3})um$")
+_POINT = int(shapely.GeometryType.POINT)
+_POLYGONS = {int(shapely.GeometryType.POLYGON), int(shapely.GeometryType.MULTIPOLYGON)}
+#: Polygons whose centroids are computed at once.
+_BLOCK = 2**16
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,10 @@ class Section:
         ``(n, 2)`` spot centres (x, y) in the full-resolution pixels of ``image``.
     px_per_um
         Pixels of ``image`` per micrometre (isotropic; the mean of the x and y scales).
+    spot_um
+        Size of one spot in µm: a circle's diameter, a square bin's side.
+    to_px
+        ``3×3`` affine from the shapes element's own coordinates (x, y) to the pixels of ``image``.
 
     """
 
@@ -52,6 +65,13 @@ class Section:
     obs_index: np.ndarray
     centers_px: np.ndarray
     px_per_um: float
+    spot_um: float
+    to_px: np.ndarray
+
+    @property
+    def um_per_unit(self) -> float:
+        """Micrometres per unit of the shapes element's own coordinates."""
+        return _linear_scale(self.to_px) / self.px_per_um
 
 
 def _spot_diameter_um(table: AnnData, region_rows: np.ndarray, region: str, override: float | None) -> float:
@@ -62,9 +82,44 @@ def _spot_diameter_um(table: AnnData, region_rows: np.ndarray, region: str, over
         sample = str(table.obs[SAMPLE_KEY].iloc[region_rows[0]])
         if sample in recorded:
             return float(recorded[sample])
+    # spatialdata_io.visium_hd names its bins "<dataset>_square_008um": the bin side is in the name.
+    match = _BIN_NAME.search(region)
+    if match:
+        return float(match.group(1))
     raise ValueError(
-        f"The spot diameter in µm of shapes element {region!r} is unknown: the table records none in "
-        f"uns[{UNS_KEY!r}][{SPOT_DIAMETER_KEY!r}]. Pass spot_diameter_um= (Visium: 55, legacy ST: 100)."
+        f"The spot size in µm of shapes element {region!r} is unknown: the table records none in "
+        f"uns[{UNS_KEY!r}][{SPOT_DIAMETER_KEY!r}] and the name is not a Visium HD bin name (…_square_008um). "
+        "Pass spot_diameter_um= (Visium: 55, legacy ST: 100, a square bin: its side)."
+    )
+
+
+def _spot_geometry(shapes: pd.DataFrame, ids: np.ndarray, region: str) -> tuple[np.ndarray, np.ndarray]:
+    """Centres ``(n, 2)`` and sizes ``(n,)`` of the spots ``ids``, in the shapes element's own coordinates.
+
+    A circle's size is its diameter; a polygon's is the side of the square of the same area (the side of
+    a square bin). Polygon centroids are computed in blocks, so a million bins never hold a million
+    temporary point objects at once.
+    """
+    geoms = shapes.geometry.loc[ids].to_numpy()
+    kinds = set(shapely.get_type_id(geoms[: min(len(geoms), 1000)]).tolist())
+    if kinds <= {_POINT} and "radius" in shapes.columns:
+        xy = np.column_stack([shapely.get_x(geoms), shapely.get_y(geoms)])
+        return xy, 2.0 * shapes["radius"].loc[ids].to_numpy(dtype=float)
+    if kinds <= _POLYGONS:
+        box, area = shapely.bounds(geoms), shapely.area(geoms)
+        xy = (box[:, :2] + box[:, 2:]) / 2
+        # An axis-aligned square bin fills its bounding box, whose centre is then its centroid; other
+        # polygons get shapely's centroid.
+        other = np.flatnonzero(~np.isclose(area, np.prod(box[:, 2:] - box[:, :2], axis=1), rtol=1e-9))
+        for start in range(0, len(other), _BLOCK):
+            rows = other[start : start + _BLOCK]
+            centroids = shapely.centroid(geoms[rows])
+            xy[rows] = np.column_stack([shapely.get_x(centroids), shapely.get_y(centroids)])
+        return xy, np.sqrt(area)
+    raise ValueError(
+        f"Shapes element {region!r} holds neither circles (points with a 'radius' column) nor polygons "
+        "(e.g. square bins); found geometry types "
+        f"{sorted(shapely.GeometryType(k).name for k in kinds)}."
     )
 
 
@@ -94,6 +149,9 @@ def resolve_sections(
 ) -> list[Section]:
     """Find, for every shapes element the table annotates, its image and the spot centres in pixels.
 
+    Spots are circles (points with a ``radius``) or polygons such as Visium HD's square bins; a polygon's
+    centre is its centroid and its size the side of the square of the same area.
+
     Parameters
     ----------
     sdata
@@ -101,8 +159,9 @@ def resolve_sections(
     table_key
         Name of the table annotating the spot shapes.
     spot_diameter_um
-        Spot diameter in µm. ``None`` reads it from ``table.uns["comtip"]["spot_diameter_um"]``
-        (written by :mod:`comtip_sc.io` and :mod:`comtip_sc.datasets`).
+        Spot diameter (a square bin's side) in µm. ``None`` reads it from
+        ``table.uns["comtip"]["spot_diameter_um"]`` (written by :mod:`comtip_sc.io` and
+        :mod:`comtip_sc.datasets`), or else from a Visium HD bin name (``…_square_008um``: 8 µm).
 
     Returns
     -------
@@ -144,8 +203,6 @@ def resolve_sections(
         if len(rows) == 0:
             continue
         shapes = sdata.shapes[region]
-        if "radius" not in shapes.columns:
-            raise ValueError(f"Shapes element {region!r} holds no circles (no 'radius' column).")
         ids = table.obs[instance_key].to_numpy()[rows]
         missing = pd.Index(ids).difference(shapes.index)
         if len(missing):
@@ -154,8 +211,7 @@ def resolve_sections(
                 f"{region!r}: instance ids {missing[:5].tolist()} (spots "
                 f"{table.obs_names[rows][pd.Index(ids).isin(missing)][:5].tolist()})."
             )
-        geom = shapes.loc[ids]
-        xy = np.column_stack([geom.geometry.x.to_numpy(), geom.geometry.y.to_numpy()])
+        xy, size = _spot_geometry(shapes, ids, region)
         bad = ~np.isfinite(xy).all(axis=1)
         if bad.any():
             raise ValueError(
@@ -170,14 +226,16 @@ def resolve_sections(
         )
         m_px = to_px.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
         centers = (np.column_stack([xy, np.ones(len(xy))]) @ m_px.T)[:, :2]
-        # µm per coordinate-system unit comes from the known physical spot diameter, so any
-        # coordinate system works: µm (our readers), full-resolution pixels (spatialdata_io.visium), ...
+        # µm per coordinate-system unit comes from the known physical spot size, so any coordinate
+        # system works: µm (our readers), full-resolution pixels (spatialdata_io.visium, visium_hd), ...
         m_cs = get_transformation(shapes, to_coordinate_system=cs).to_affine_matrix(
             input_axes=("x", "y"), output_axes=("x", "y")
         )
-        radius_cs = float(np.median(geom["radius"].to_numpy())) * _linear_scale(m_cs)
+        size_cs = float(np.median(size)) * _linear_scale(m_cs)
+        if not size_cs > 0:
+            raise ValueError(f"The spots of shapes element {region!r} have zero size (radius or area).")
         diameter_um = _spot_diameter_um(table, rows, region, spot_diameter_um)
-        um_per_cs_unit = diameter_um / (2.0 * radius_cs)
+        um_per_cs_unit = diameter_um / size_cs
         px_per_cs_unit = _linear_scale(m_px) / _linear_scale(m_cs)
         sections.append(
             Section(
@@ -187,6 +245,8 @@ def resolve_sections(
                 obs_index=rows,
                 centers_px=centers,
                 px_per_um=px_per_cs_unit / um_per_cs_unit,
+                spot_um=diameter_um,
+                to_px=m_px,
             )
         )
     if not sections:

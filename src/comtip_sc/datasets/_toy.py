@@ -253,7 +253,8 @@ def toy_tissue(
     image = _render(rng, label, bg_rgb, ink_rgb, families, variants, um_per_px)
     spot_type = label[_px(cy_um, um_per_px, h), _px(cx_um, um_per_px, w)]
     comp = _spot_composition(label, cy_um, cx_um, spot_diameter_um / 2, um_per_px, n_types)
-    counts = _counts(rng, comp, profiles, grad_idx, cy_um, cx_um, mean_umi, families)
+    u = _gradient(rng, cy_um, cx_um)
+    counts = _counts(rng, comp, profiles, grad_idx, u, _sizes(rng, comp, mean_umi, families))
 
     to_um = {sample_id: Scale([um_per_px, um_per_px], axes=("y", "x"))}
     image_name, shapes_name = f"{sample_id}{IMAGE_SUFFIX}", f"{sample_id}{SHAPES_SUFFIX}"
@@ -369,17 +370,25 @@ def _spot_composition(label, cy_um, cx_um, radius_um, um_per_px, n_types):
     return np.stack([(lab == t).mean(axis=1) for t in range(n_types)], axis=1)
 
 
-def _counts(rng, comp, profiles, grad_idx, cy_um, cx_um, mean_umi, families):
-    rates = comp @ profiles
-    # The gradient runs along a random direction: about 20-fold from one side of the section to the other.
+def _gradient(rng, cy_um, cx_um):
+    """Position in [-1, 1] of each spot along a random direction across the section."""
     angle = rng.uniform(0, 2 * np.pi)
     proj = cy_um * np.sin(angle) + cx_um * np.cos(angle)
-    u = (proj - proj.min()) / max(np.ptp(proj), 1e-9) * 2 - 1
-    rates[:, grad_idx] *= np.exp(1.5 * u)[:, None]
-    p = rates / rates.sum(axis=1, keepdims=True)
+    return (proj - proj.min()) / max(np.ptp(proj), 1e-9) * 2 - 1
+
+
+def _sizes(rng, comp, mean_umi, families):
+    """Expected UMI total of each spot: the type mix's relative depth times lognormal noise."""
     depth = comp @ np.array([_DEPTH[f] for f in families])
     depth /= depth.mean()  # keep the section's mean depth at mean_umi whatever the type mix
-    size = mean_umi * depth * rng.lognormal(-0.5 * 0.3**2, 0.3, size=len(comp))
+    return mean_umi * depth * rng.lognormal(-0.5 * 0.3**2, 0.3, size=len(comp))
+
+
+def _counts(rng, comp, profiles, grad_idx, u, size):
+    rates = comp @ profiles
+    # The gradient runs along a random direction: about 20-fold from one side of the section to the other.
+    rates[:, grad_idx] *= np.exp(1.5 * u)[:, None]
+    p = rates / rates.sum(axis=1, keepdims=True)
     lam = size[:, None] * p
     # Gamma-Poisson with shape 10: overdispersed like UMI counts.
     return rng.poisson(rng.gamma(10.0, lam / 10.0)).astype(np.int32)

@@ -6,5 +6,15 @@ from .._atomic import atomic_path
 from .._store import write_table
 from ._hest import read_hest
 from ._legacy_st import read_legacy_st
+from ._spatialdata_io import from_visium_hd, from_xenium, read_visium_hd, read_xenium
 
-__all__ = ["atomic_path", "read_hest", "read_legacy_st", "write_table"]
+__all__ = [
+    "atomic_path",
+    "from_visium_hd",
+    "from_xenium",
+    "read_hest",
+    "read_legacy_st",
+    "read_visium_hd",
+    "read_xenium",
+    "write_table",
+]
