@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..model._config import ComtipConfig, preset_training
+from .._presets import preset_training
+from ..model._config import ComtipConfig
 
 
 @dataclass
