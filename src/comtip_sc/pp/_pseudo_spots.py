@@ -69,7 +69,7 @@ def aggregate_bins(
         Fewest bins a kept pseudo-spot pools; ``None``: half the bins a full cell holds,
         ``ceil((spot_um / bin_um)² / 2)``.
     spot_diameter_um
-        Bin size in µm when the table does not record it (see :func:`comtip_sc.pp.SpotTiles`).
+        Bin size in µm when the table does not record it (see :class:`comtip_sc.pp.SpotTiles`).
     key_added
         Name of the new table; ``None``: ``f"pseudo_{spot_um:g}um"``. Each new shapes element is named
         ``f"{bins_element}_{key_added}"``.
