@@ -14,6 +14,7 @@ from spatialdata.models import Image2DModel, Labels2DModel, ShapesModel, TableMo
 from spatialdata.transformations import Identity, Scale, get_transformation
 
 import comtip_sc as cs
+from comtip_sc._predictions import get_predictions
 
 # The synthetic slide at 0.5 µm per pixel: an 8 µm bin is 16 px.
 UM_PER_PX = 0.5
@@ -260,7 +261,7 @@ def _fit_embed_predict(sdata, tiny_config, tmp_path, *, table_key, tile_um):
     cs.tl.comtip_embed(sdata, model, table_key=table_key)
     cs.tl.comtip_predict(sdata, model, table_key=table_key)
     table = sdata.tables[table_key]
-    emb, pred = table.obsm["X_comtip"], table.obsm["comtip_pred"]
+    emb, pred = table.obsm["X_comtip"], get_predictions(table, "comtip_pred")
     assert emb.shape == (table.n_obs, tiny_config.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-4)
     assert pred.shape == (table.n_obs, len(model.panel)) and np.isfinite(pred.to_numpy()).all()
