@@ -16,7 +16,12 @@ fi
 nvidia-smi || true
 df -h /dev/shm || true
 python3 - <<'PY'
-import os, torch
+import importlib.metadata as md, os, torch
+for name in ("numpy", "pandas", "xarray", "scipy", "lightning", "timm", "spatialdata", "anndata", "zarr", "dask"):
+    try:
+        print(name, md.version(name), end="; ")
+    except md.PackageNotFoundError:
+        print(name, "MISSING", end="; ")
 print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cores", os.cpu_count())
 PY
 mkdir -p "${OUT:-/tmp/gpu_table}"

@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
                     child = ["embed", str(12 if q else 32), str(args.batch or 64), tag, args.device]
                     rows += map(tuple, run_child(child, args.threads, env)["rows"])
             elif stage == "b":
-                rows += stage_fit(fit_side, plan, 2 if q else 3, work, args.device)
+                rows += stage_fit(fit_side, plan, 2 if q else 4 if gpu else 3, work, args.device)
             elif stage == "c":
                 rows += stage_slide(args, work, slide_px, slide_spots, workers)
             elif stage == "d":
