@@ -15,7 +15,7 @@ import comtip_sc as cs
 from comtip_sc._constants import PRED_KEY
 from comtip_sc._predictions import get_predictions
 from comtip_sc._tables import normalized_values
-from comtip_sc.pl import _maps
+from comtip_sc.pl import _layout
 
 GENES = ["KRT19", "COL1A1"]
 EXTRA = "ERBB2_NOT_IN_PANEL"
@@ -140,7 +140,7 @@ def test_map_spots_have_true_radius_and_position(predicted):
 
 def test_map_reads_a_coarse_level_and_scales_spots(predicted, monkeypatch):
     # With a small budget the 500 px level is enough: the background and the spots halve together.
-    monkeypatch.setattr(_maps, "_BACKGROUND_PX", 200)
+    monkeypatch.setattr(_layout, "_BACKGROUND_PX", 200)
     fig = cs.pl.predicted_vs_observed(predicted, "KRT19", return_fig=True, show=False)
     try:
         ax = fig.axes[0]

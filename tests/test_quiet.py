@@ -18,17 +18,22 @@ NOISE = ("GPU available", "TPU available", "Tip:", "LeafSpec", "Loading weights"
 
 
 def test_lightning_announcements_go_to_debug(caplog):
+    import lightning.pytorch  # noqa: F401  - sets its loggers to INFO, as in every fit
+
     caplog.set_level(logging.DEBUG, logger="comtip_sc")
     chatty = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     before = (
         logging.getLogger("lightning.pytorch").handlers,
         logging.getLogger("lightning.pytorch").propagate,
     )
-    with third_party_quiet(), warnings.catch_warnings(record=True) as shown:
+    with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
-        chatty.info("GPU available: False, used: False")
-        warnings.warn_explicit("old API", DeprecationWarning, "lightning/pytorch/utilities/_pytree.py", 21)
-        warnings.warn("your data has a problem", UserWarning, stacklevel=1)
+        with third_party_quiet():
+            chatty.info("GPU available: False, used: False")
+            warnings.warn_explicit(
+                "old API", DeprecationWarning, "lightning/pytorch/utilities/_pytree.py", 21
+            )
+            warnings.warn("your data has a problem", UserWarning, stacklevel=1)
     debug = [r.getMessage() for r in caplog.records if r.name == "comtip_sc.third_party"]
     assert any("GPU available" in m for m in debug) and any("old API" in m for m in debug)
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "comtip_sc.third_party")
