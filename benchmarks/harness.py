@@ -117,7 +117,8 @@ def _score(
 ) -> dict:
     """``cs.tl.evaluate`` on the test table; ``pred`` (panel order) is written first unless it is there.
 
-    The predictions (``obsm[layer]``, spots × genes) are deleted afterwards unless ``keep``.
+    Given predictions go to ``obsm[layer]`` (spots × genes), the layout ``evaluate`` also reads; the
+    predictions (there and in ``comtip_predict``'s ``layers[layer]``) are deleted afterwards unless ``keep``.
     """
     import comtip_sc as cs
 
@@ -126,7 +127,8 @@ def _score(
         table.obsm[layer] = pd.DataFrame(pred, index=table.obs_names, columns=panel)
     row = cs.tl.evaluate(test, pred_key=layer, genes=panel).loc["all"].to_dict()
     if not keep:
-        del table.obsm[layer]
+        table.obsm.pop(layer, None)
+        table.layers.pop(layer, None)
     return row
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from comtip_sc._constants import INFER_BATCH_SIZE, N_TOP_GENES, TRAIN_BATCH_SIZE
+from comtip_sc._constants import EMBED_BATCH_CPU, EMBED_BATCH_GPU, N_TOP_GENES, TRAIN_BATCH_SIZE
 from comtip_sc._presets import preset_training
 from comtip_sc.cli import EXIT_DATA, EXIT_OK, build_parser, main
 
@@ -40,14 +40,21 @@ def test_help_states_the_api_defaults():
     assert f"cpu {preset_training('cpu')['max_epochs']}" in fit["epochs"].help
     assert "cpu 12" in fit["epochs"].help  # the cpu preset's real epochs
     assert str(N_TOP_GENES) in fit["n_top_genes"].help and str(TRAIN_BATCH_SIZE) in fit["batch_size"].help
-    sig = inspect.signature(cs.tl.fit).parameters
-    assert sig["n_top_genes"].default == N_TOP_GENES and sig["batch_size"].default == TRAIN_BATCH_SIZE
-    for command, func in (("embed", cs.tl.comtip_embed), ("predict", cs.tl.comtip_predict)):
+    assert inspect.signature(cs.tl.fit).parameters["n_top_genes"].default == N_TOP_GENES
+    assert cs.train.TrainSettings().batch_size == TRAIN_BATCH_SIZE
+    assert cs.train.TrainSettings.preset("cpu").max_epochs == preset_training("cpu")["max_epochs"]
+    import torch
+
+    from comtip_sc.model._inference import embed_batch_size
+
+    assert embed_batch_size(torch.device("cpu")) == EMBED_BATCH_CPU
+    for command in ("embed", "predict"):
         opts = _options(command)
-        assert inspect.signature(func).parameters["batch_size"].default == INFER_BATCH_SIZE
-        assert f"default: {INFER_BATCH_SIZE}" in opts["batch_size"].help
-        # Left unset, the option is not passed: the API's own default applies.
-        assert opts["batch_size"].default is None
+        assert f"default: {EMBED_BATCH_CPU} on the CPU, {EMBED_BATCH_GPU} on a GPU" in opts["batch_size"].help
+    for command in ("fit", "embed", "predict", "demo"):
+        # Left unset, these options are not passed: the API's own defaults apply.
+        opts = _options(command)
+        assert all(opts[o].default is None for o in ("batch_size", "num_workers", "accelerator"))
 
 
 def test_every_command_takes_overwrite():

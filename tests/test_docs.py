@@ -88,19 +88,36 @@ def test_tutorials_present():
     )
 
 
+#: A stored inline figure (base64 PNG) and a stored notebook stay small enough to read and review.
+MAX_FIGURE_CHARS = 250_000
+MAX_NOTEBOOK_BYTES = 2_500_000
+#: Output a reader should never see: third-party chatter that the package keeps in its debug log.
+NOISE = ("IProgress not found", "GPU available", "TPU available", "💡 Tip", "Loading weights", "LeafSpec")
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
-def test_notebook_stored_without_outputs(notebook):
+def test_notebook_stored_executed(notebook):
+    """Tutorials are stored run once, top to bottom, with their (small) figures, so the docs show them."""
     _require({"nbformat": "nbformat"})
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
     nbformat.validate(nb)
-    dirty = [
-        i
-        for i, cell in enumerate(nb.cells)
-        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
-    ]
-    assert not dirty, f"{notebook.name}: cells {dirty} carry outputs; store tutorials without outputs."
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    counts = [cell.get("execution_count") for cell in code]
+    assert counts == list(range(1, len(code) + 1)), f"{notebook.name}: run it once in order ({counts})"
+    outputs = [out for cell in code for out in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"], f"{notebook.name} stored an error"
+    figures = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+    assert figures, f"{notebook.name} shows no figure"
+    big = [len(f) for f in figures if len(f) > MAX_FIGURE_CHARS]
+    assert not big, f"{notebook.name}: figures of {big} characters; draw them at a lower dpi"
+    assert notebook.stat().st_size < MAX_NOTEBOOK_BYTES
+    text = "".join(
+        o.get("text", "") if o.output_type == "stream" else str(o.get("data", {}).get("text/plain", ""))
+        for o in outputs
+    )
+    assert not [n for n in NOISE if n in text], f"{notebook.name}: {[n for n in NOISE if n in text]}"
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import comtip_sc as cs
 from comtip_sc._constants import PRED_KEY
 from comtip_sc._predictions import get_predictions
 from comtip_sc._tables import normalized_values
-from comtip_sc.pl import _maps
+from comtip_sc.pl import _layout
 
 GENES = ["KRT19", "COL1A1"]
 EXTRA = "ERBB2_NOT_IN_PANEL"
@@ -50,8 +50,44 @@ def _maps_of(ax):
 # ------------------------------------------------------------------ predicted_vs_observed
 def test_map_renders_png(predicted, tmp_path):
     out = tmp_path / "map.png"
-    assert cs.pl.predicted_vs_observed(predicted, GENES, save=out, show=False) is None
+    axes = cs.pl.predicted_vs_observed(predicted, GENES, save=out, show=False)
     _assert_png(out, min_bytes=50_000)
+    # As in scanpy: show=False hands back the map axes and leaves the figure open for more drawing.
+    assert len(axes) == 2 * len(GENES) and plt.fignum_exists(axes[0].figure.number)
+    plt.close(axes[0].figure)
+    assert cs.pl.predicted_vs_observed(predicted, GENES, save=out) is None  # saved, not shown: closed
+
+
+def test_show_false_then_savefig_saves_the_figure(predicted, clustered, tmp_path):
+    """The figure stays open after show=False, so plt.savefig writes what was drawn (not a blank page)."""
+    for i, draw in enumerate(
+        [
+            lambda: cs.pl.predicted_vs_observed(predicted, GENES, show=False),
+            lambda: cs.pl.gene_pcc(predicted, show=False),
+            lambda: cs.pl.embedding(clustered, show=False),
+        ]
+    ):
+        out = tmp_path / f"{i}.png"
+        axes = draw()
+        assert axes is not None
+        plt.savefig(out)
+        plt.close("all")
+        _assert_png(out)
+
+
+def test_each_map_row_has_its_own_r(predicted):
+    fig = cs.pl.predicted_vs_observed(predicted, GENES, return_fig=True, show=False)
+    try:
+        table = predicted.tables["table"]
+        obs = normalized_values(table, GENES)
+        pred = get_predictions(table, PRED_KEY)[GENES].to_numpy()
+        axes = np.array(fig.axes[: 3 * len(GENES)]).reshape(len(GENES), 3)
+        for j, gene in enumerate(GENES):
+            r = np.corrcoef(obs[:, j], pred[:, j])[0, 1]
+            assert axes[j, 0].get_title() == f"{gene} observed"
+            assert axes[j, 1].get_title() == f"{gene} predicted, r = {r:.2f}"
+    finally:
+        plt.close(fig)
 
 
 def test_map_rows_share_one_colour_scale(predicted):
@@ -85,7 +121,7 @@ def test_map_titles_carry_pearson_r(predicted):
         pred = get_predictions(table, PRED_KEY)["KRT19"].to_numpy()
         r = np.corrcoef(obs, pred)[0, 1]
         titles = [ax.get_title() for ax in fig.axes[:2]]
-        assert titles == [f"KRT19 observed (r = {r:.2f})", f"KRT19 predicted (r = {r:.2f})"]
+        assert titles == ["KRT19 observed", f"KRT19 predicted, r = {r:.2f}"]
     finally:
         plt.close(fig)
 
@@ -104,7 +140,7 @@ def test_map_spots_have_true_radius_and_position(predicted):
 
 def test_map_reads_a_coarse_level_and_scales_spots(predicted, monkeypatch):
     # With a small budget the 500 px level is enough: the background and the spots halve together.
-    monkeypatch.setattr(_maps, "_BACKGROUND_PX", 200)
+    monkeypatch.setattr(_layout, "_BACKGROUND_PX", 200)
     fig = cs.pl.predicted_vs_observed(predicted, "KRT19", return_fig=True, show=False)
     try:
         ax = fig.axes[0]
@@ -182,7 +218,7 @@ def test_map_needs_sample_when_table_spans_sections(tiny_model, tmp_path):
 # ------------------------------------------------------------------ gene_pcc
 def test_gene_pcc_renders_and_ranks(predicted, tmp_path):
     out = tmp_path / "pcc.png"
-    cs.pl.gene_pcc(predicted, save=out, show=False)
+    cs.pl.gene_pcc(predicted, save=out)
     _assert_png(out)
     fig = cs.pl.gene_pcc(predicted.tables["table"], n_top_genes=1, return_fig=True, show=False)
     try:
@@ -191,6 +227,20 @@ def test_gene_pcc_renders_and_ranks(predicted, tmp_path):
         y = ax.collections[0].get_offsets()[:, 1]
         np.testing.assert_allclose(y, np.sort(r.to_numpy())[::-1])
         assert [t.get_text() for t in ax.texts] == [r.idxmax()]
+    finally:
+        plt.close(fig)
+
+
+def test_gene_pcc_labels_do_not_overlap(predicted):
+    fig = cs.pl.gene_pcc(predicted, n_top_genes=10, return_fig=True, show=False)
+    try:
+        fig.canvas.draw()
+        boxes = [t.get_window_extent() for t in fig.axes[0].texts]
+        assert len(boxes) == min(10, predicted.tables["table"].var["comtip_pcc"].notna().sum())
+        for i, a in enumerate(boxes):
+            assert not any(a.overlaps(b) for b in boxes[i + 1 :])
+        legend = fig.axes[0].get_legend().get_window_extent()
+        assert not any(legend.overlaps(b) for b in boxes)
     finally:
         plt.close(fig)
 
@@ -209,7 +259,7 @@ def test_gene_pcc_on_given_axes_and_errors(predicted):
 # ------------------------------------------------------------------ embedding
 @pytest.fixture(scope="module")
 def clustered(tiny_model):
-    sdata = _toy()
+    sdata = _toy(sample_id="patient_A_section_1")  # a legend as wide as real section names
     cs.tl.comtip_embed(sdata, tiny_model)
     cs.tl.embedding_clusters(sdata, n_neighbors=10)
     return sdata
@@ -239,7 +289,7 @@ def test_embedding_renders_without_touching_the_table(clustered, tmp_path):
     table = clustered.tables["table"]
     before = (set(table.obs.columns), set(table.obsm.keys()), set(table.obsp.keys()), set(table.uns.keys()))
     out = tmp_path / "umap.png"
-    cs.pl.embedding(clustered, save=out, show=False)
+    cs.pl.embedding(clustered, save=out)
     _assert_png(out)
     after = (set(table.obs.columns), set(table.obsm.keys()), set(table.obsp.keys()), set(table.uns.keys()))
     assert after == before
@@ -247,6 +297,10 @@ def test_embedding_renders_without_touching_the_table(clustered, tmp_path):
     try:
         titles = [ax.get_title() for ax in fig.axes[:2]]
         assert titles == ["sample (X_comtip_umap)", "comtip_leiden (X_comtip_umap)"]
+        fig.canvas.draw()
+        # The first panel's legend ends before the second panel begins.
+        legend = fig.axes[0].get_legend().get_window_extent()
+        assert legend.x1 < fig.axes[1].get_window_extent().x0
     finally:
         plt.close(fig)
     ax = cs.pl.embedding(clustered, color="KRT19", ax=plt.subplots()[1], show=False)

@@ -13,7 +13,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 #: Subpackages, imported on first use: ``import comtip_sc`` alone loads no torch, so the ``comtip``
 #: command answers ``--help`` at once. ``cs.tl``, ``cs.pl`` ... work as attributes as usual.
-_SUBPACKAGES = ("datasets", "io", "model", "pl", "pp", "tl")
+_SUBPACKAGES = ("constants", "datasets", "io", "model", "pl", "pp", "tl", "train")
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import datasets, io, pl, pp, tl

@@ -52,8 +52,6 @@ DEFAULT_TILE_PX = 112
 #: Default size of the gene panel (``cs.pp.select_genes``, ``cs.tl.fit``, ``comtip fit``): a ceiling, since a
 #: panel has only the genes detected in every section.
 N_TOP_GENES = 250
-#: Spots per batch when embedding or predicting (``cs.tl.comtip_embed``, ``cs.tl.comtip_predict``).
-INFER_BATCH_SIZE = 64
 #: Spots per training batch (``cs.tl.fit``).
 TRAIN_BATCH_SIZE = 32
 #: Reference spots averaged by ``comtip_predict(method="retrieval")``.

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
+
+from ._cli_commands import common
 from ._cli_io import load_data, write_result
-from ._constants import EMBED_KEY, SAMPLE_KEY
+from ._constants import CLUSTER_KEY, DEFAULT_TILE_UM, EMBED_KEY, PRED_KEY, SAMPLE_KEY
 
 
 def _split(sdata, table_key: str):
@@ -25,10 +28,10 @@ def _split(sdata, table_key: str):
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Fit → comtip_embed → comtip_predict (retrieval and zero-shot) → evaluate, on unseen spots."""
+    """Fit → comtip_embed → comtip_predict (retrieval and zero-shot) → evaluate → a figure, on unseen spots."""
     import comtip_sc as cs
 
-    out = Path(args.out)
+    out = Path(args.out)  # an existing one was refused without --overwrite; with it, files are replaced
     out.mkdir(parents=True, exist_ok=True)
     if args.data == "toy":
         train = cs.datasets.toy_tissue(n_rows=16, n_cols=16, seed=args.seed)
@@ -50,50 +53,48 @@ def run_demo(args: argparse.Namespace) -> int:
             f"Data: {args.data}: training on {train.tables[args.table_key].n_obs} spots, "
             f"predicting the held-out section {held_out} ({test.tables[args.table_key].n_obs} spots)."
         )
-        tile_um = 150.0
+        tile_um = DEFAULT_TILE_UM
+    shared = common(args)
     model = cs.tl.fit(
         train,
         table_key=args.table_key,
         preset="cpu",
         tile_um=tile_um,
         max_epochs=args.epochs,
-        batch_size=args.batch_size,
         seed=args.seed,
-        accelerator=args.accelerator,
-        num_workers=args.num_workers,
-        spot_diameter_um=args.spot_diameter_um,
         default_root_dir=str(out),
         val_sections=None,
         enable_progress_bar=not args.quiet,
+        **shared,
     )
     model_dir = out / "model"
     model.save(model_dir, overwrite=True)
     print(f"Trained {model!r}\n  -> saved to {model_dir}")
-    cs.tl.comtip_embed(
-        test,
-        model,
-        table_key=args.table_key,
-        accelerator=args.accelerator,
-        spot_diameter_um=args.spot_diameter_um,
+    cs.tl.comtip_embed(test, model, table_key=args.table_key, **shared)
+    cs.tl.embedding_clusters(test, table_key=args.table_key)
+    print(
+        f"Embedded {test.tables[args.table_key].n_obs} unseen spots -> table.obsm[{EMBED_KEY!r}], "
+        f"clusters -> table.obs[{CLUSTER_KEY!r}]"
     )
-    print(f"Embedded {test.tables[args.table_key].n_obs} unseen spots -> table.obsm[{EMBED_KEY!r}]")
+    shared.pop("num_workers", None)  # prediction reads tiles in the main process
     for method in ("retrieval", "zero_shot"):
-        key = f"comtip_pred_{method}"
+        key = f"{PRED_KEY}_{method}"
         cs.tl.comtip_predict(
-            test,
-            model,
-            method=method,
-            table_key=args.table_key,
-            key_added=key,
-            use_rep=EMBED_KEY,
-            accelerator=args.accelerator,
+            test, model, method=method, table_key=args.table_key, key_added=key, use_rep=EMBED_KEY, **shared
         )
         scores = cs.tl.evaluate(test, pred_key=key, table_key=args.table_key, key_added=f"pcc_{method}")
         row = scores.loc["all"]
         print(
-            f"Predicted {int(row.n_genes)} genes ({method}) -> table.obsm[{key!r}]: "
+            f"Predicted {int(row.n_genes)} genes ({method}) -> table.layers[{key!r}]: "
             f"PCC-ALL {row['PCC-ALL']:.3f}, PCC-HEG {row['PCC-HEG']:.3f}, MSE {row['MSE']:.3f}"
         )
     result = write_result(test, str(out / "predictions.h5ad"), args.table_key)
     print(f"Results (table with embeddings, predictions, per-gene PCC in var) -> {result}")
+    if len(pd.unique(test.tables[args.table_key].obs[SAMPLE_KEY])) == 1:
+        from ._demo_figure import demo_figure, most_variable
+
+        key = f"{PRED_KEY}_retrieval"
+        genes = most_variable(test, key, args.table_key)
+        figure = demo_figure(test, out / "demo.png", genes=genes, pred_key=key, table_key=args.table_key)
+        print(f"Figure (observed vs predicted {', '.join(genes)}; clusters on the tissue) -> {figure}")
     return 0

@@ -94,7 +94,8 @@ def get_predictions(table: AnnData, pred_key: str) -> pd.DataFrame:
                 f"obsm[{pred_key!r}] is a {type(extra).__name__}, not the DataFrame of genes that "
                 "cs.tl.comtip_predict writes; pass the key of a prediction."
             )
-        frames.append(extra)
+        # Genes in the layer win over an older copy in obsm (a table written by both layouts).
+        frames.append(extra.loc[:, ~extra.columns.isin(frames[0].columns)] if frames else extra)
     if not frames:
         raise KeyError(
             f"{pred_key!r} holds no predictions (layers: {list(table.layers.keys())}, obsm: "

@@ -18,8 +18,9 @@ import time
 from ._cli_io import RESULT_SUFFIXES, check_data, check_model, check_output
 from ._constants import (
     DEFAULT_TILE_UM,
+    EMBED_BATCH_CPU,
+    EMBED_BATCH_GPU,
     EMBED_KEY,
-    INFER_BATCH_SIZE,
     N_TOP_GENES,
     PRED_KEY,
     RETRIEVAL_K,
@@ -47,12 +48,12 @@ def _per_preset(key: str) -> str:
     return ", ".join(f"{n} {preset_training(n)[key]:g}" for n in names)
 
 
-def _add_common(p: argparse.ArgumentParser, batch_size: int) -> None:
+def _add_common(p: argparse.ArgumentParser, batch_size: str, workers: str = "0") -> None:
     p.add_argument(
         "--table-key", default=TABLE_KEY, help="Table of the SpatialData to use (default: %(default)s)."
     )
     p.add_argument("--batch-size", type=int, help=f"Spots per batch (default: {batch_size}).")
-    p.add_argument("--num-workers", type=int, help="Data-loader workers cutting tiles (default: 0).")
+    p.add_argument("--num-workers", type=int, help=f"Data-loader workers cutting tiles (default: {workers}).")
     p.add_argument("--accelerator", help="auto, cpu or gpu (default: auto).")
     p.add_argument(
         "--spot-diameter-um",
@@ -168,7 +169,11 @@ def _add_embed_predict(sub, name: str, helptext: str) -> None:
             help="Softmax temperature of zero_shot (default: the one fit chose on the training spots).",
         )
         p.add_argument("--layer-added", help="Deprecated alias of --key-added.")
-    _add_common(p, INFER_BATCH_SIZE)
+    _add_common(
+        p,
+        f"{EMBED_BATCH_CPU} on the CPU, {EMBED_BATCH_GPU} on a GPU",
+        "0 on the CPU, min(8, cores - 2) with a GPU",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="Folder to save the trained model to.")
     _add_fit_options(p)
-    _add_common(p, TRAIN_BATCH_SIZE)
+    _add_common(p, str(TRAIN_BATCH_SIZE))
 
     _add_embed_predict(sub, "embed", f"Write image embeddings (obsm['{EMBED_KEY}']).")
     _add_embed_predict(
@@ -213,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=int, default=4, help="Training epochs of the demo (default: %(default)s)."
     )
     p.add_argument("--seed", type=int, default=0, help="Seed (default: %(default)s).")
-    _add_common(p, TRAIN_BATCH_SIZE)
+    _add_common(p, str(TRAIN_BATCH_SIZE))
 
     sub.add_parser(
         "benchmark",

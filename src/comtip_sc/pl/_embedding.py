@@ -106,6 +106,9 @@ def embedding(
     if ax is not None:
         sc.pl.embedding(work, basis=basis, color=colors[0], ax=ax, show=False, title=title[0], **kwargs)
         return finish_ax(ax, False, show=show, save=save, return_fig=return_fig)
+    # scanpy's default gap between panels (~0.2 of a panel's width) is narrower than a legend of section
+    # names, which then runs into the next panel.
+    kwargs.setdefault("wspace", 0.6)
     fig = sc.pl.embedding(work, basis=basis, color=colors, show=False, return_fig=True, title=title, **kwargs)
     if not isinstance(fig, Figure):  # older scanpy returned axes for a single panel
         fig = plt.gcf()

@@ -14,7 +14,7 @@ import lightning as L
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from .._constants import DEFAULT_TILE_UM, TABLE_KEY
+from .._constants import DEFAULT_TILE_UM, N_TOP_GENES, TABLE_KEY
 from .._logging import third_party_quiet
 from ..model._comtip_model import ComtipModel
 from ..model._config import ComtipConfig
@@ -35,7 +35,7 @@ def fit(
     table_key: str = TABLE_KEY,
     layer: str | None = None,
     genes: Sequence[str] | None = None,
-    n_top_genes: int = 250,
+    n_top_genes: int = N_TOP_GENES,
     preset: str = "cpu",
     config: ComtipConfig | None = None,
     settings: TrainSettings | None = None,

@@ -11,7 +11,7 @@ import torch
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from .._constants import PRED_KEY, TABLE_KEY
+from .._constants import PRED_KEY, RETRIEVAL_K, TABLE_KEY
 from .._deprecation import renamed_arguments
 from .._devices import resolve_device
 from .._predictions import split_by_table, store_predictions
@@ -96,7 +96,7 @@ def comtip_predict(
     *,
     method: Literal["retrieval", "zero_shot", "head", "hybrid"] = "retrieval",
     genes: Sequence[str] | None = None,
-    k: int = 50,
+    k: int = RETRIEVAL_K,
     temperature: float | None = None,
     cv_blocks: int | None = CV_BLOCKS,
     reference: SpatialData | None = None,

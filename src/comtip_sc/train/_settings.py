@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .._constants import TRAIN_BATCH_SIZE
 from .._presets import preset_training
 from ..model._config import ComtipConfig
 
@@ -53,7 +54,7 @@ class TrainSettings:
 
     max_epochs: int = 12
     lr: float = 1e-3
-    batch_size: int = 32
+    batch_size: int = TRAIN_BATCH_SIZE
     weight_decay: float = 0.05
     backbone_lr_mult: float = 1.0
     layer_decay: float | None = None
