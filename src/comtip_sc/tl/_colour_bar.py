@@ -92,7 +92,7 @@ def colour_bar_predict(
     """Fit the four colour-bar variants on training spots; predict test spots; choose a variant by CV.
 
     Each variant standardises its 54 features over the training spots (after the per-section z-scores,
-    if any) and fits the package's spatial-block ridge over ``train_folds``. The chosen variant has
+    if any) and fits ``cs.tl.ridge_cv`` over ``train_folds``. The chosen variant has
     the best PCC-ALL of out-of-fold predictions over the same folds (each fold predicted by a ridge with
     the variant's penalty fitted on the other folds), ties going to the simpler variant. Test values are
     never looked at: selection uses training spots only.
@@ -106,7 +106,7 @@ def colour_bar_predict(
     train_sections, test_sections
         Section of every spot (for the per-section z-scores).
     train_folds
-        Spatial CV fold of every training spot (k-means blocks of each section), at least two.
+        Spatial CV fold of every training spot (``cs.tl.spatial_folds``), at least two.
     context_scale
         The context tile's scale, for the variants' names.
 
