@@ -16,6 +16,7 @@ TOP_LEVEL = {
     "_cli_commands.py": "cli",
     "_cli_io.py": "cli",
     "_demo.py": "cli",
+    "_demo_figure.py": "cli",
     "__init__.py": "cli",
 }
 
