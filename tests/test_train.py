@@ -77,3 +77,11 @@ def test_fit_writes_nothing_into_the_working_directory(tiny_config, tmp_path, mo
     # Two datasets of one section each: the last is held out, the best epoch's checkpoint was read back and then removed.
     assert model.history["val_sections"] and model.history["best_checkpoint"] == ""
     assert model.history["settings"]["batch_size"] == 8
+    # The self-check scored every read-out and the simple bar on the held-out section, and travels with the model.
+    check = model.validation_
+    assert list(check.index[:4]) == ["retrieval", "head", "zero_shot", "hybrid"]
+    assert check.index[4].startswith("simple bar (") and check["n_spots"].iloc[0] == 25
+    assert check["pcc_all"].between(-1, 1).all() and check.loc[check.index[4], "vs_bar"] == 0
+    assert "self-check: best" in repr(model)
+    model.save(tmp_path / "m")
+    assert cs.model.ComtipModel.load(tmp_path / "m").validation_.equals(check)

@@ -100,6 +100,8 @@ def _fit(args: argparse.Namespace) -> int:
     if rank_zero_only.rank == 0:
         model.save(args.out, overwrite=args.overwrite)
         print(f"Saved {model!r} to {args.out}")
+        if model.validation_ is not None:
+            print(cs.tl.format_self_check(model.validation_))
     return 0
 
 

@@ -37,6 +37,9 @@ EMBED_KEY = "X_comtip"
 #: Default ``obs`` column of the Leiden clusters of the image embedding, and ``obsm`` key of its UMAP.
 CLUSTER_KEY = "comtip_leiden"
 UMAP_KEY = EMBED_KEY + "_umap"
+#: Row label of the simple colour bar in a self-check table (``cs.tl.self_check``, ``model.validation_``); the
+#: bar's chosen variant follows in brackets.
+BAR_ROW = "simple bar"
 #: Default key of predicted expression: ``layers[PRED_KEY]`` for the genes the table measures, an
 #: ``obsm[PRED_KEY]`` DataFrame for the others (see ``comtip_sc._predictions``).
 PRED_KEY = "comtip_pred"

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .._atomic import atomic_path
+from .._constants import BAR_ROW
 from ._bank import ReferenceBank
 from ._config import ComtipConfig
 from ._gene_names import check_text_encoder
@@ -125,6 +127,20 @@ class ComtipModel:
         """The gene vocabulary of the Gene-Text Encoder (panel genes plus any added later)."""
         return self.network.gene_names
 
+    @property
+    def validation_(self) -> pd.DataFrame | None:
+        """The self-check of :func:`~comtip_sc.tl.fit`; ``None`` when fit held nothing out.
+
+        Every read-out and the simple colour bar, PCC-ALL on the held-out sections
+        (:func:`~comtip_sc.tl.self_check`).
+
+        Stored in ``history["validation"]``, so it is saved and loaded with the model.
+        """
+        rows = self.history.get("validation")
+        if not rows:
+            return None
+        return pd.DataFrame(rows["table"]).set_index("read_out")
+
     def __repr__(self) -> str:
         c = self.config
         flags = ", ".join(f"{k}={getattr(c, k)}" for k in ("use_values", "use_names", "mfm", "paat"))
@@ -133,7 +149,7 @@ class ComtipModel:
         ref = "none" if self.reference is None else f"{len(self.reference.embeddings)} spots"
         return (
             f"ComtipModel(backbone={c.backbone!r}, tile={self.tile_um:g} µm @ {self.tile_px} px, "
-            f"{len(self.panel)} panel genes, {flags}, reference={ref})"
+            f"{len(self.panel)} panel genes, {flags}, reference={ref}{_check_summary(self.validation_)})"
         )
 
     def tiles(self, sdata, *, table_key: str = "table", spot_diameter_um: float | None = None):
@@ -362,6 +378,18 @@ def _read_safetensors(file: Path, map_location: str) -> dict[str, torch.Tensor]:
         return load_file(str(file), device=map_location)
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{file} is truncated or corrupt and cannot be read: {err}") from err
+
+
+def _check_summary(table: pd.DataFrame | None) -> str:
+    """``", self-check: best <read-out> 0.21 vs simple bar 0.18"`` for the repr; empty without a self-check."""
+    if table is None or table.empty:
+        return ""
+    bar = table[table.index.str.startswith(BAR_ROW)]
+    ours = table.drop(bar.index)
+    if ours.empty or bar.empty:
+        return ""
+    best = ours["pcc_all"].idxmax()
+    return f", self-check: best {best} {ours['pcc_all'].max():.3f} vs simple bar {bar['pcc_all'].iloc[0]:.3f}"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -1,13 +1,15 @@
 """``cs.tl.fit``: train a CoMTIP model on one or several SpatialData objects.
 
 ``fit`` only orchestrates: :mod:`comtip_sc.train` registers the sections, builds the training plan and
-runs it with Lightning; the zero-shot read-out is calibrated on the result.
+runs it with Lightning; the zero-shot read-out is calibrated on the result, and the result is scored against
+the simple colour bar on the held-out sections (the self-check).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -20,6 +22,7 @@ from ..model._comtip_model import ComtipModel
 from ..model._config import ComtipConfig
 from ..model._trunk import TRUNK_PRESETS
 from ..train import TrainRunner, TrainSettings, register_all, resolve_settings, training_plan
+from ._fit_check import check_on_held_out
 from ._zero_shot import calibrate_zero_shot
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ def fit(
     tile_um: float = DEFAULT_TILE_UM,
     spot_diameter_um: float | None = None,
     val_sections: Sequence[str] | str | None = "auto",
+    check: bool = True,
     accelerator: str = "auto",
     devices: int | str | Sequence[int] = "auto",
     precision: str | None = None,
@@ -91,6 +95,13 @@ def fit(
         section of the group with the fewest spots; else the last section when there are several, none
         when there is one. ``None``: no validation. Held-out sections do not train the network; they are
         in the reference bank (retrieval and the head use every section given to ``fit``).
+    check
+        The self-check (:func:`~comtip_sc.tl.self_check`): after training, every read-out (retrieval, head,
+        zero-shot, hybrid) and the simple colour bar (the best of the colour-statistics ridges, fitted on the
+        training sections) are scored with PCC-ALL on the held-out sections. The table is logged, kept in
+        ``model.validation_`` (saved with the model) and summarised in ``repr(model)``; a warning says when
+        no read-out beats the bar. ``fit`` does not refit on all sections afterwards: the returned network
+        is the one that was checked (the held-out sections join only its reference bank).
     accelerator, devices, precision
         Lightning's device settings. ``precision=None``: :func:`~comtip_sc.train.default_precision`
         (``"bf16-mixed"`` on GPUs that support it, ``"32-true"`` elsewhere). With several devices, InfoNCE
@@ -163,7 +174,21 @@ def fit(
         tile_cache=tile_cache,
         trainer_kwargs=trainer_kwargs,
     )
-    return runner.run(finish=_finish)
+    finish = partial(
+        _finish,
+        check=partial(
+            check_on_held_out,
+            datasets=datasets,
+            data=data,
+            table_key=table_key,
+            layer=layer,
+            spot_diameter_um=spot_diameter_um,
+            accelerator=accelerator,
+        )
+        if check
+        else None,
+    )
+    return runner.run(finish=finish)
 
 
 def _check_local_weights(preset: str, cfg: ComtipConfig) -> None:
@@ -179,9 +204,11 @@ def _check_local_weights(preset: str, cfg: ComtipConfig) -> None:
         )
 
 
-def _finish(model: ComtipModel) -> None:
-    """Calibrate the zero-shot read-out and report, once, on the process that keeps the model."""
+def _finish(model: ComtipModel, check=None) -> None:
+    """Calibrate the zero-shot read-out, run the self-check and report, once, on the process that keeps the model."""
     calibrate_zero_shot(model)
+    if check is not None:
+        check(model)
     cone = model.history["cone"]
     if max(cone.values()) > CONE_WARN:
         log.warning(

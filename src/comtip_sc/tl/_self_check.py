@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 from spatialdata import SpatialData
 
-from .._constants import TABLE_KEY
+from .._constants import BAR_ROW, TABLE_KEY
 from .._devices import resolve_device
+from .._predictions import get_predictions
 from .._tables import get_table, normalized_values
 from ..model._comtip_model import ComtipModel
 from ._colour_bar import as_list, colour_bar
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 
 #: The read-outs scored by default, in table order.
 READOUTS = ("retrieval", "head", "zero_shot", "hybrid")
-#: Row label prefix of the simple bar; its chosen variant follows in brackets.
-BAR_ROW = "simple bar"
 #: Working keys in the copies of the held-out tables (never in the user's objects).
 _EMB, _PRED = "_self_check_emb", "_self_check_pred"
 
@@ -199,7 +198,7 @@ def self_check(
                 spot_diameter_um=spot_diameter_um,
                 accelerator=accelerator,
             )
-            preds[m].append(table.obsm[_PRED][genes].to_numpy(np.float64))
+            preds[m].append(get_predictions(table, _PRED)[genes].to_numpy(np.float64))
     bar = colour_bar(
         train,
         held_out,
