@@ -6,6 +6,7 @@ import torch
 
 import comtip_sc as cs
 from comtip_sc._constants import EMBED_KEY, PRED_KEY
+from comtip_sc._predictions import get_predictions
 from comtip_sc.model import ComtipModel
 from comtip_sc.model._inference import encode_tiles
 from comtip_sc.tl._hybrid import with_bank_colour
@@ -68,8 +69,8 @@ def test_embed_and_predict_with_tta(tiny_model):
     pred = cs.tl.comtip_predict(sdata, tiny_model, method="head", genes=GENES, tta=True, copy=True)
     via_rep = cs.tl.comtip_predict(out, tiny_model, method="head", genes=GENES, use_rep=EMBED_KEY, copy=True)
     np.testing.assert_allclose(
-        pred.tables["table"].obsm[PRED_KEY].to_numpy(),
-        via_rep.tables["table"].obsm[PRED_KEY].to_numpy(),
+        get_predictions(pred.tables["table"], PRED_KEY).to_numpy(),
+        get_predictions(via_rep.tables["table"], PRED_KEY).to_numpy(),
         atol=1e-4,
     )
     assert pred.tables["table"].uns["comtip"]["predict"][PRED_KEY]["tta"] is True
@@ -99,7 +100,7 @@ def test_hybrid_predicts_and_records_its_choices(tiny_model, coloured):
     sdata = _unseen()
     out = cs.tl.comtip_predict(sdata, coloured, method="hybrid", genes=GENES, copy=True)
     table = out.tables["table"]
-    pred = table.obsm[PRED_KEY]
+    pred = get_predictions(table, PRED_KEY)
     assert list(pred.columns) == GENES and pred.shape == (table.n_obs, len(GENES))
     assert np.isfinite(pred.to_numpy()).all() and pred.to_numpy().std(axis=0).min() > 0
     rec = table.uns["comtip"]["predict"][PRED_KEY]
@@ -109,7 +110,9 @@ def test_hybrid_predicts_and_records_its_choices(tiny_model, coloured):
     given = cs.tl.comtip_predict(
         sdata, tiny_model, method="hybrid", genes=GENES, reference=_train(), copy=True
     )
-    np.testing.assert_allclose(given.tables["table"].obsm[PRED_KEY].to_numpy(), pred.to_numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        get_predictions(given.tables["table"], PRED_KEY).to_numpy(), pred.to_numpy(), atol=1e-4
+    )
 
 
 def test_hybrid_needs_colour_statistics_of_the_bank(tiny_model):
