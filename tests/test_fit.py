@@ -7,6 +7,7 @@ import torch
 
 import comtip_sc as cs
 from comtip_sc.model._comtip_model import ComtipModel
+from comtip_sc.tl import _fit_check
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_fit_records_the_embedding_cone_and_warns_when_it_closes(toy, tmp_path, 
     # A mean of unit vectors is never longer than 1, and any real fit's is longer than 0: the warning
     # is silent above 1 and names the lengths at 0 (this one-epoch fit sits near 1, as untrained nets do).
     for threshold, warned in ((1.01, False), (0.0, True)):
-        monkeypatch.setattr(cs.tl._fit, "CONE_WARN", threshold)
+        monkeypatch.setattr(_fit_check, "CONE_WARN", threshold)
         caplog.clear()
         with caplog.at_level("WARNING", logger="comtip_sc"):
             fit(toy, tmp_path / f"t{threshold}")

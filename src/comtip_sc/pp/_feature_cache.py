@@ -108,6 +108,11 @@ class CachedTokens(LazyZarrArray):
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def nbytes(self) -> int:
+        """Size of the cached tokens in memory (what ``in_memory=True`` loads)."""
+        return int(zarr.open_group(self.path, mode="r")["tokens"].nbytes)
+
     def __getitem__(self, i: int) -> np.ndarray:
         # A copy: a cached array or decoded chunk must not change under a caller that modifies the item.
         return np.array(self._item("tokens", int(i)))

@@ -22,13 +22,9 @@ from ..model._comtip_model import ComtipModel
 from ..model._config import ComtipConfig
 from ..model._trunk import TRUNK_PRESETS
 from ..train import TrainRunner, TrainSettings, register_all, resolve_settings, training_plan
-from ._fit_check import check_on_held_out
-from ._zero_shot import calibrate_zero_shot
+from ._fit_check import finish_fit
 
 log = logging.getLogger(__name__)
-
-#: ``fit`` warns when the mean embedding of the training spots is longer than this (see ReferenceBank.cone).
-CONE_WARN = 0.97
 
 
 @third_party_quiet()
@@ -175,18 +171,14 @@ def fit(
         trainer_kwargs=trainer_kwargs,
     )
     finish = partial(
-        _finish,
-        check=partial(
-            check_on_held_out,
-            datasets=datasets,
-            data=data,
-            table_key=table_key,
-            layer=layer,
-            spot_diameter_um=spot_diameter_um,
-            accelerator=accelerator,
-        )
-        if check
-        else None,
+        finish_fit,
+        datasets=datasets,
+        data=data,
+        check=check,
+        table_key=table_key,
+        layer=layer,
+        spot_diameter_um=spot_diameter_um,
+        accelerator=accelerator,
     )
     return runner.run(finish=finish)
 
@@ -202,20 +194,3 @@ def _check_local_weights(preset: str, cfg: ComtipConfig) -> None:
             f"preset='pathology' runs a frozen foundation model ({cfg.backbone!r}) from local weights: pass "
             "checkpoint_path=<its weights file> (see docs/model.md for the file of each named trunk)."
         )
-
-
-def _finish(model: ComtipModel, check=None) -> None:
-    """Calibrate the zero-shot read-out, run the self-check and report, once, on the process that keeps the model."""
-    calibrate_zero_shot(model)
-    if check is not None:
-        check(model)
-    cone = model.history["cone"]
-    if max(cone.values()) > CONE_WARN:
-        log.warning(
-            "The training spots' embeddings point nearly the same way (mean embedding length %s; 1 = all "
-            "alike). Retrieval from this model ranks its bank by little more than noise; the head is less "
-            "affected. An untrained network starts there, so it can mean too little training; see the "
-            "benchmarks page of the documentation.",
-            {k: round(v, 3) for k, v in cone.items()},
-        )
-    log.info("Trained %r.", model)

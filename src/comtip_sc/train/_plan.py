@@ -119,7 +119,10 @@ class ComtipLightningModule(L.LightningModule):
         weights, so the last checkpoint written stays the last good one.
         """
         out = self.network(batch)
-        bad = [k for k in LOSS_TERMS if k in out and not bool(torch.isfinite(out[k]).all())]
+        terms = [k for k in LOSS_TERMS if k in out]
+        # One host sync for all terms (one per term stalled a GPU step several times over).
+        finite = torch.stack([torch.isfinite(out[k]).all() for k in terms]).cpu().tolist()
+        bad = [k for k, ok in zip(terms, finite, strict=True) if not ok]
         if bad:
             # The total is non-finite whenever a term is: name the terms, the total only when alone.
             terms = [k for k in bad if k != "loss"] or bad
@@ -134,8 +137,14 @@ class ComtipLightningModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Refuse a step whose gradients are non-finite (a finite loss can still overflow backwards)."""
-        for name, p in self.network.named_parameters():
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+        named = [(n, p.grad) for n, p in self.network.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        # One fused norm over every gradient and one host sync per step; names are looked up only on failure.
+        if bool(torch.isfinite(torch.nn.utils.get_total_norm([g for _, g in named]))):
+            return
+        for name, grad in named:
+            if not bool(torch.isfinite(grad).all()):
                 raise NonFiniteLossError(
                     f"Training stopped at global step {self.global_step} (epoch {self.current_epoch}): the "
                     f"gradient of {name!r} is non-finite. The weights were not updated with it; the last "

@@ -149,12 +149,17 @@ def attach_token_caches(
     std,
     device: torch.device,
     jitter: tuple[float, float] = (0.0, 0.0),
+    memory_budget: int = 0,
 ) -> None:
     """Point every registered table's dataset at cached trunk tokens (built in ``folder`` when missing).
 
     ``jitter`` (stain, colour) > 0 caches jittered views. Their draws use one fixed seed (0), not the fit's,
     so fits with other seeds share the cache; the fit's seed still orders batches, views and masks.
+    Caches that together fit in ``memory_budget`` bytes are read whole into memory (random reads through
+    the zarr chunk reader cost milliseconds per spot, more than a training step on a GPU); larger ones
+    are read chunk by chunk.
     """
+    caches = []
     for i, r in enumerate(registered):
         full = r.sections[0][1].dataset  # every section is a view of its table's SpotSentences
         # Caches with a context tile or with jitter go to their own folder, so fits with and without share one.
@@ -171,6 +176,10 @@ def attach_token_caches(
             stain_jitter=jitter[0],
             colour_jitter=jitter[1],
         )
+        caches.append(full.tiles)
+    if caches and sum(c.nbytes for c in caches) <= memory_budget:
+        for c in caches:
+            c.in_memory = True
 
 
 def gene_stats(registered: list[Registered], vocab: dict[str, int]) -> dict[str, dict[str, float]]:

@@ -9,6 +9,7 @@ process.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -70,6 +71,19 @@ def build_bank(network: torch.nn.Module, dm: SpotDataModule, data: TrainingData)
         np.concatenate(centres),
         observed=(patterns, np.concatenate(pattern)),
     )
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to this process now (0 where the system does not say)."""
+    try:  # Linux: MemAvailable counts reclaimable page cache, which free pages alone do not
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def training_plan(config: ComtipConfig, data: TrainingData, settings: TrainSettings) -> ComtipLightningModule:
@@ -144,7 +158,11 @@ class TrainRunner:
             )
             device = resolve_device(self.accelerator, per_process=True)
             jitter = (cfg.stain_jitter, cfg.colour_jitter)
-            attach_token_caches(self.data.registered, network.vision, folder, mean, std, device, jitter)
+            # Without loader workers the one process holds the caches; with workers each would hold a copy.
+            budget = _available_memory() // 2 if st.num_workers == 0 else 0
+            attach_token_caches(
+                self.data.registered, network.vision, folder, mean, std, device, jitter, memory_budget=budget
+            )
         return SpotDataModule(
             self.data.sections,
             val_sections=self.data.held_out,
