@@ -60,6 +60,9 @@ autosummary_generate = True
 autosummary_imported_members = False
 autodoc_member_order = "groupwise"
 autodoc_default_options = {"show-inheritance": False}
+# Methods a class inherits from Lightning keep Lightning's docstrings there; copied here they carry roles and
+# references of Lightning's own documentation.
+autodoc_inherit_docstrings = False
 default_role = "literal"
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
@@ -141,7 +144,12 @@ nitpick_ignore_regex = [
 
 # Exact targets that are private on purpose: the shared base class of the cache readers shows up as
 # their base in the API pages but is not part of the API.
-nitpick_ignore: list[tuple[str, str]] = [("py:class", "comtip_sc.pp._tile_cache.LazyZarrArray")]
+nitpick_ignore: list[tuple[str, str]] = [
+    ("py:class", "comtip_sc.pp._tile_cache.LazyZarrArray"),
+    # Records that the package passes between its own functions and that users never build.
+    ("py:class", "comtip_sc._sections.Section"),
+    ("py:class", "comtip_sc.train._registration.Registered"),
+]
 
 
 # -- Free-text "Returns" sections --------------------------------------------------------------

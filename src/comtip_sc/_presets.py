@@ -66,7 +66,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 _PRESET_ALIASES = {"paper": "gpu"}
 
-#: The names :meth:`ComtipConfig.preset` accepts.
+#: The names ``ComtipConfig.preset`` accepts.
 PRESET_NAMES = (*_PRESETS, *_PRESET_ALIASES)
 
 

@@ -165,7 +165,7 @@ def resolve_sections(
 
     Returns
     -------
-    One :class:`Section` per annotated shapes element, in the order of the table's regions.
+    One ``Section`` (region, image, spot centres in pixels, spot size) per annotated shapes element, in the order of the table's regions.
 
     Examples
     --------
@@ -255,7 +255,7 @@ def resolve_sections(
 
 
 def spot_layout(sections: Sequence[Section], n_obs: int) -> tuple[list[str], np.ndarray]:
-    """Section name and pixel centre of every table row, from :func:`resolve_sections`.
+    """Section name and pixel centre of every table row, from :func:`~comtip_sc.pp.resolve_sections`.
 
     Parameters
     ----------

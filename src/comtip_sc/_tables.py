@@ -202,7 +202,7 @@ def normalized_values(
 ) -> np.ndarray:
     """Values of ``genes`` on the 1e4-per-spot + log1p scale, as a dense ``float32`` array.
 
-    With ``layer=None`` the raw counts in ``X`` are normalised on the fly (:func:`log_normalize`, the
+    With ``layer=None`` the raw counts in ``X`` are normalised on the fly (``log_normalize``, the
     scale of :func:`comtip_sc.pp.normalize`) without writing anything into ``table``. With a layer name,
     that layer is taken as already normalised.
 

@@ -259,7 +259,7 @@ class ComtipConfig:
         """Build a config from :meth:`to_dict` output; unknown keys raise ``TypeError``.
 
         A field missing from ``d`` takes the value it had when configs did not yet store it
-        (:data:`STORED_DEFAULTS`, the defaults of version 0.1), so a saved model always rebuilds the
+        (``STORED_DEFAULTS``, the defaults of version 0.1), so a saved model always rebuilds the
         network it was trained with.
 
         Examples

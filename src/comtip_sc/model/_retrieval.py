@@ -99,8 +99,8 @@ def top_k_neighbours(
     k
         Neighbours per query (at most ``m``).
     max_scores
-        Scores held at once; sets the chunk sizes. Default: :data:`MAX_SCORES` on the CPU,
-        :data:`DEVICE_MAX_SCORES` on a GPU.
+        Scores held at once; sets the chunk sizes. Default: ``MAX_SCORES`` on the CPU,
+        ``DEVICE_MAX_SCORES`` on a GPU.
     device
         Where the scores are computed (``"cpu"``, ``"cuda"``, a :class:`torch.device`); the bank is copied
         there once.

@@ -1,6 +1,6 @@
 """Registration of SpatialData tables for training: spot tiles + gene sentences as torch batches.
 
-One :class:`SpotSentences` per section group (a SpatialData table) pairs each spot's tile with its
+One :class:`~comtip_sc.train.SpotSentences` per section group (a SpatialData table) pairs each spot's tile with its
 gene sentence: the normalised values of that table's panel genes and their indices in the model's
 gene vocabulary. Tables with different gene sets train together; :class:`SentenceCollate` pads
 sentences to the longest in the batch and marks real tokens in ``mask``.
@@ -40,13 +40,13 @@ class SpotSentences(Dataset):
 
 @dataclass
 class SentenceCollate:
-    """Turn items of :class:`SpotSentences` into a model batch.
+    """Turn items of :class:`~comtip_sc.train.SpotSentences` into a model batch.
 
     Images are scaled to [0, 1], normalised with the backbone's mean/std and, for training,
     augmented with the symmetries of a histology tile (flips and 90° rotations), which change
     nothing biological, and, when ``stain_jitter`` / ``colour_jitter`` are positive, with the colour
-    changes a slide from another laboratory brings (:func:`~comtip_sc.pp._augment.hed_jitter`,
-    :func:`~comtip_sc.pp._augment.colour_jitter`). Without ``augment`` the jitter is never applied.
+    changes a slide from another laboratory brings (HED stain jitter and
+    brightness/contrast/saturation jitter). Without ``augment`` the jitter is never applied.
     """
 
     mean: tuple[float, float, float]
@@ -123,7 +123,7 @@ def section_weights(sizes: Sequence[int], alpha: float) -> np.ndarray:
 
 
 class SpotDataModule(L.LightningDataModule):
-    """Train/validation loaders over one or several :class:`SpotSentences` datasets.
+    """Train/validation loaders over one or several :class:`~comtip_sc.train.SpotSentences` datasets.
 
     Parameters
     ----------
@@ -144,7 +144,7 @@ class SpotDataModule(L.LightningDataModule):
     section_balance
         ``None``: plain shuffling (each training spot once per epoch). A number ``alpha`` in [0, 1]: each
         batch position draws a section with probability ∝ ``n_spots ** alpha`` and a spot of it uniformly
-        (:func:`section_weights`, with replacement; an epoch is still as many draws as training spots).
+        (:func:`~comtip_sc.train.section_weights`, with replacement; an epoch is still as many draws as training spots).
 
     """
 

@@ -96,7 +96,7 @@ class ComtipLightningModule(L.LightningModule):
 
     # -- steps -------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Loss dict of :meth:`ComtipNetwork.forward`."""
+        """Loss dict of :meth:`~comtip_sc.model.ComtipNetwork.forward`."""
         return self.network(batch)
 
     def _log_terms(self, out: dict[str, Any], stage: str, batch_size: int) -> None:

@@ -225,7 +225,7 @@ def held_out_sections(
     """Indices of the sections held out for validation.
 
     ``"auto"``: when the tables name a patient or individual (``obs`` column among
-    :data:`~comtip_sc._constants.GROUP_KEYS`) and there are at least two, every section of the group with
+    ``comtip_sc.constants.GROUP_KEYS``) and there are at least two, every section of the group with
     the fewest spots (so that validation measures a new patient and most spots still train); else the
     last section when there are several, none when there is one. ``None``: none. Otherwise the named
     sections.
@@ -251,7 +251,7 @@ def held_out_sections(
 def register_all(
     datasets: Sequence[SpatialData], val_sections: Sequence[str] | str | None, **kwargs: Any
 ) -> TrainingData:
-    """Register every dataset (:func:`register`, with ``kwargs``) and choose the held-out sections."""
+    """Register every dataset (``register``, with ``kwargs``) and choose the held-out sections."""
     vocab: dict[str, int] = {}
     registered = [register(d, idx=i, vocab=vocab, **kwargs) for i, d in enumerate(datasets)]
     several = len(registered) > 1

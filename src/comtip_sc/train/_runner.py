@@ -101,7 +101,7 @@ def training_plan(config: ComtipConfig, data: TrainingData, settings: TrainSetti
 
 
 class TrainRunner:
-    """Train a :class:`ComtipLightningModule` on registered data and assemble the model.
+    """Train a :class:`~comtip_sc.train.ComtipLightningModule` on registered data and assemble the model.
 
     Parameters
     ----------

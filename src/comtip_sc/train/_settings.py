@@ -76,7 +76,7 @@ class TrainSettings:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> TrainSettings:
-        """The training recipe of a named preset (see :meth:`ComtipConfig.preset`), with ``overrides``.
+        """The training recipe of a named preset (see :meth:`~comtip_sc.model.ComtipConfig.preset`), with ``overrides``.
 
         Examples
         --------
