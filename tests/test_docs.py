@@ -108,7 +108,9 @@ def test_notebook_stored_executed(notebook):
     assert counts == list(range(1, len(code) + 1)), f"{notebook.name}: run it once in order ({counts})"
     outputs = [out for cell in code for out in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"], f"{notebook.name} stored an error"
-    figures = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+    figures = [
+        o["data"][kind] for o in outputs for kind in ("image/png", "image/jpeg") if kind in o.get("data", {})
+    ]
     assert figures, f"{notebook.name} shows no figure"
     big = [len(f) for f in figures if len(f) > MAX_FIGURE_CHARS]
     assert not big, f"{notebook.name}: figures of {big} characters; draw them at a lower dpi"

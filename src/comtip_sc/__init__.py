@@ -6,6 +6,8 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from ._logging import quiet_tqdm_auto
+
 try:
     __version__ = version("comtip_sc")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
@@ -14,6 +16,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 #: Subpackages, imported on first use: ``import comtip_sc`` alone loads no torch, so the ``comtip``
 #: command answers ``--help`` at once. ``cs.tl``, ``cs.pl`` ... work as attributes as usual.
 _SUBPACKAGES = ("constants", "datasets", "io", "model", "pl", "pp", "tl", "train")
+
+quiet_tqdm_auto()
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import datasets, io, pl, pp, tl

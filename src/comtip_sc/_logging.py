@@ -31,6 +31,23 @@ _THIRD_PARTY = (
 )
 
 
+def quiet_tqdm_auto() -> None:
+    """Import ``tqdm.auto`` once without its "IProgress not found" warning when ``ipywidgets`` is missing.
+
+    timm, Lightning and squidpy import ``tqdm.auto`` when they load; in a Jupyter kernel without
+    ``ipywidgets`` it warns and falls back to the text bar. Imported here first, it falls back silently.
+    """
+    import sys
+
+    if "tqdm.auto" in sys.modules or importlib.util.find_spec("ipywidgets") is not None:
+        return
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+        import tqdm.auto  # noqa: F401
+
+
 def tqdm(*args: Any, **kwargs: Any):
     """A progress bar: the notebook widget when ``ipywidgets`` is installed, else the plain text bar.
 
