@@ -208,7 +208,7 @@ class TrainRunner:
             callbacks=cbs,
             logger=logger if logger is not None else L.pytorch.loggers.CSVLogger(root, name="comtip_logs"),
             default_root_dir=root,
-            deterministic=self.seed is not None and not torch.cuda.is_available(),
+            deterministic=self.seed is not None and resolve_device(self.accelerator).type == "cpu",
             **kw,
         )
         return trainer, best
