@@ -264,7 +264,8 @@ def comtip_predict(
     if method == "zero_shot":
         names = list(genes) if genes is not None else list(model.panel)
         temp = readout_temperature(model) if temperature is None else float(temperature)
-        (pred,) = zero_shot_values(img, model, names, [temp])
+        # An explicit temperature asks for the softmax read-out of every gene.
+        (pred,) = zero_shot_values(img, model, names, [temp], calibrated=temperature is None)
     else:
         bank = (
             reference_from(
