@@ -248,9 +248,10 @@ def fit_score_readout(
     (True, True)
 
     """
-    if len(np.unique(folds)) < 2:
+    ok = np.isfinite(true).sum(0) >= scores.shape[2] + 2
+    if len(np.unique(folds)) < 2 or not ok.any():
         return None
-    observed = np.isfinite(true)
+    observed = np.isfinite(true) & ok  # genes too rarely measured take no part, not even in the CV
     y = np.where(observed, true, 0.0).astype(np.float64)
     s = scores.astype(np.float64)
     r2 = np.zeros((len(alphas),))
@@ -268,7 +269,6 @@ def fit_score_readout(
             r2 += (1.0 - res[:, use] / tot[use]).mean(1)
     alpha = float(alphas[int(np.argmax(r2))])
     coef, icpt = _ridge_path(s, y, observed, np.array([alpha]))
-    ok = observed.sum(0) >= s.shape[2] + 2
     return coef[0].astype(np.float32), icpt[0].astype(np.float32), alpha, ok
 
 
