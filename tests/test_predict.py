@@ -191,10 +191,65 @@ def test_fit_calibrates_the_zero_shot_temperature_on_training_spots(tiny_model):
     # ... and that score is the PCC-ALL of zero-shot predictions on the bank's spots, recomputed here.
     bank = tiny_model.reference
     (pred,) = zero_shot_values(
-        bank.image_embeddings, tiny_model, bank.genes, [tiny_model.zero_shot_temperature]
+        bank.image_embeddings, tiny_model, bank.genes, [tiny_model.zero_shot_temperature], calibrated=False
     )
     again = float(pearson_per_gene(bank.expression, pred).mean())
     assert again == pytest.approx(cal["train_pcc_all"][best], abs=1e-5)
+
+
+def test_fit_fits_a_per_gene_zero_shot_read_out_of_the_candidate_scores(tiny_model, unseen_embedded):
+    """Panel genes are read by their fitted linear map of the M candidate scores; others by the softmax."""
+    import torch
+
+    from comtip_sc.model._losses import candidate_values
+    from comtip_sc.tl._ridge import RIDGE_ALPHAS
+    from comtip_sc.tl._zero_shot import readout_temperature, zero_shot_values
+
+    readout = tiny_model.zero_shot_readout
+    m = tiny_model.config.value_query_candidates
+    assert readout["genes"] == tiny_model.reference.genes and readout["n_candidates"] == m
+    assert np.shape(readout["weights"]) == (len(readout["genes"]), m)
+    assert readout["alpha"] in RIDGE_ALPHAS
+    assert tiny_model.history["zero_shot_calibration"]["readout_alpha"] == readout["alpha"]
+    genes = [readout["genes"][0], OUTSIDE[1]]
+    img = unseen_embedded.tables["table"].obsm[EMBED_KEY]
+    t = readout_temperature(tiny_model)
+    (calibrated,) = zero_shot_values(img, tiny_model, genes, [t])
+    (softmax,) = zero_shot_values(img, tiny_model, genes, [t], calibrated=False)
+    # The panel gene, recomputed by hand: its M sentence scores times the stored weights plus intercept.
+    net = tiny_model.network
+    vmax = torch.tensor([tiny_model.gene_stats["max"][genes[0]]])
+    with torch.no_grad():
+        scores = net.query_scores(torch.from_numpy(img), net.gene_index(genes[:1]), candidate_values(vmax, m))
+    by_hand = scores[:, 0].numpy() @ np.asarray(readout["weights"][0]) + readout["intercept"][0]
+    np.testing.assert_allclose(calibrated[:, 0], by_hand, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(calibrated[:, 0], softmax[:, 0])
+    # A gene outside the panel has no training values to fit: the softmax reads it.
+    np.testing.assert_array_equal(calibrated[:, 1], softmax[:, 1])
+    # Another candidate grid than the fitted one falls back to the softmax for every gene.
+    (other_grid,) = zero_shot_values(img, tiny_model, genes, [t], n_candidates=m + 1)
+    (other_softmax,) = zero_shot_values(img, tiny_model, genes, [t], n_candidates=m + 1, calibrated=False)
+    np.testing.assert_array_equal(other_grid, other_softmax)
+
+
+def test_score_read_out_recovers_a_linear_map_and_skips_unmeasured_entries():
+    from comtip_sc.tl._ridge import RIDGE_ALPHAS
+    from comtip_sc.tl._zero_shot import fit_score_readout
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(120, 3, 4))
+    true = np.stack([2 * scores[:, 0, 3] - scores[:, 0, 0], scores[:, 1, 1] + 1.0, scores[:, 2, 2]], 1)
+    true[:60, 1] = np.nan  # a gene of another panel: measured on half the spots
+    true[:115, 2] = np.nan  # measured on too few spots to fit M weights
+    folds = np.arange(120) % 4
+    weights, intercept, alpha, fitted = fit_score_readout(scores, true, folds)
+    assert fitted.tolist() == [True, True, False]
+    np.testing.assert_allclose(weights[0], [-1, 0, 0, 2], atol=0.02)
+    np.testing.assert_allclose(weights[1], [0, 1, 0, 0], atol=0.02)
+    assert (
+        intercept[1] == pytest.approx(1.0, abs=0.02) and alpha == RIDGE_ALPHAS[0]
+    )  # noiseless: the weakest penalty
+    assert fit_score_readout(scores, true, np.zeros(120, int)) is None  # one fold: nothing to choose by
 
 
 def test_zero_shot_temperature_default_and_override(tiny_model, unseen_embedded):
@@ -202,11 +257,13 @@ def test_zero_shot_temperature_default_and_override(tiny_model, unseen_embedded)
     default = cs.tl.comtip_predict(unseen_embedded, tiny_model, **kw).tables["table"]
     chosen = tiny_model.zero_shot_temperature
     assert default.uns["comtip"]["predict"][PRED_KEY]["temperature"] == pytest.approx(chosen)
+    # An explicit temperature reads every gene by the softmax, the fitted per-gene read-out set aside.
+    from comtip_sc.tl._zero_shot import zero_shot_values
+
+    img = unseen_embedded.tables["table"].obsm[EMBED_KEY]
     same = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=chosen, **kw).tables["table"]
-    np.testing.assert_allclose(
-        get_predictions(same, PRED_KEY)[kw["genes"]].to_numpy(),
-        get_predictions(default, PRED_KEY)[kw["genes"]].to_numpy(),
-    )
+    (softmax,) = zero_shot_values(img, tiny_model, kw["genes"], [chosen], calibrated=False)
+    np.testing.assert_allclose(get_predictions(same, PRED_KEY)[kw["genes"]].to_numpy(), softmax, rtol=1e-6)
     # A very cold read-out snaps every spot to one candidate value; a very warm one flattens towards the
     # middle of the candidate range: the two differ, and the warm one varies less between spots.
     cold = cs.tl.comtip_predict(unseen_embedded, tiny_model, temperature=1e-4, **kw).tables["table"]
@@ -220,9 +277,6 @@ def test_zero_shot_temperature_default_and_override(tiny_model, unseen_embedded)
         < get_predictions(cold, PRED_KEY)[kw["genes"]].to_numpy().std(0).max()
     )
     # By default the read-out uses the candidate grid the value-query term trained on (M values).
-    from comtip_sc.tl._zero_shot import zero_shot_values
-
-    img = unseen_embedded.tables["table"].obsm[EMBED_KEY]
     m = tiny_model.config.value_query_candidates
     (on_default,), (on_m,), (on_24,) = (
         zero_shot_values(img, tiny_model, kw["genes"], [chosen], n_candidates=n) for n in (None, m, 24)
@@ -420,6 +474,7 @@ def test_save_load_gives_identical_embeddings(tiny_model, saved, unseen_embedded
     assert loaded.reference.centres.dtype == tiny_model.reference.centres.dtype == np.float64
     assert loaded.reference.sections == tiny_model.reference.sections
     assert loaded.zero_shot_temperature == tiny_model.zero_shot_temperature is not None
+    assert loaded.zero_shot_readout == tiny_model.zero_shot_readout is not None
     out = cs.tl.comtip_embed(unseen_embedded, loaded, copy=True)
     np.testing.assert_array_equal(
         out.tables["table"].obsm[EMBED_KEY], unseen_embedded.tables["table"].obsm[EMBED_KEY]

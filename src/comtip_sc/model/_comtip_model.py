@@ -80,6 +80,10 @@ class ComtipModel:
     zero_shot_temperature
         Softmax temperature of zero-shot prediction, chosen on the training spots at the end of
         :func:`~comtip_sc.tl.fit`; ``None``: the learned temperature.
+    zero_shot_readout
+        Per-gene linear read-out of the zero-shot candidate scores, fitted on the training spots at the end
+        of :func:`~comtip_sc.tl.fit` (``{"genes", "weights", "intercept", "alpha", "n_candidates"}``;
+        ``docs/model.md``, value query); ``None``: every gene is read by the softmax.
 
     Examples
     --------
@@ -102,6 +106,7 @@ class ComtipModel:
         history: dict[str, Any] | None = None,
         gene_stats: dict[str, dict[str, float]] | None = None,
         zero_shot_temperature: float | None = None,
+        zero_shot_readout: dict[str, Any] | None = None,
     ) -> None:
         self.network = network
         self.panel = list(panel)
@@ -112,6 +117,7 @@ class ComtipModel:
         self.history = history or {}
         self.gene_stats = gene_stats or {"mean": {}, "max": {}}
         self.zero_shot_temperature = None if zero_shot_temperature is None else float(zero_shot_temperature)
+        self.zero_shot_readout = zero_shot_readout
         if gene_stats:
             # The network's copy (value range of the zero-shot read-out) is not in the weights file.
             vmax = gene_stats.get("max", {})
@@ -247,6 +253,7 @@ class ComtipModel:
                 "history": self.history,
                 "gene_stats": self.gene_stats,
                 "zero_shot_temperature": self.zero_shot_temperature,
+                "zero_shot_readout": self.zero_shot_readout,
                 "reference": None,
             }
             if self.reference is not None:
@@ -355,6 +362,7 @@ class ComtipModel:
             history=meta.get("history", {}),
             gene_stats=meta.get("gene_stats"),
             zero_shot_temperature=meta.get("zero_shot_temperature"),
+            zero_shot_readout=meta.get("zero_shot_readout"),
         )
 
 

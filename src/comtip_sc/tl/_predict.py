@@ -149,7 +149,9 @@ def comtip_predict(
         Softmax temperature of ``"zero_shot"``. Default: the one :func:`~comtip_sc.tl.fit` chose on the
         training spots (``model.zero_shot_temperature``; see ``model.history["zero_shot_calibration"]``), or
         the learned temperature for a model without one. Lower reads the nearest candidate value, higher a
-        smoother average.
+        smoother average. Given, it also sets aside the per-gene linear read-out that ``fit``
+        fitted for panel genes (``model.zero_shot_readout``), which the default uses: every gene is then
+        read by the softmax.
     reference
         A reference SpatialData to retrieve from / fit the head on, instead of the bank stored in the model.
     reference_table_key
@@ -264,7 +266,8 @@ def comtip_predict(
     if method == "zero_shot":
         names = list(genes) if genes is not None else list(model.panel)
         temp = readout_temperature(model) if temperature is None else float(temperature)
-        (pred,) = zero_shot_values(img, model, names, [temp])
+        # An explicit temperature asks for the softmax read-out of every gene.
+        (pred,) = zero_shot_values(img, model, names, [temp], calibrated=temperature is None)
     else:
         bank = (
             reference_from(
