@@ -5,7 +5,8 @@
 
 Both runs use the same two sections (the second held out), seed, batch size and epochs (``--epochs``; by
 default each preset's own recipe), and both end with the self-check; neither is given a tile cache (the
-auto run shares one temporary cache among its candidates). Writes ``benchmarks/results/auto_cost_<device>.md``.
+auto run shares one temporary cache among its candidates). Writes
+``benchmarks/results/auto_cost_<device>.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from comtip_sc.tl._auto import AUTO_CANDIDATES, format_auto
 
 
 def run(rows: int, epochs: int | None, batch_size: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Fit once with the cpu preset and once with preset="auto"; return wall and CPU times and auto's table."""
+    """Fit with the cpu preset, then with preset="auto"; return wall and CPU times and auto's table."""
     sections = [
         cs.datasets.toy_tissue(n_rows=rows, n_cols=rows, n_genes=60, seed=i, sample_id=s)
         for i, s in enumerate(("a", "b"))
@@ -79,7 +80,8 @@ def main() -> None:
         f'# Cost of `preset="auto"` against a plain fit ({device})',
         "",
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s), "
-        f"torch {torch.__version__}; load average at the end {os.getloadavg()[0]:.1f}; commit {commit or '?'}",
+        f"torch {torch.__version__}; load average at the end {os.getloadavg()[0]:.1f}; "
+        f"commit {commit or '?'}",
         f"- toy tissue, two sections of {args.rows} x {args.rows} spots ({int(r['spots'])} spots, the second "
         f"held out), batch {args.batch_size}, {epochs}, seed 0, self-check included",
         f"- command: `{command}`",

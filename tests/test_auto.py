@@ -18,6 +18,15 @@ from comtip_sc.train import SpotDataModule, TrainSettings, register_all
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SAMPLES = ("a", "b")
+#: One quick, quiet epoch on the toy tissue.
+QUICK = {
+    "tile_um": 100,
+    "max_epochs": 1,
+    "batch_size": 16,
+    "seed": 0,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
 
 
 def _two_sections(jitter: float = 0.0) -> sd.SpatialData:
@@ -88,16 +97,7 @@ def test_smoothed_targets_are_the_knn_mean_and_only_in_training_sentences():
 
 def test_fit_with_smoothed_targets_keeps_raw_expression_in_the_bank(tissue, tiny_config, tmp_path):
     model = cs.tl.fit(
-        tissue,
-        config=tiny_config,
-        smooth_targets=3,
-        tile_um=100,
-        max_epochs=1,
-        batch_size=16,
-        seed=0,
-        check=False,
-        enable_progress_bar=False,
-        default_root_dir=str(tmp_path),
+        tissue, config=tiny_config, smooth_targets=3, check=False, default_root_dir=str(tmp_path), **QUICK
     )
     assert model.history["settings"]["smooth_targets"] == 3
     table = tissue.tables["table"]
@@ -123,21 +123,36 @@ def tiny_candidates(tiny_config):
     )
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def auto_model(tissue, tiny_candidates, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_auto, "AUTO_CANDIDATES", tiny_candidates)
-        return cs.tl.fit(
-            tissue,
-            preset="auto",
-            tile_um=100,
-            max_epochs=1,
-            batch_size=16,
-            seed=0,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=str(tmp_path_factory.mktemp("auto")),
-        )
+def auto_run(tissue, tiny_candidates, tmp_path_factory):
+    """fit(preset="auto") over the tiny candidates, and what it logged."""
+    records, logger = _Records(), logging.getLogger("comtip_sc")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(records)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_auto, "AUTO_CANDIDATES", tiny_candidates)
+            root = str(tmp_path_factory.mktemp("auto"))
+            model = cs.tl.fit(tissue, preset="auto", default_root_dir=root, **QUICK)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    return model, "\n".join(records.messages)
+
+
+@pytest.fixture(scope="module")
+def auto_model(auto_run):
+    return auto_run[0]
 
 
 def test_auto_returns_the_best_scoring_candidate_and_records_every_one(auto_model, tiny_candidates):
@@ -166,22 +181,11 @@ def test_auto_is_saved_with_the_model(auto_model, tmp_path):
     assert loaded.history["auto"]["chosen"] == auto_model.history["auto"]["chosen"]
 
 
-def test_auto_logs_the_candidates_table(tissue, tiny_candidates, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(_auto, "AUTO_CANDIDATES", tiny_candidates[:1])
-    with caplog.at_level(logging.INFO, logger="comtip_sc"):
-        model = cs.tl.fit(
-            tissue,
-            preset="auto",
-            tile_um=100,
-            max_epochs=1,
-            batch_size=16,
-            seed=0,
-            enable_progress_bar=False,
-            default_root_dir=str(tmp_path),
-        )
-    assert model.history["auto"]["chosen"] == "tiny"
-    assert "preset='auto', PCC-ALL on the held-out sections" in caplog.text
-    assert "Kept 'tiny'" in caplog.text
+def test_auto_logs_the_candidates_table(auto_run):
+    model, text = auto_run
+    assert "preset='auto', PCC-ALL on the held-out sections" in text
+    assert f"Kept {model.history['auto']['chosen']!r}" in text
+    assert "is the same as 'tiny, colour_norm=section' here; not fitted again" in text
 
 
 def test_auto_needs_held_out_sections_and_no_config(tissue, tiny_config):
