@@ -9,7 +9,7 @@ import comtip_sc as cs
 from comtip_sc._constants import PRED_KEY
 from comtip_sc._predictions import get_predictions
 from comtip_sc._sections import resolve_sections, spot_layout
-from comtip_sc.tl._smooth import smooth_over_neighbours
+from comtip_sc.pp._smooth import smooth_over_neighbours
 
 GENES = ["KRT19", "COL1A1", "PTPRC"]
 

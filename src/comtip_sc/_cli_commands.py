@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ._cli_io import load_data, write_result
+from ._presets import AUTO_PRESET
 
 
 def given(args: argparse.Namespace, **names: str) -> dict[str, Any]:
@@ -53,16 +54,21 @@ def _devices_arg(value: str):
 
 
 def _fit(args: argparse.Namespace) -> int:
+    import pandas as pd
     from lightning.pytorch.utilities import rank_zero_only
 
     import comtip_sc as cs
     from comtip_sc.model import ComtipConfig
+    from comtip_sc.tl._auto import format_auto
 
     datasets = [load_data(d) for d in args.data]
     overrides = given(args, backbone_kwargs="backbone_kwargs", text_encoder="text_encoder")
     if args.colour_norm is not None:
         overrides["colour_norm"] = None if args.colour_norm == "none" else args.colour_norm
-    cfg = ComtipConfig.preset(args.preset, mfm=not args.no_mfm, paat=not args.no_paat, **overrides)
+    overrides.update(mfm=not args.no_mfm, paat=not args.no_paat)
+    # preset="auto" builds each candidate's network itself: the overrides apply to every candidate.
+    auto = args.preset == AUTO_PRESET
+    cfg = None if auto else ComtipConfig.preset(args.preset, **overrides)
     kwargs = given(
         args,
         n_top_genes="n_top_genes",
@@ -81,6 +87,7 @@ def _fit(args: argparse.Namespace) -> int:
         seed="seed",
         tile_cache="tile_cache",
         section_balance="section_balance",
+        smooth_targets="smooth_targets",
         ckpt_path="resume",
         default_root_dir="log_dir",
     )
@@ -93,6 +100,7 @@ def _fit(args: argparse.Namespace) -> int:
         preset=args.preset,
         config=cfg,
         enable_progress_bar=not args.quiet,
+        **(overrides if auto else {}),
         **kwargs,
         **common(args),
     )
@@ -102,6 +110,8 @@ def _fit(args: argparse.Namespace) -> int:
         print(f"Saved {model!r} to {args.out}")
         if model.validation_ is not None:
             print(cs.tl.format_self_check(model.validation_))
+        if "auto" in model.history:
+            print(format_auto(pd.DataFrame(model.history["auto"]["table"])))
     return 0
 
 

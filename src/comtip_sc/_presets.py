@@ -68,6 +68,11 @@ _PRESET_ALIASES = {"paper": "gpu"}
 
 #: The names ``ComtipConfig.preset`` accepts.
 PRESET_NAMES = (*_PRESETS, *_PRESET_ALIASES)
+#: ``cs.tl.fit``'s preset that fits several configurations and keeps the one its self-check scores best
+#: (:mod:`comtip_sc.tl._auto`); not a network of its own.
+AUTO_PRESET = "auto"
+#: The presets ``cs.tl.fit`` and ``comtip fit`` accept.
+FIT_PRESET_NAMES = (*PRESET_NAMES, AUTO_PRESET)
 
 
 def _preset(name: str) -> dict[str, Any]:

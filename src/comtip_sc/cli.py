@@ -27,7 +27,7 @@ from ._constants import (
     TABLE_KEY,
     TRAIN_BATCH_SIZE,
 )
-from ._presets import PRESET_NAMES, preset_training
+from ._presets import FIT_PRESET_NAMES, PRESET_NAMES, preset_training
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DATA = 0, 1, 2, 3
 
@@ -74,10 +74,12 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         default="cpu",
-        choices=list(PRESET_NAMES),
+        choices=list(FIT_PRESET_NAMES),
         help="cpu: frozen ImageNet EfficientNet-Lite0 at 128 px + token transformer; gpu (= paper): CLIP "
         "ViT-B/32 at 224 px, fine-tuned; pathology: frozen UNI from --checkpoint-path + token transformer; "
-        "vit-tiny: ViT-Ti/16 at 112 px from scratch (default: %(default)s).",
+        "vit-tiny: ViT-Ti/16 at 112 px from scratch; auto: fit a few cpu / vit-tiny variants and keep the "
+        "one the self-check on held-out sections scores best (costs one fit per candidate; needs two "
+        "sections or more) (default: %(default)s).",
     )
     p.add_argument(
         "--backbone",
@@ -137,6 +139,13 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
         metavar="ALPHA",
         help="Draw each training section with probability proportional to n_spots**ALPHA (0: sections "
         "equally, 1: spots equally); default: plain shuffling.",
+    )
+    p.add_argument(
+        "--smooth-targets",
+        type=int,
+        metavar="K",
+        help="Train on each spot's expression averaged over its K nearest spots of the same section, the "
+        "spot included (training targets only; every score stays on raw expression); default: off.",
     )
     p.add_argument("--resume", help="Lightning checkpoint (.ckpt) to resume training from.")
     p.add_argument(

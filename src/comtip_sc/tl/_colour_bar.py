@@ -20,9 +20,9 @@ from .._constants import COLOUR_CONTEXT_SCALE, DEFAULT_TILE_PX, DEFAULT_TILE_UM,
 from .._sections import resolve_sections, spot_layout
 from .._tables import get_table, normalized_values
 from ..pp._colour_stats import N_COLOUR_STATS, colour_features, zscore_per_section
+from ..pp._smooth import smooth_over_neighbours
 from ._evaluate import pearson_per_gene
 from ._ridge import CV_BLOCKS, ridge_cv, spatial_folds
-from ._smooth import smooth_over_neighbours
 
 #: The variants, in table order: (context tile, per-section z-scores).
 COLOUR_BAR_VARIANTS: list[tuple[bool, bool]] = [(c, z) for c in (False, True) for z in (False, True)]

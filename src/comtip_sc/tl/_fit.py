@@ -18,10 +18,12 @@ from spatialdata import SpatialData
 
 from .._constants import DEFAULT_TILE_UM, N_TOP_GENES, TABLE_KEY
 from .._logging import third_party_quiet
+from .._presets import AUTO_PRESET
 from ..model._comtip_model import ComtipModel
 from ..model._config import ComtipConfig
 from ..model._trunk import TRUNK_PRESETS
 from ..train import TrainRunner, TrainSettings, register_all, resolve_settings, training_plan
+from ._auto import fit_auto
 from ._fit_check import finish_fit
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,15 @@ def fit(
         EfficientNet-Lite0 at 128 px + a small token transformer), ``"gpu"`` or ``"paper"`` (CLIP ViT-B/32
         at 224 px, fine-tuned; CLIP weights from ``checkpoint_path``), ``"pathology"`` (frozen UNI from
         ``checkpoint_path`` + a token transformer) or ``"vit-tiny"`` (ViT-Ti/16 at 112 px from scratch).
+        ``"auto"``: fit each configuration of a small documented set (``docs/model.md``: the ``cpu`` preset,
+        with per-section colour standardisation, with a 3× context tile, with stain jitter, and
+        ``vit-tiny`` at 64 px) on the same training and held-out sections with the same seed, and return
+        the one whose self-check scores best (the best read-out's PCC-ALL on the held-out sections; a tie
+        goes to the earlier, cheaper one). Every candidate's scores go to the log and to
+        ``model.history["auto"]``. It costs about as much as fitting every candidate; it needs held-out
+        sections (``val_sections``), ``check=True`` and no ``config``. Keyword settings (``max_epochs=``,
+        ``tile_px=``, ...) and ``settings`` apply to every candidate, over the candidate's own;
+        ``default_root_dir`` gets one folder per candidate.
     config
         The network, a :class:`~comtip_sc.model.ComtipConfig`; overrides ``preset``'s network. Its
         ``colour_norm="section"`` standardises each section's tile colour, in training and in every
@@ -131,6 +142,7 @@ def fit(
     >>> model = cs.tl.fit(sdata, max_epochs=1, batch_size=16, enable_progress_bar=False)  # doctest: +SKIP
 
     """
+    arguments = dict(locals())  # preset="auto" calls fit once per candidate with these
     datasets = [sdata] if isinstance(sdata, SpatialData | AnnData) else list(sdata)
     bad = [type(d).__name__ for d in datasets if not isinstance(d, SpatialData)]
     if bad or not datasets:
@@ -138,6 +150,8 @@ def fit(
             f"fit needs one or more SpatialData objects (H&E image, spot shapes, annotating table), got "
             f"{bad or 'nothing'}. Read data with cs.io, cs.datasets or spatialdata_io."
         )
+    if preset == AUTO_PRESET:
+        return fit_auto(fit, datasets, arguments)
     if seed is not None:
         L.seed_everything(seed, workers=True, verbose=False)
     cfg, settings, trainer_kwargs = resolve_settings(preset, config, settings, kwargs)
@@ -145,6 +159,7 @@ def fit(
     data = register_all(
         datasets,
         val_sections,
+        smooth_targets=settings.smooth_targets,
         table_key=table_key,
         layer=layer,
         genes=genes,

@@ -21,12 +21,12 @@ from .._tables import check_genes, get_table, normalized_values, require_spatial
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._inference import embed_batch_size, encode_pairs, network_device
 from ..model._retrieval import retrieve
+from ..pp._smooth import smooth_over_neighbours
 from ..train._datamodule import SpotDataModule, SpotSentences
 from ._embed import image_embeddings
 from ._head import bank_folds, pattern_ridge
 from ._hybrid import hybrid_head, model_colour_features
 from ._ridge import CV_BLOCKS
-from ._smooth import smooth_over_neighbours
 from ._utils import record, target
 from ._zero_shot import readout_temperature, zero_shot_values
 

@@ -19,6 +19,7 @@ from .._tables import check_counts, check_genes, get_table, normalized_values
 from ..pp._context import with_context
 from ..pp._feature_cache import cache_trunk_tokens
 from ..pp._genes import select_genes
+from ..pp._smooth import smooth_over_neighbours
 from ..pp._tile_cache import cache_tiles
 from ..pp._tiles import SpotTiles
 from ._datamodule import SpotSentences, subset
@@ -248,10 +249,39 @@ def held_out_sections(
     return [names.index(w) for w in wanted]
 
 
+def smooth_training_targets(registered: list[Registered], held_out: Sequence[int], k: int) -> None:
+    """Train on each training spot's expression averaged over its ``k`` nearest spots of the same section.
+
+    Only the training sentences change: every table's dataset gets a smoothed copy of its values, with the
+    held-out sections' rows left raw (their validation loss stays on raw expression), while
+    ``Registered.values`` keeps the raw values that the reference bank and the gene statistics read.
+    """
+    i = 0
+    for r in registered:
+        full = r.sections[0][1].dataset  # every section is a view of its table's SpotSentences
+        smoothed = r.values.copy()
+        for _, ds in r.sections:
+            if i not in held_out:
+                rows = np.asarray(ds.indices)
+                # smooth_over_neighbours counts neighbours without the spot itself.
+                smoothed[rows] = smooth_over_neighbours(
+                    r.values[rows], r.centres[rows], np.zeros(len(rows), int), k - 1
+                )
+            i += 1
+        full.values = smoothed
+
+
 def register_all(
-    datasets: Sequence[SpatialData], val_sections: Sequence[str] | str | None, **kwargs: Any
+    datasets: Sequence[SpatialData],
+    val_sections: Sequence[str] | str | None,
+    smooth_targets: int | None = None,
+    **kwargs: Any,
 ) -> TrainingData:
-    """Register every dataset (``register``, with ``kwargs``) and choose the held-out sections."""
+    """Register every dataset (``register``, with ``kwargs``) and choose the held-out sections.
+
+    ``smooth_targets`` (``TrainSettings.smooth_targets``): train on expression averaged over that many
+    nearest spots of each section (``smooth_training_targets``); ``None``: raw expression.
+    """
     vocab: dict[str, int] = {}
     registered = [register(d, idx=i, vocab=vocab, **kwargs) for i, d in enumerate(datasets)]
     several = len(registered) > 1
@@ -264,16 +294,20 @@ def register_all(
     if len(held_out) == len(sections):
         raise ValueError("Every section is held out for validation; nothing is left to train on.")
     data = TrainingData(registered, vocab, names, sections, held_out, groups, gene_stats(registered, vocab))
+    if smooth_targets is not None:
+        smooth_training_targets(registered, held_out, smooth_targets)
     if data.n_train < 2:
         raise ValueError(
             f"Only {data.n_train} training spot(s) outside val_sections; InfoNCE needs at least 2."
         )
     log.info(
-        "Training CoMTIP on %d section(s) (%s), %d training spots, %d genes in the vocabulary; held out: %s.",
+        "Training CoMTIP on %d section(s) (%s), %d training spots, %d genes in the vocabulary; held out: "
+        "%s%s.",
         len(sections),
         ", ".join(names),
         data.n_train,
         len(vocab),
         [names[i] for i in held_out] or "none",
+        "" if smooth_targets is None else f"; targets averaged over the {smooth_targets} nearest spots",
     )
     return data

@@ -44,6 +44,12 @@ class TrainSettings:
     section_balance
         ``None``: plain shuffling. ``alpha`` in [0, 1]: each draw picks a training section with
         probability ∝ ``n_spots ** alpha`` (``0``: every section equally often).
+    smooth_targets
+        ``None``: train on each spot's own expression. ``k`` >= 2: each training spot's expression is
+        replaced by its mean over the ``k`` nearest spots of its section, the spot itself included, in the
+        training sentences only (a target with less sampling noise). The held-out sections' validation
+        loss, the reference bank, the zero-shot calibration, the self-check and every score use the raw
+        expression.
 
     Examples
     --------
@@ -62,6 +68,7 @@ class TrainSettings:
     num_workers: int = 0
     feature_cache: bool | None = None
     section_balance: float | None = None
+    smooth_targets: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.batch_size < 2:
@@ -73,6 +80,12 @@ class TrainSettings:
             raise ValueError(f"lr must be > 0 and num_workers >= 0, got {self.lr} and {self.num_workers}.")
         if self.section_balance is not None and not 0.0 <= self.section_balance <= 1.0:
             raise ValueError(f"section_balance must be None or in [0, 1], got {self.section_balance}.")
+        k = self.smooth_targets
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 2):
+            raise ValueError(
+                f"smooth_targets must be None (off) or an int >= 2 (spots averaged, the spot included), got "
+                f"{k!r}."
+            )
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> TrainSettings:
