@@ -25,7 +25,7 @@ import torch
 
 import comtip_sc as cs
 from comtip_sc.io import atomic_path
-from comtip_sc.tl._auto import AUTO_CANDIDATES, format_auto
+from comtip_sc.tl import AUTO_CANDIDATES, format_auto
 
 
 def run(rows: int, epochs: int | None, batch_size: int) -> tuple[dict[str, Any], pd.DataFrame]:

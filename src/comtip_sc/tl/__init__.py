@@ -1,6 +1,7 @@
 """Tools: training, embedding, clustering, prediction and evaluation."""
 
 from .._predictions import predictions_adata
+from ._auto import AUTO_CANDIDATES, format_auto
 from ._clusters import embedding_clusters
 from ._colour_bar import ColourBar, ColourBarFit, colour_bar, colour_bar_predict
 from ._embed import comtip_embed
@@ -11,6 +12,7 @@ from ._ridge import ridge_cv, spatial_folds
 from ._self_check import format_self_check, self_check
 
 __all__ = [
+    "AUTO_CANDIDATES",
     "ColourBar",
     "ColourBarFit",
     "colour_bar",
@@ -20,6 +22,7 @@ __all__ = [
     "embedding_clusters",
     "evaluate",
     "fit",
+    "format_auto",
     "format_self_check",
     "pearson_per_gene",
     "predictions_adata",
