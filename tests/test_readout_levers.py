@@ -1,5 +1,7 @@
 """Read-out levers: test-time augmentation of the embedding and the hybrid (embedding + colour) head."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -80,12 +82,23 @@ def test_embed_and_predict_with_tta(tiny_model):
 
 # ------------------------------------------------------------------ hybrid head
 @pytest.fixture(scope="module")
-def coloured(tiny_model):
-    return with_bank_colour(tiny_model, [_train()])
+def plain(tiny_model):
+    """The model as saved before fit stored colour statistics in the bank."""
+    out = copy.copy(tiny_model)
+    out.reference = copy.copy(tiny_model.reference)
+    out.reference.colour = None
+    return out
 
 
-def test_bank_colour_comes_from_the_training_sections(tiny_model, coloured):
-    assert tiny_model.reference.colour is None  # the user's model is left as it was
+@pytest.fixture(scope="module")
+def coloured(plain):
+    return with_bank_colour(plain, [_train()])
+
+
+def test_bank_colour_comes_from_the_training_sections(tiny_model, plain, coloured):
+    assert plain.reference.colour is None  # the model given is left as it was
+    # fit stores the same statistics in the bank of the model it returns.
+    np.testing.assert_allclose(tiny_model.reference.colour, coloured.reference.colour)
     bank = coloured.reference
     assert bank.colour.shape == (len(bank.embeddings), 108) and np.isfinite(bank.colour).all()
     np.testing.assert_allclose(
@@ -115,14 +128,14 @@ def test_hybrid_predicts_and_records_its_choices(tiny_model, coloured):
     )
 
 
-def test_hybrid_needs_colour_statistics_of_the_bank(tiny_model):
+def test_hybrid_needs_colour_statistics_of_the_bank(plain):
     with pytest.raises(ValueError, match="colour statistics"):
-        cs.tl.comtip_predict(_unseen(), tiny_model, method="hybrid", copy=True)
+        cs.tl.comtip_predict(_unseen(), plain, method="hybrid", copy=True)
 
 
-def test_bank_colour_survives_save_and_older_models_load(tiny_model, coloured, tmp_path):
+def test_bank_colour_survives_save_and_older_models_load(plain, coloured, tmp_path):
     coloured.save(tmp_path / "with")
-    tiny_model.save(tmp_path / "without")
+    plain.save(tmp_path / "without")
     np.testing.assert_array_equal(
         ComtipModel.load(tmp_path / "with").reference.colour, coloured.reference.colour
     )
