@@ -21,7 +21,8 @@ from .._devices import resolve_device
 from .._predictions import get_predictions
 from .._tables import get_table, normalized_values
 from ..model._comtip_model import ComtipModel
-from ._colour_bar import as_list, colour_bar
+from ..pp._smooth import smooth_over_neighbours
+from ._colour_bar import as_list, colour_bar, section_layout
 from ._embed import image_embeddings
 from ._evaluate import pearson_per_gene
 from ._hybrid import bank_keys, spot_keys, with_bank_colour
@@ -98,8 +99,11 @@ def self_check(
     """Score the model's read-outs and the simple colour bar on whole held-out sections.
 
     Each read-out (:func:`~comtip_sc.tl.comtip_predict` with ``method=`` each of ``readouts``) predicts the held-out
-    spots from their tiles; the simple bar (:func:`~comtip_sc.tl.colour_bar`: the best by spatial-block CV of four
-    colour-statistics ridges, fitted on ``train``) predicts the same spots. Every prediction is scored
+    spots from their tiles; the simple bar predicts the same spots with each of the four colour-statistics
+    ridges of :func:`~comtip_sc.tl.colour_bar` (spot tile or 3× context tile, with and without per-section
+    z-scores, each penalty by spatial-block CV, fitted on ``train``), and the bar is the best of the four on
+    the held-out spots: the hardest colour baseline to beat (the variant that CV inside the training
+    sections prefers cannot see a new patient's stain shift). Every prediction is scored
     against the held-out expression with PCC-ALL: the mean over ``genes`` of the Pearson correlation over
     all held-out spots (:func:`~comtip_sc.tl.pearson_per_gene`; a gene constant in the truth or the prediction counts 0).
     Spots of held-out sections in the model's reference bank (matched by shapes element and spot id) are
@@ -141,8 +145,9 @@ def self_check(
     -------
     DataFrame indexed by read-out (``readouts`` in order, then ``"simple bar (<variant>)"``) with columns
     ``pcc_all``, ``vs_bar`` (``pcc_all`` minus the bar's), ``beats_bar`` (``False`` on the bar's row),
-    ``n_spots`` and ``n_genes``. ``attrs`` holds ``"bar_variant"``, ``"bar_cv_pcc"`` (every variant's
-    training CV score) and ``"genes"``. :func:`~comtip_sc.tl.format_self_check` renders it as text. A warning is logged
+    ``n_spots`` and ``n_genes``. ``attrs`` holds ``"bar_variant"`` (the best on the held-out spots),
+    ``"bar_held_out_pcc"`` (every variant's held-out score), ``"bar_cv_pcc"`` (every variant's training CV
+    score) and ``"genes"``. :func:`~comtip_sc.tl.format_self_check` renders it as text. A warning is logged
     when no read-out beats the bar.
 
     Examples
@@ -212,9 +217,13 @@ def self_check(
         smooth=smooth,
         spot_diameter_um=spot_diameter_um,
     )
-    preds[f"{BAR_ROW} ({bar.variant})"] = [f.to_numpy(np.float64) for f in bar.predictions]
     scores = {name: float(pearson_per_gene(truth, np.concatenate(p)).mean()) for name, p in preds.items()}
-    bar_score = scores[f"{BAR_ROW} ({bar.variant})"]
+    # The bar is the best variant on the held-out sections: the hardest colour baseline to beat. The
+    # variant chosen by CV inside the training patient cannot see a new patient's stain shift (on her2st
+    # it picked raw spot-tile colour, PCC-ALL ~0 on the other patient, where per-section z scores ~0.08).
+    bar_scores = _variant_scores(bar, truth, held_out, table_key, smooth, spot_diameter_um)
+    variant = max(bar_scores, key=lambda k: bar_scores[k])
+    bar_score = scores[f"{BAR_ROW} ({variant})"] = bar_scores[variant]
     out = pd.DataFrame(
         {
             "pcc_all": scores,
@@ -225,14 +234,33 @@ def self_check(
         }
     )
     out.index.name = "read_out"
-    out.attrs = {"bar_variant": bar.variant, "bar_cv_pcc": dict(bar.fit.cv_pcc), "genes": list(genes)}
+    out.attrs = {
+        "bar_variant": variant,
+        "bar_held_out_pcc": bar_scores,
+        "bar_cv_pcc": dict(bar.fit.cv_pcc),
+        "genes": list(genes),
+    }
     if not out["beats_bar"].any():
         log.warning(
             "No read-out beats the simple colour bar on the held-out sections (PCC-ALL %.3f, %s): the model "
             "predicts nothing there that the tiles' colour does not already tell.",
             bar_score,
-            bar.variant,
+            variant,
         )
+    return out
+
+
+def _variant_scores(
+    bar, truth: np.ndarray, held_out: list[SpatialData], table_key: str, smooth: int | None, spot_diameter_um
+) -> dict[str, float]:
+    """PCC-ALL on the held-out spots of every colour-bar variant (smoothed like the read-outs when asked)."""
+    if smooth is not None:
+        sections, centres = section_layout(held_out, table_key, spot_diameter_um)
+    out = {}
+    for name, pred in bar.fit.predictions.items():
+        if smooth is not None:
+            pred = smooth_over_neighbours(pred, centres, sections, smooth)
+        out[name] = float(pearson_per_gene(truth, np.asarray(pred, np.float64)).mean())
     return out
 
 
