@@ -50,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rows",
         default="all",
-        choices=["all", "core", "ablations"],
-        help="Which fits to run: all; core (CoMTIP, + context, + stain jitter, the baselines and clustering: "
-        "what the quality targets are read from); ablations (−MFM, −PAAT, −value query, the peer families, "
-        "held-out genes, beside the same baselines). A subset writes expression_prediction_<preset>_<rows>.*.",
+        choices=["all", "core", "ablations", "auto"],
+        help="Which fits to run: all; core (CoMTIP, + context, + stain jitter, + smoothed targets, the "
+        "baselines and clustering: what the quality targets are read from); ablations (−MFM, −PAAT, −value "
+        "query, the peer families, held-out genes, beside the same baselines); auto (preset='auto' beside "
+        "the baselines, on the folds whose training patient has two sections or more). A subset writes "
+        "expression_prediction_<preset>_<rows>.*.",
     )
     p.add_argument(
         "--per-fit",

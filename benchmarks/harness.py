@@ -52,10 +52,26 @@ VARIANTS: list[tuple[str, dict[str, bool]]] = [
     ("names-only ≈OmiCLIP", FLAG_PRESETS["omiclip"]),
     ("CoMTIP + 3× context", {**FLAG_PRESETS["comtip"], "context_scale": CONTEXT_SCALE}),
     ("CoMTIP + stain jitter", {**FLAG_PRESETS["comtip"], **STAIN_JITTER}),
+    ("CoMTIP + smoothed targets", FLAG_PRESETS["comtip"]),
 ]
+#: Training settings (:class:`comtip_sc.train.TrainSettings` fields) of the variants that change how they train.
+#: Smoothed targets: each training spot's sentence carries its mean over itself and its 4 nearest spots (the
+#: ring of a square legacy-ST grid); every score is on raw expression.
+SMOOTH_TARGETS = 5
+TRAIN_OPTIONS: dict[str, dict] = {"CoMTIP + smoothed targets": {"smooth_targets": SMOOTH_TARGETS}}
 #: The variants that also get a ridge-head row on their image embedding, and that row smoothed.
-HEAD_VARIANTS = ("CoMTIP", "CoMTIP + 3× context", "CoMTIP + stain jitter")
+HEAD_VARIANTS = ("CoMTIP", "CoMTIP + 3× context", "CoMTIP + stain jitter", "CoMTIP + smoothed targets")
 HEAD = "head (ridge on its image emb.)"
+#: The hybrid read-out (ridge over the embedding and the tiles' colour statistics), for these variants.
+HYBRID_VARIANTS = ("CoMTIP", "CoMTIP + 3× context")
+HYBRID = "hybrid (emb. + colour)"
+#: Test-time augmentation (embedding = mean over the 8 dihedral views) of the head, for the plain model.
+TTA = "head, TTA (8 dihedral views)"
+#: ``cs.tl.fit(preset="auto")``: its candidates fitted on the training patient minus held-out sections, the
+#: one the self-check scores best kept. It needs two training sections, so it runs on the folds that have them.
+AUTO = "CoMTIP preset='auto'"
+AUTO_READOUTS = ("retrieval", "zero_shot", "head", "hybrid")
+AUTO_PICK = "read-out the self-check ranks first"
 #: The smoothing ablation: the head's predictions averaged over each spot's SMOOTH nearest spots.
 SMOOTH = 6
 SMOOTHED = f"head, {SMOOTH}-NN smoothed"
@@ -69,15 +85,23 @@ MEAN = "train mean"
 
 
 #: The independent pieces of one fold, the tasks of ``--per-fit``: one per CoMTIP fit, then the baselines.
-PARTS: list[str] = [*(label for label, _ in VARIANTS), UNSEEN, "baselines"]
+PARTS: list[str] = [*(label for label, _ in VARIANTS), UNSEEN, AUTO, "baselines"]
 #: ``--rows``: which parts a run trains. ``core`` holds what the quality targets are read from (CoMTIP,
 #: context, stain jitter, baselines and clustering); ``ablations`` the method ablations and peer families
 #: beside the same baselines.
-CORE_PARTS = ["CoMTIP", "CoMTIP + 3× context", "CoMTIP + stain jitter", "baselines"]
+CORE_PARTS = [
+    "CoMTIP",
+    "CoMTIP + 3× context",
+    "CoMTIP + stain jitter",
+    "CoMTIP + smoothed targets",
+    "baselines",
+]
 ROW_SETS: dict[str, list[str]] = {
     "all": PARTS,
     "core": CORE_PARTS,
-    "ablations": [p for p in PARTS if p not in CORE_PARTS or p == "baselines"],
+    "ablations": [p for p in PARTS if (p not in CORE_PARTS and p != AUTO) or p == "baselines"],
+    # preset='auto' fits five candidates per fold and seed: a run of its own, beside the same baselines.
+    "auto": [AUTO, "baselines"],
 }
 
 
@@ -90,9 +114,16 @@ def method_names(parts: Sequence[str] | None = None) -> list[str]:
             continue
         names += [f"{label} · retrieval"] + ([f"{label} · zero-shot"] if flags["use_values"] else [])
         names += [f"{label} · {HEAD}", f"{label} · {SMOOTHED}"] if label in HEAD_VARIANTS else []
-        names += [SEEN] if label == "CoMTIP" else []
+        names += [f"{label} · {HYBRID}"] if label in HYBRID_VARIANTS else []
+        names += [SEEN, f"{label} · {TTA}"] if label == "CoMTIP" else []
     names += [UNSEEN] if UNSEEN in parts else []
+    if AUTO in parts:
+        names += [f"{AUTO} · {READOUT_NAMES[m]}" for m in AUTO_READOUTS] + [f"{AUTO} · {AUTO_PICK}"]
     return [*names, STNET, RIDGE, *COLOUR_ROWS, MEAN] if "baselines" in parts else names
+
+
+#: Row names of the read-outs (``cs.tl.comtip_predict``'s ``method``).
+READOUT_NAMES = {"retrieval": "retrieval", "zero_shot": "zero-shot", "head": HEAD, "hybrid": HYBRID}
 
 
 def held_out_genes(panel: list[str]) -> list[str]:
@@ -169,9 +200,15 @@ def train_folds(fold: Fold) -> np.ndarray:
 
 
 def fit_comtip(
-    fold: Fold, preset: BenchPreset, flags: dict[str, bool], genes: list[str], work: Path, root: Path
+    fold: Fold,
+    preset: BenchPreset,
+    flags: dict[str, bool],
+    genes: list[str],
+    work: Path,
+    root: Path,
+    **options,
 ) -> ComtipModel:
-    """Train one CoMTIP row's model with the preset's settings on ``fold.train``.
+    """Train one CoMTIP row's model with the preset's settings (and ``options``) on ``fold.train``.
 
     The training tiles come from the cache at ``work/train/dataset0.zarr`` (built once per fold);
     Lightning writes under ``root``.
@@ -196,6 +233,7 @@ def fit_comtip(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **options,
     )
 
 
@@ -232,6 +270,13 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
     import comtip_sc as cs
 
     cfg, panel, seed = preset.config, fold.panel, preset.seed
+    if parts is not None and AUTO in parts and len(resolve_sections(fold.train)) < 2:
+        # preset='auto' needs sections to hold out. In its own run (--rows auto) the baselines would only
+        # move the bar away from the folds the auto rows are on, so that run skips the fold.
+        log.info("%s %s: one training section, so no preset='auto' rows.", fold.dataset, fold.name)
+        parts = [p for p in parts if p != AUTO]
+        if parts == ROW_SETS["auto"][1:]:
+            return
     t0 = time.perf_counter()
     # Cut once here for every row (fit() reuses the training cache).
     train_tiles, test_tiles = cache_fold_tiles(fold, preset, work)
@@ -268,7 +313,8 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
         if parts is not None and label not in parts:
             continue
         t = time.perf_counter()
-        model = fit_comtip(fold, preset, flags, genes, work, work / f"seed{seed}" / f"lightning{k}")
+        root = work / f"seed{seed}" / f"lightning{k}"
+        model = fit_comtip(fold, preset, flags, genes, work, root, **TRAIN_OPTIONS.get(label, {}))
         fit_s = time.perf_counter() - t
         t = time.perf_counter()
         net = model.network
@@ -315,6 +361,20 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
                 emit(f"{label} · {SMOOTHED}", _score(fold.test, panel, None), fit_s, pred_s)
             if label == "CoMTIP" and m == "head":
                 emit(SEEN, seen, fit_s, pred_s, len(held))
+        if label in HYBRID_VARIANTS:
+            t = time.perf_counter()
+            cs.tl.comtip_predict(
+                fold.test, model, method="hybrid", genes=panel, use_rep="X_bench", key_added="bench_pred"
+            )
+            emit(
+                f"{label} · {HYBRID}", _score(fold.test, panel, None), fit_s, time.perf_counter() - t + emb_s
+            )
+        if label == "CoMTIP":
+            t = time.perf_counter()
+            cs.tl.comtip_predict(
+                fold.test, model, method="head", genes=panel, tta=True, key_added="bench_pred"
+            )
+            emit(f"{label} · {TTA}", _score(fold.test, panel, None), fit_s, time.perf_counter() - t)
         del fold.test.tables[TABLE_KEY].obsm["X_bench"]
         if label == "CoMTIP" and fold.regions is not None:
             cs.tl.comtip_embed(fold.test, model, key_added="X_comtip")
@@ -322,6 +382,10 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
             for row in score_embeddings(fold.test, fold.regions, {EMBEDDINGS[0]: x}, seed):
                 on_row({**base, **row, "table": "clustering"})
 
+    if parts is not None and AUTO in parts:
+        from .auto_rows import run_auto
+
+        run_auto(fold, preset, work, emit)
     if parts is not None and "baselines" not in parts:
         return
     t = time.perf_counter()

@@ -56,9 +56,20 @@ NOTES = [
     "`FLAG_PRESETS['bleep']` (learned gene identities + values, no names, no MFM/PAAT); `names-only ≈OmiCLIP` = "
     "`FLAG_PRESETS['omiclip']` (top-k gene names, no values, no MFM/PAAT).",
     "retrieval: mean of the 50 training spots whose gene-sentence embeddings are closest to the test spot's "
-    "image embedding; zero-shot: no bank, expected value over candidate-value sentences; head: ridge "
+    "image embedding; zero-shot: no bank, each panel gene read from its candidate-value sentence scores by "
+    "the per-gene ridge `fit` fitted on the training spots; head: ridge "
     "on CoMTIP's frozen image embeddings of the training spots, its penalty chosen by spatial-block CV "
-    "(5 k-means blocks per training section; `cs.tl.comtip_predict(cv_blocks=)`).",
+    "(5 k-means blocks per training section; `cs.tl.comtip_predict(cv_blocks=)`); hybrid: the same ridge "
+    "over the embedding and the tiles' colour statistics (spot + 3× context), each block z-scored per "
+    "section (`method='hybrid'`); head, TTA: the head on embeddings averaged over the 8 dihedral views of "
+    "each test tile (`tta=True`).",
+    "`CoMTIP + smoothed targets`: trained with `smooth_targets=5` (each training spot's sentence carries "
+    "its mean over itself and its 4 nearest spots); scored, like every row, on raw expression.",
+    "`CoMTIP preset='auto'` (its own run, `--rows auto`): `cs.tl.fit(preset='auto', seed=, tile_um=)` as a "
+    "user calls it: five candidates, each with its own preset's recipe, trained on the training patient "
+    "minus the section the self-check holds out; the best by held-out PCC-ALL is kept. Only folds whose "
+    "training patient has two sections or more; `read-out the self-check ranks first` is the read-out "
+    "with the best held-out score, scored on the test patient.",
     "Held-out genes: every 5th panel gene (50 of 250) is left out of a second full-CoMTIP fit; its zero-shot "
     "rows score only those genes (n_genes 50), predicted from their names by the model that never saw them, "
     "beside the same genes predicted by the main model that trained on them. Their PCC is over those 50 "
@@ -332,7 +343,7 @@ def write_results(
         parts.append(_md_table(table, floats | extra))
         if best:
             parts += ["", "Simple bar: " + "; ".join(f"{d} = `{m}`" for d, m in best.items()) + "."]
-        parts += ["", *targets_md(table, clustering_summary(cl) if len(cl) else None)]
+        parts += ["", *targets_md(table, clustering_summary(cl) if len(cl) else None, per_fold(df))]
     parts += ["", *_clustering_md(cl)] if len(cl) else []
     parts += ["", "## Every fold (mean over seeds)", ""]
     if len(df):
