@@ -33,7 +33,7 @@ class Fold:
     test: SpatialData
     panel: list[str]
     tile_um: float
-    #: ``ComtipConfig.colour_norm`` of every row's tiles on this dataset.
+    #: ``colour_norm`` (a ``TrainSettings`` data setting) of every row's tiles on this dataset.
     colour_norm: str | None = None
     #: Tissue-region label of every test spot (NaN where none), for the clustering table; ``None``: the
     #: test patient has no labels.

@@ -20,7 +20,7 @@ import torch
 from spatialdata import SpatialData
 
 from comtip_sc.constants import TABLE_KEY
-from comtip_sc.model import FLAG_PRESETS, ComtipConfig, ComtipModel
+from comtip_sc.model import FLAG_PRESETS, ComtipModel
 from comtip_sc.pp import cache_tiles, normalized_values, resolve_sections, spot_layout
 from comtip_sc.tl import spatial_folds
 from comtip_sc.train import default_precision
@@ -39,7 +39,7 @@ from .presets import BenchPreset
 
 log = logging.getLogger("benchmarks")
 
-#: The stain-augmentation ablation's strengths (``ComtipConfig.stain_jitter`` / ``colour_jitter``).
+#: The stain-augmentation ablation's strengths (``TrainSettings.stain_jitter`` / ``colour_jitter``).
 STAIN_JITTER = {"stain_jitter": 0.1, "colour_jitter": 0.1}
 #: The CoMTIP variants trained per fold: (row label, ablation flags). Each gives a retrieval row, and a zero-shot
 #: row when its sentences carry values.
@@ -50,15 +50,19 @@ VARIANTS: list[tuple[str, dict[str, bool]]] = [
     ("CoMTIP −value query", {**FLAG_PRESETS["comtip"], "value_query": False}),
     ("values-only ≈BLEEP", FLAG_PRESETS["bleep"]),
     ("names-only ≈OmiCLIP", FLAG_PRESETS["omiclip"]),
-    ("CoMTIP + 3× context", {**FLAG_PRESETS["comtip"], "context_scale": CONTEXT_SCALE}),
-    ("CoMTIP + stain jitter", {**FLAG_PRESETS["comtip"], **STAIN_JITTER}),
+    ("CoMTIP + 3× context", FLAG_PRESETS["comtip"]),
+    ("CoMTIP + stain jitter", FLAG_PRESETS["comtip"]),
     ("CoMTIP + smoothed targets", FLAG_PRESETS["comtip"]),
 ]
-#: Training settings (:class:`comtip_sc.train.TrainSettings` fields) of the variants that change how they train.
-#: Smoothed targets: each training spot's sentence carries its mean over itself and its 4 nearest spots (the
-#: ring of a square legacy-ST grid); every score is on raw expression.
+#: Training and data settings (:class:`comtip_sc.train.TrainSettings` fields) of the variants that change how
+#: they train. Smoothed targets: each training spot's sentence carries its mean over itself and its 4 nearest
+#: spots (the ring of a square legacy-ST grid); every score is on raw expression.
 SMOOTH_TARGETS = 5
-TRAIN_OPTIONS: dict[str, dict] = {"CoMTIP + smoothed targets": {"smooth_targets": SMOOTH_TARGETS}}
+TRAIN_OPTIONS: dict[str, dict] = {
+    "CoMTIP + 3× context": {"context_scale": CONTEXT_SCALE},
+    "CoMTIP + stain jitter": STAIN_JITTER,
+    "CoMTIP + smoothed targets": {"smooth_targets": SMOOTH_TARGETS},
+}
 #: The variants that also get a ridge-head row on their image embedding, and that row smoothed.
 HEAD_VARIANTS = ("CoMTIP", "CoMTIP + 3× context", "CoMTIP + stain jitter", "CoMTIP + smoothed targets")
 HEAD = "head (ridge on its image emb.)"
@@ -173,11 +177,10 @@ def cache_fold_tiles(fold: Fold, preset: BenchPreset, work: Path, *, test: bool 
     return train, (cache_tiles(fold.test, work / "test.zarr", **_tile_kw(fold, preset)) if test else None)
 
 
-def _tile_kw(fold: Fold, preset: BenchPreset, config: ComtipConfig | None = None) -> dict:
-    """How the fold's tiles are cut: the spot tile, or with ``config.context_scale`` its context tile."""
-    scale = config.context_scale if config is not None and config.context_scale is not None else 1.0
+def _tile_kw(fold: Fold, preset: BenchPreset, context_scale: float | None = None) -> dict:
+    """How the fold's tiles are cut: the spot tile, or with ``context_scale`` its context tile."""
     return {
-        "tile_um": fold.tile_um * scale,
+        "tile_um": fold.tile_um * (context_scale or 1.0),
         "tile_px": preset.config.tile_px,
         "colour_norm": fold.colour_norm,
     }
@@ -218,7 +221,8 @@ def fit_comtip(
     return cs.tl.fit(
         fold.train,
         genes=genes,
-        config=preset.config.replace(**flags, colour_norm=fold.colour_norm),
+        config=preset.config.replace(**flags),
+        colour_norm=fold.colour_norm,
         tile_um=fold.tile_um,
         max_epochs=preset.epochs,
         batch_size=preset.batch_size,
@@ -321,8 +325,10 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
         if torch.cuda.is_available():
             net = net.cuda()
         test_reader = test_tiles
-        if model.config.context_scale is not None:
-            wide = cache_tiles(fold.test, work / "test_context.zarr", **_tile_kw(fold, preset, model.config))
+        if model.context_scale is not None:
+            wide = cache_tiles(
+                fold.test, work / "test_context.zarr", **_tile_kw(fold, preset, model.context_scale)
+            )
             test_reader = cs.pp.ContextTiles(test_tiles, wide)
         # The test image embeddings, computed once from the test tile cache, feed every predictor below.
         fold.test.tables[TABLE_KEY].obsm["X_bench"] = model.encode_images(test_reader, batch_size=64)

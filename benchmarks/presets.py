@@ -17,7 +17,7 @@ class BenchPreset:
     config: ComtipConfig
     tile_um: dict[str, float]
     epochs: int
-    #: Per dataset: ``ComtipConfig.colour_norm`` of its tiles, for every row (missing: tiles as scanned).
+    #: Per dataset: the ``colour_norm`` data setting of its tiles, for every row (missing: tiles as scanned).
     colour_norm: dict[str, str | None] = dataclasses.field(default_factory=dict)
     batch_size: int = 32
     lr: float = 1e-4

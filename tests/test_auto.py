@@ -171,7 +171,7 @@ def test_auto_returns_the_best_scoring_candidate_and_records_every_one(auto_mode
     # The returned model is the chosen one: its own self-check gives the chosen score.
     assert _auto.candidate_score(auto_model.validation_) == pytest.approx(scores[record["chosen"]])
     expected_norm = None if record["chosen"] == "tiny" else "section"
-    assert auto_model.config.colour_norm == expected_norm
+    assert auto_model.colour_norm == expected_norm
     assert auto_model.history["val_sections"] == ["b_spots"]
 
 

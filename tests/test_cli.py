@@ -71,7 +71,7 @@ def test_fit_embed_predict_from_the_shell(tmp_path, capsys):
     from comtip_sc.model import ComtipModel
 
     loaded = ComtipModel.load(model)
-    assert loaded.config.colour_norm == "section" and loaded.history["section_balance"] == 0.5
+    assert loaded.colour_norm == "section" and loaded.history["section_balance"] == 0.5
     out = tmp_path / "pred.h5ad"
     assert (
         main(["predict", "toy", "--model", str(model), "--out", str(out), "--method", "retrieval", "-q"])

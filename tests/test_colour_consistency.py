@@ -29,10 +29,12 @@ def _rescanned(sdata, gain, offset):
 def jittered_section_model(tiny_config, tmp_path_factory):
     """Trained with per-section colour standardisation and both colour augmentations."""
     train = cs.datasets.toy_tissue(n_rows=6, n_cols=6, n_genes=30, seed=0)
-    cfg = tiny_config.replace(colour_norm="section", stain_jitter=0.05, colour_jitter=0.1)
     model = cs.tl.fit(
         train,
-        config=cfg,
+        config=tiny_config,
+        colour_norm="section",
+        stain_jitter=0.05,
+        colour_jitter=0.1,
         tile_um=100,
         max_epochs=1,
         batch_size=16,
@@ -48,7 +50,7 @@ def test_training_tiles_embed_at_predict_time_as_in_the_bank(jittered_section_mo
     # The bank's image embeddings come from fit's tile pipeline; comtip_embed uses the predict one. Equal
     # embeddings mean the same colour standardisation and no augmentation in either.
     train, model = jittered_section_model
-    assert model.config.stain_jitter == 0.05 and model.config.colour_norm == "section"
+    assert model.history["settings"]["stain_jitter"] == 0.05 and model.colour_norm == "section"
     emb = cs.tl.comtip_embed(train, model, copy=True).tables["table"].obsm[EMBED_KEY]
     np.testing.assert_allclose(emb, model.reference.image_embeddings, atol=1e-5)
 

@@ -10,15 +10,10 @@ import comtip_sc as cs
 from comtip_sc._predictions import get_predictions
 from comtip_sc.model._trunk import create_backbone
 from comtip_sc.model._vision import VisionBranch
+from comtip_sc.train import TrainSettings, resolve_settings
 from comtip_sc.train._datamodule import SentenceCollate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def config(frozen_cnn_config):
-    """The tiny frozen CNN config with a 3x context tile."""
-    return lambda **kw: frozen_cnn_config(**{"context_scale": 3.0, **kw})
 
 
 def test_context_tiles_stack_the_spot_and_a_wider_field() -> None:
@@ -69,9 +64,11 @@ def test_context_jitter_draws_once_per_spot() -> None:
     assert not torch.allclose(image[0], image[1])  # spots: different draws
 
 
-def test_fit_embed_predict_with_a_context_tile(tmp_path, config, fit_quiet) -> None:
+def test_fit_embed_predict_with_a_context_tile(tmp_path, frozen_cnn_config, fit_quiet) -> None:
     sdata = cs.datasets.toy_tissue(n_rows=5, n_cols=5, n_genes=20, seed=0)
-    model = fit_quiet(sdata, config(), max_epochs=1, tile_cache=str(tmp_path / "cache"))
+    cfg = frozen_cnn_config()
+    model = fit_quiet(sdata, cfg, context_scale=3.0, max_epochs=1, tile_cache=str(tmp_path / "cache"))
+    assert model.config.context_tile and model.context_scale == 3.0 and not cfg.context_tile
     cache = tmp_path / "cache"
     assert (cache / "dataset0.zarr").is_dir() and (cache / "dataset0_300um.zarr").is_dir()
     tokens = cs.pp.CachedTokens(cache / "dataset0_300um_tokens.zarr")
@@ -79,7 +76,7 @@ def test_fit_embed_predict_with_a_context_tile(tmp_path, config, fit_quiet) -> N
     # Saved and loaded, the model cuts the same two tiles per spot and embeds like its bank.
     model.save(tmp_path / "model")
     loaded = cs.model.ComtipModel.load(tmp_path / "model")
-    assert loaded.config.context_scale == 3.0
+    assert loaded.context_scale == 3.0 and loaded.config.context_tile and "3× context" in repr(loaded)
     cs.tl.comtip_embed(sdata, loaded, accelerator="cpu")
     np.testing.assert_allclose(
         sdata.tables["table"].obsm["X_comtip"], model.reference.image_embeddings, atol=5e-3
@@ -88,8 +85,12 @@ def test_fit_embed_predict_with_a_context_tile(tmp_path, config, fit_quiet) -> N
     assert np.isfinite(get_predictions(sdata.tables["table"], "comtip_pred").to_numpy()).all()
 
 
-def test_context_scale_is_validated(config) -> None:
+def test_context_scale_is_validated(frozen_cnn_config) -> None:
     with pytest.raises(ValueError, match="context_scale"):
-        config(context_scale=0.5)
+        TrainSettings(context_scale=0.5)
     with pytest.raises(ValueError, match="context_scale"):
-        config(token_depth=0, mfm=False)
+        resolve_settings("cpu", frozen_cnn_config(token_depth=0, mfm=False), None, {"context_scale": 3.0})
+    with pytest.raises(ValueError, match="context_scale"):
+        resolve_settings("cpu", frozen_cnn_config(context_tile=True), None, {})
+    cfg, settings, _ = resolve_settings("cpu", frozen_cnn_config(), None, {"context_scale": 3.0})
+    assert cfg.context_tile and settings.context_scale == 3.0

@@ -137,8 +137,10 @@ def test_jittered_token_cache_keeps_view_0_and_jitters_the_others(tiles, tmp_pat
 
 def test_fit_with_jitter_trains_on_a_jittered_token_cache(tmp_path, frozen_cnn_config, fit_quiet) -> None:
     sdata = cs.datasets.toy_tissue(n_rows=4, n_cols=4, n_genes=20, seed=0)
-    cfg = frozen_cnn_config(stain_jitter=0.05, colour_jitter=0.1)
-    fit_quiet(sdata, cfg, max_epochs=1, tile_cache=str(tmp_path / "cache"))
+    cfg = frozen_cnn_config()
+    fit_quiet(
+        sdata, cfg, stain_jitter=0.05, colour_jitter=0.1, max_epochs=1, tile_cache=str(tmp_path / "cache")
+    )
     jittered = tmp_path / "cache" / "dataset0_sj0.05_cj0.1_tokens.zarr"
     assert jittered.is_dir() and not (tmp_path / "cache" / "dataset0_tokens.zarr").exists()
     assert cs.pp.CachedTokens(jittered).key["jitter"] == [0.05, 0.1, 0]

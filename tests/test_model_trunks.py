@@ -78,6 +78,27 @@ def test_pretrained_cfg_overlay_is_merged_not_replaced(tmp_path):
         )
 
 
+class _TouchOnUnpickle:
+    """Unpickling it creates a file: the side effect a malicious weights file would have."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_users_trunk_file_with_pickled_objects_is_refused_unread(tmp_path):
+    # A user's .pth is read by timm's loader with torch.load(weights_only=True), as cs.model.read_weights
+    # reads every other weights file: a pickled object is refused and its code never runs.
+    marker = tmp_path / "ran"
+    state = timm.create_model("resnet10t", num_classes=0).state_dict()
+    torch.save({**state, "payload": _TouchOnUnpickle(marker)}, tmp_path / "w.pth")
+    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+        create_backbone("resnet10t", 64, checkpoint_path=str(tmp_path / "w.pth"))
+    assert not marker.exists()
+
+
 def _write_hub_snapshot(cache: Path, repo: str, files: dict[str, bytes]) -> None:
     """Lay out ``files`` like huggingface_hub's cache: models--org--name/{refs/main, snapshots/<commit>/...}."""
     commit = "0123456789abcdef0123456789abcdef01234567"

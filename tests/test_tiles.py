@@ -304,13 +304,32 @@ def test_model_applies_its_colour_norm_after_save_and_load(toy, tiny_config, tmp
     from comtip_sc.model import ComtipModel, build_network
 
     genes = toy.tables["table"].var_names[:5].tolist()
-    cfg = tiny_config.replace(colour_norm="section")
-    ComtipModel(build_network(cfg, genes), panel=genes, tile_um=100, tile_px=32).save(tmp_path / "m")
+    net = build_network(tiny_config, genes)
+    ComtipModel(net, panel=genes, tile_um=100, tile_px=32, colour_norm="section").save(tmp_path / "m")
     model = ComtipModel.load(tmp_path / "m")
-    assert model.config.colour_norm == "section" and model.tiles(toy).colour_norm == "section"
+    assert model.colour_norm == "section" and model.tiles(toy).colour_norm == "section"
     a = cs.tl.comtip_embed(toy, model, copy=True).tables["table"].obsm["X_comtip"]
     b = cs.tl.comtip_embed(_rescanned(toy, 0.7, 20.0), model, copy=True).tables["table"].obsm["X_comtip"]
     assert (a * b).sum(1).min() > 0.99  # the darker scan embeds (almost) like the original
+
+
+def test_a_model_saved_with_data_settings_in_its_config_loads(toy, tiny_config, tmp_path):
+    # Models of version 0.1 stored colour_norm and the jitter inside the network config, not beside it.
+    import json
+
+    from comtip_sc.model import ComtipModel, build_network
+
+    genes = toy.tables["table"].var_names[:5].tolist()
+    ComtipModel(build_network(tiny_config, genes), panel=genes, tile_um=100, tile_px=32).save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    for key in ("colour_norm", "context_scale"):
+        del meta[key]
+    del meta["config"]["context_tile"]
+    meta["config"].update(colour_norm="section", stain_jitter=0.05, colour_jitter=0.1, context_scale=None)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    model = ComtipModel.load(tmp_path / "m")
+    assert model.colour_norm == "section" and model.context_scale is None
+    assert model.config == tiny_config.replace(pretrained=False, checkpoint_path=None)
 
 
 def test_montage_shows_colour_standardised_tiles(toy):

@@ -63,8 +63,6 @@ def _fit(args: argparse.Namespace) -> int:
 
     datasets = [load_data(d) for d in args.data]
     overrides = given(args, backbone_kwargs="backbone_kwargs", text_encoder="text_encoder")
-    if args.colour_norm is not None:
-        overrides["colour_norm"] = None if args.colour_norm == "none" else args.colour_norm
     overrides.update(mfm=not args.no_mfm, paat=not args.no_paat)
     # preset="auto" builds each candidate's network itself: the overrides apply to every candidate.
     auto = args.preset == AUTO_PRESET
@@ -91,6 +89,8 @@ def _fit(args: argparse.Namespace) -> int:
         ckpt_path="resume",
         default_root_dir="log_dir",
     )
+    if args.colour_norm not in (None, "none"):  # a data setting: fit routes it to TrainSettings
+        kwargs["colour_norm"] = args.colour_norm
     if args.devices is not None:
         kwargs["devices"] = _devices_arg(args.devices)
     model = cs.tl.fit(

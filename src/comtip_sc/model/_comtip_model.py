@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .._atomic import atomic_path
 from .._constants import BAR_ROW
 from ._bank import ReferenceBank
+from ._bank_file import read_bank, read_safetensors, write_bank
 from ._config import ComtipConfig
 from ._gene_names import check_text_encoder
 from ._network import ComtipNetwork, build_network
@@ -67,6 +67,10 @@ class ComtipModel:
         Genes of the training sentences, in order.
     tile_um, tile_px
         Physical tile side (µm) and its pixel side, as used in training.
+    colour_norm, context_scale
+        The data settings the model was trained with that also apply when it embeds and predicts (see
+        :class:`~comtip_sc.train.TrainSettings`): tile colour handling, and how much wider the context tile
+        is (``None``: no context tile; it must agree with ``network.config.context_tile``).
     normalization
         How expression was put on the model's scale (``{"target_sum": 1e4, "log1p": True, "layer": None}``).
     reference
@@ -101,6 +105,8 @@ class ComtipModel:
         panel: list[str],
         tile_um: float,
         tile_px: int,
+        colour_norm: str | None = None,
+        context_scale: float | None = None,
         normalization: dict[str, Any] | None = None,
         reference: ReferenceBank | None = None,
         history: dict[str, Any] | None = None,
@@ -112,6 +118,13 @@ class ComtipModel:
         self.panel = list(panel)
         self.tile_um = float(tile_um)
         self.tile_px = int(tile_px)
+        self.colour_norm = colour_norm
+        self.context_scale = None if context_scale is None else float(context_scale)
+        if network.config.context_tile != (self.context_scale is not None):
+            raise ValueError(
+                f"The network {'reads' if network.config.context_tile else 'has no'} context tile, but "
+                f"context_scale is {context_scale!r}; they must agree."
+            )
         self.normalization = normalization or {"target_sum": 1e4, "log1p": True, "layer": None}
         self.reference = reference
         self.history = history or {}
@@ -153,8 +166,13 @@ class ComtipModel:
         if c.use_names:
             flags += f", text_encoder={c.text_encoder!r}"
         ref = "none" if self.reference is None else f"{len(self.reference.embeddings)} spots"
+        tile = f"{self.tile_um:g} µm @ {self.tile_px} px"
+        if self.context_scale is not None:
+            tile += f" + {self.context_scale:g}× context"
+        if self.colour_norm is not None:
+            tile += f", colour_norm={self.colour_norm!r}"
         return (
-            f"ComtipModel(backbone={c.backbone!r}, tile={self.tile_um:g} µm @ {self.tile_px} px, "
+            f"ComtipModel(backbone={c.backbone!r}, tile={tile}, "
             f"{len(self.panel)} panel genes, {flags}, reference={ref}{_check_summary(self.validation_)})"
         )
 
@@ -162,7 +180,7 @@ class ComtipModel:
         """The tiles of ``sdata`` cut the way this model was trained (µm, px, colour, context tile).
 
         A :class:`~comtip_sc.pp.SpotTiles`, or a :class:`~comtip_sc.pp.ContextTiles` for a model with a
-        context tile (``config.context_scale``).
+        context tile (``context_scale``).
 
         Examples
         --------
@@ -178,11 +196,11 @@ class ComtipModel:
         return with_context(
             partial(SpotTiles, sdata),
             self.tile_um,
-            self.config.context_scale,
+            self.context_scale,
             tile_px=self.tile_px,
             table_key=table_key,
             spot_diameter_um=spot_diameter_um,
-            colour_norm=self.config.colour_norm,
+            colour_norm=self.colour_norm,
         )
 
     def encode_images(
@@ -249,6 +267,8 @@ class ComtipModel:
                 "panel": self.panel,
                 "tile_um": self.tile_um,
                 "tile_px": self.tile_px,
+                "colour_norm": self.colour_norm,
+                "context_scale": self.context_scale,
                 "normalization": self.normalization,
                 "history": self.history,
                 "gene_stats": self.gene_stats,
@@ -257,29 +277,7 @@ class ComtipModel:
                 "reference": None,
             }
             if self.reference is not None:
-                ref = self.reference
-                arrays = {"embeddings": ref.embeddings, "values_data": ref.values.data}
-                if ref.image_embeddings is not None:
-                    arrays["image_embeddings"] = ref.image_embeddings
-                if ref.colour is not None:
-                    arrays["colour"] = ref.colour
-                tensors = {
-                    k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()
-                }
-                tensors["values_indices"] = torch.from_numpy(ref.values.indices.astype(np.int32))
-                tensors["values_indptr"] = torch.from_numpy(ref.values.indptr.astype(np.int64))
-                tensors["observed_patterns"] = torch.from_numpy(np.ascontiguousarray(ref.patterns))
-                tensors["observed_pattern"] = torch.from_numpy(ref.pattern.astype(np.int64))
-                if ref.centres is not None:
-                    # Full precision: float32 would move pixel centres of large images, and with them the
-                    # head's spatial CV blocks, between a model and its reloaded copy.
-                    tensors["centres"] = torch.from_numpy(np.ascontiguousarray(ref.centres, np.float64))
-                save_file(tensors, str(tmp / _REFERENCE_FILE))
-                meta["reference"] = {
-                    "genes": ref.genes,
-                    "obs_names": ref.obs_names,
-                    "sections": ref.sections,
-                }
+                meta["reference"] = write_bank(self.reference, tmp / _REFERENCE_FILE)
             (tmp / _CONFIG_FILE).write_text(json.dumps(meta, indent=1, default=_jsonable))
         logger.info("Saved the model to %s.", path)
 
@@ -327,7 +325,7 @@ class ComtipModel:
         # The saved weights are loaded below, so the backbone must not look for pretrained ones.
         config.pretrained, config.checkpoint_path = False, None
         network = build_network(config, meta["genes"])
-        state = _read_safetensors(path / _WEIGHTS_FILE, map_location)
+        state = read_safetensors(path / _WEIGHTS_FILE, map_location)
         try:
             network.load_state_dict(state)
         except RuntimeError as err:
@@ -335,28 +333,15 @@ class ComtipModel:
         network.eval()
         reference = None
         if meta.get("reference") is not None:
-            tensors = _read_safetensors(path / _REFERENCE_FILE, map_location)
-            reference = ReferenceBank(
-                embeddings=tensors["embeddings"].numpy(),
-                expression=_bank_expression(tensors, len(meta["reference"]["genes"])),
-                observed=(tensors["observed_patterns"].numpy(), tensors["observed_pattern"].numpy())
-                if "observed_patterns" in tensors
-                else None,
-                genes=meta["reference"]["genes"],
-                obs_names=meta["reference"].get("obs_names", []),
-                image_embeddings=tensors["image_embeddings"].numpy()
-                if "image_embeddings" in tensors
-                else None,
-                sections=meta["reference"].get("sections", []),
-                centres=tensors["centres"].numpy() if "centres" in tensors else None,
-                # Optional: older models have none (the "hybrid" read-out then needs reference=).
-                colour=tensors["colour"].numpy() if "colour" in tensors else None,
-            )
+            reference = read_bank(path / _REFERENCE_FILE, meta["reference"], map_location)
         return cls(
             network,
             panel=meta["panel"],
             tile_um=meta["tile_um"],
             tile_px=meta["tile_px"],
+            # Models saved before these left the network config stored them in it.
+            colour_norm=meta.get("colour_norm", meta["config"].get("colour_norm")),
+            context_scale=meta.get("context_scale", meta["config"].get("context_scale")),
             normalization=meta["normalization"],
             reference=reference,
             history=meta.get("history", {}),
@@ -364,28 +349,6 @@ class ComtipModel:
             zero_shot_temperature=meta.get("zero_shot_temperature"),
             zero_shot_readout=meta.get("zero_shot_readout"),
         )
-
-
-def _bank_expression(tensors: dict[str, torch.Tensor], n_genes: int) -> Any:
-    """The bank's expression: CSR arrays (format 2) or the dense array of format 1."""
-    if "expression" in tensors:  # format 1
-        return tensors["expression"].numpy()
-    import scipy.sparse as sp
-
-    indptr = tensors["values_indptr"].numpy()
-    return sp.csr_matrix(
-        (tensors["values_data"].numpy(), tensors["values_indices"].numpy(), indptr),
-        shape=(len(indptr) - 1, n_genes),
-    )
-
-
-def _read_safetensors(file: Path, map_location: str) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing from the saved model.")
-    try:
-        return load_file(str(file), device=map_location)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{file} is truncated or corrupt and cannot be read: {err}") from err
 
 
 def _check_summary(table: pd.DataFrame | None) -> str:

@@ -7,7 +7,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .._constants import COLOUR_NORMS
 from .._presets import _preset
 from ._freeze import check_freeze
 
@@ -58,24 +57,14 @@ class ComtipConfig:
         ``max(1, token_dim // 64)``).
     token_pool
         Global image feature of the token transformer: ``"cls"`` token or ``"mean"`` of its tokens.
-    colour_norm
-        Tile colour handling, applied the same way in training and prediction: ``None`` (tiles as
-        scanned) or ``"section"`` (each image's tiles standardised per RGB channel onto a fixed H&E
-        reference colour; see :class:`~comtip_sc.pp.SpotTiles`). ``"section"`` removes scan-to-scan
-        brightness and stain shifts but also real differences in a section's mean tissue colour.
-    stain_jitter, colour_jitter
-        Colour augmentation of training tiles (never of tiles embedded or predicted): the strength of the
-        HED stain jitter (per tile, each stain's optical density scaled by ``U(1 - σ, 1 + σ)`` and shifted
-        by ``U(-σ, σ)``; Tellez et al. 2018) and of the per-tile brightness/contrast/saturation jitter
-        (factors in ``U(1 - s, 1 + s)``). ``0`` (default) turns each off; 0.05 and 0.1 are mild. See
-        ``docs/model.md``.
-    context_scale
-        Spatial context: with a value ``s > 1`` each spot also gets a context tile ``s × tile_um`` wide around
-        its centre, resampled to the same ``tile_px``; the trunk reads both tiles and their tokens enter the
-        token transformer together (its position embedding tells them apart), so the image embedding and
-        every read-out see the neighbourhood. ``None`` (default): the spot tile alone. Needs a token
-        transformer (``token_depth >= 1``) and a trunk that does not mask inside itself (a frozen trunk or
-        a CNN).
+    context_tile
+        The network also reads a context tile: a second, wider tile around each spot, resampled to the
+        same ``tile_px``. The trunk reads both tiles and their tokens enter the token transformer together
+        (its position embedding tells them apart), so the image embedding and every read-out see the
+        neighbourhood. How much wider is a data setting (``context_scale`` of
+        :class:`~comtip_sc.train.TrainSettings`, kept by the trained model); :func:`~comtip_sc.tl.fit` sets
+        this field from it. Needs a token transformer (``token_depth >= 1``) and a trunk that does not mask
+        inside itself (a frozen trunk or a CNN).
     embed_dim
         Dimension of the shared, L2-normalised image/gene space.
     gene_dim
@@ -153,10 +142,7 @@ class ComtipConfig:
     token_dim: int | None = 128
     token_heads: int | None = None
     token_pool: Literal["cls", "mean"] = "cls"
-    colour_norm: str | None = None
-    stain_jitter: float = 0.0
-    colour_jitter: float = 0.0
-    context_scale: float | None = None
+    context_tile: bool = False
     embed_dim: int = 128
     gene_dim: int = 64
     mask_ratio: float = 0.5
@@ -189,13 +175,6 @@ class ComtipConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` on inconsistent settings."""
-        if self.colour_norm not in COLOUR_NORMS:
-            raise ValueError(f"colour_norm must be one of {COLOUR_NORMS}, got {self.colour_norm!r}.")
-        if not 0.0 <= self.stain_jitter < 1.0 or not 0.0 <= self.colour_jitter < 1.0:
-            raise ValueError(
-                f"stain_jitter and colour_jitter must be in [0, 1), got {self.stain_jitter} and "
-                f"{self.colour_jitter}."
-            )
         self.freeze_backbone = check_freeze(self.freeze_backbone)
         if self.token_depth < 0 or self.token_pool not in ("cls", "mean"):
             raise ValueError(
@@ -207,10 +186,10 @@ class ComtipConfig:
                 "mfm=True with freeze_backbone='all' needs token_depth >= 1: MFM trains the first trainable "
                 "transformer, and a frozen trunk has none."
             )
-        if self.context_scale is not None and not (self.context_scale > 1.0 and self.token_depth >= 1):
+        if self.context_tile and self.token_depth < 1:
             raise ValueError(
-                f"context_scale must be None or > 1 with token_depth >= 1 (the context tile's tokens join the "
-                f"spot's in the token transformer), got {self.context_scale} with token_depth {self.token_depth}."
+                "A context tile (context_scale) needs token_depth >= 1: the context tile's tokens join the "
+                f"spot's in the token transformer, and this config has token_depth {self.token_depth}."
             )
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}.")
@@ -260,7 +239,8 @@ class ComtipConfig:
 
         A field missing from ``d`` takes the value it had when configs did not yet store it
         (``STORED_DEFAULTS``, the defaults of version 0.1), so a saved model always rebuilds the
-        network it was trained with.
+        network it was trained with. The data settings that configs of version 0.1 also held
+        (:data:`DATA_FIELDS`) are read by :meth:`~comtip_sc.model.ComtipModel.load`, not here.
 
         Examples
         --------
@@ -268,6 +248,12 @@ class ComtipConfig:
         False
 
         """
+        d = dict(d)
+        if "context_tile" not in d:
+            # Configs stored before the data settings left the network config held the scale itself.
+            d["context_tile"] = d.get("context_scale") is not None
+        for name in DATA_FIELDS:
+            d.pop(name, None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -290,6 +276,7 @@ class ComtipConfig:
         'clip-vit-b32'
 
         """
+        _refuse_data_settings(overrides)
         return cls(**{**_preset(name)["config"], **overrides})
 
     def replace(self, **changes: Any) -> ComtipConfig:
@@ -301,7 +288,23 @@ class ComtipConfig:
         False
 
         """
+        _refuse_data_settings(changes)
         return dataclasses.replace(self, **changes)
+
+
+#: How tiles are prepared and augmented: settings of the data, not of the network. They are fields of
+#: :class:`~comtip_sc.train.TrainSettings` (``fit(..., colour_norm="section")`` routes them there), and the
+#: trained model keeps the two that apply at prediction time (``model.colour_norm``, ``model.context_scale``).
+DATA_FIELDS = ("colour_norm", "context_scale", "stain_jitter", "colour_jitter")
+
+
+def _refuse_data_settings(changes: dict[str, Any]) -> None:
+    given = [k for k in DATA_FIELDS if k in changes]
+    if given:
+        raise TypeError(
+            f"{given} are data settings, not ComtipConfig fields: pass them to cs.tl.fit as keywords "
+            f"(e.g. fit(sdata, {given[0]}=...)) or in cs.train.TrainSettings."
+        )
 
 
 #: What a stored config dict without these fields meant: the defaults of version 0.1 (a ViT-B/32 at 224 px,

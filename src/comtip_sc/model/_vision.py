@@ -356,7 +356,7 @@ def build_vision(config: Any) -> VisionBranch:
         token_heads=config.token_heads,
         token_pool=config.token_pool,
         freeze=config.freeze_backbone,
-        context=config.context_scale is not None,
+        context=config.context_tile,
     )
 
 

@@ -50,7 +50,7 @@ def tiles(
         :func:`~comtip_sc.pp.extract_tiles`.
     colour_norm
         ``"section"`` shows the tiles colour-standardised per section, as a model trained with
-        ``ComtipConfig(colour_norm="section")`` sees them (see :class:`~comtip_sc.pp.SpotTiles`).
+        ``fit(..., colour_norm="section")`` sees them (see :class:`~comtip_sc.pp.SpotTiles`).
     color
         Optional ``obs`` column appended to each title (e.g. a tissue annotation).
     ncols

@@ -7,7 +7,7 @@ then runs only the trainable token transformer on top. The cache lives beside th
 what it was computed from (trunk, a hash of its weights, tile size in µm and px, colour handling, views and
 the spots); any mismatch rebuilds it.
 
-Stain and colour jitter (``ComtipConfig.stain_jitter`` / ``colour_jitter``) are precomputed the same way:
+Stain and colour jitter (``TrainSettings.stain_jitter`` / ``colour_jitter``) are precomputed the same way:
 views 1-7 of a jittered cache each carry their own random stain and colour draw (view 0 stays as cut, for
 validation), so training on it sees 7 stain variants of every tile instead of a new one each step.
 """
@@ -184,7 +184,7 @@ def cache_trunk_tokens(
         Where the trunk runs.
     stain_jitter, colour_jitter
         Strength of the HED stain jitter and brightness/contrast/saturation jitter (as
-        ``ComtipConfig.stain_jitter`` / ``colour_jitter`` apply them in training) applied to views 1-7, one
+        ``TrainSettings.stain_jitter`` / ``colour_jitter`` apply them in training) applied to views 1-7, one
         independent draw per tile and view; view 0 is never jittered. 0: off.
     seed
         Seed of the jitter draws (the same seed and ``batch_size`` give the same cache).

@@ -138,7 +138,7 @@ def fit_auto(
             fitted.append(name)
             log.info("preset='auto': candidate %d/%d, %s.", i + 1, len(candidates), name)
             run = {**args, **merged, "preset": preset}
-            run["tile_cache"] = os.path.join(cache, f"{cfg.tile_px}px_{cfg.colour_norm or 'scanned'}")
+            run["tile_cache"] = os.path.join(cache, f"{cfg.tile_px}px_{settings.colour_norm or 'scanned'}")
             if root_dir is not None:
                 run["default_root_dir"] = os.path.join(root_dir, f"candidate{i}")
             try:

@@ -85,12 +85,12 @@ def fit(
         ``tile_px=``, ...) and ``settings`` apply to every candidate, over the candidate's own;
         ``default_root_dir`` gets one folder per candidate.
     config
-        The network, a :class:`~comtip_sc.model.ComtipConfig`; overrides ``preset``'s network. Its
-        ``colour_norm="section"`` standardises each section's tile colour, in training and in every
-        later prediction.
+        The network, a :class:`~comtip_sc.model.ComtipConfig`; overrides ``preset``'s network.
     settings
-        Optimiser, epochs, batching and validation, a :class:`~comtip_sc.train.TrainSettings`; ``None``:
-        ``preset``'s recipe.
+        Optimiser, epochs, batching, validation and the data settings, a
+        :class:`~comtip_sc.train.TrainSettings`; ``None``: ``preset``'s recipe. Its (or the keyword)
+        ``colour_norm="section"`` standardises each section's tile colour, in training and in every later
+        prediction; ``context_scale=3`` adds a 3× context tile.
     tile_um
         Physical tile side in µm.
     spot_diameter_um
@@ -166,8 +166,8 @@ def fit(
         n_top_genes=n_top_genes,
         tile_um=tile_um,
         tile_px=cfg.tile_px,
-        colour_norm=cfg.colour_norm,
-        context_scale=cfg.context_scale,
+        colour_norm=settings.colour_norm,
+        context_scale=settings.context_scale,
         tile_cache=tile_cache,
         spot_diameter_um=spot_diameter_um,
     )

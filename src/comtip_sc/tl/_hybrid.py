@@ -34,7 +34,7 @@ def model_colour_features(sdata: SpatialData, model: ComtipModel, **kw) -> np.nd
         sdata,
         tile_um=model.tile_um,
         tile_px=model.tile_px,
-        colour_norm=model.config.colour_norm,
+        colour_norm=model.colour_norm,
         context_scale=COLOUR_CONTEXT_SCALE,
         **kw,
     )

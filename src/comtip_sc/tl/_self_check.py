@@ -212,7 +212,7 @@ def self_check(
         layer=layer,
         tile_um=model.tile_um,
         tile_px=model.tile_px,
-        colour_norm=model.config.colour_norm,
+        colour_norm=model.colour_norm,
         cv_blocks=cv_blocks,
         smooth=smooth,
         spot_diameter_um=spot_diameter_um,

@@ -140,7 +140,7 @@ class SpotDataModule(L.LightningDataModule):
         Flip and rotate training tiles (never validation or prediction tiles).
     stain_jitter, colour_jitter
         Strength of the HED stain jitter and of the brightness/contrast/saturation jitter of training
-        tiles (``ComtipConfig.stain_jitter`` / ``colour_jitter``; 0: off). Need ``augment``.
+        tiles (``TrainSettings.stain_jitter`` / ``colour_jitter``; 0: off). Need ``augment``.
     section_balance
         ``None``: plain shuffling (each training spot once per epoch). A number ``alpha`` in [0, 1]: each
         batch position draws a section with probability ∝ ``n_spots ** alpha`` and a spot of it uniformly

@@ -151,13 +151,12 @@ class TrainRunner:
         """The data module; attaches trunk-token caches first when the trunk is frozen."""
         network, st = self.plan.network, self.settings
         mean, std = network.image_mean, network.image_std
-        cfg = network.config
         if wants_token_cache(st.feature_cache, network.vision):
             folder = self.tile_cache or scratch.enter_context(
                 tempfile.TemporaryDirectory(prefix="comtip_tokens_")
             )
             device = resolve_device(self.accelerator, per_process=True)
-            jitter = (cfg.stain_jitter, cfg.colour_jitter)
+            jitter = (st.stain_jitter, st.colour_jitter)
             # Without loader workers the one process holds the caches; with workers each would hold a copy.
             budget = _available_memory() // 2 if st.num_workers == 0 else 0
             attach_token_caches(
@@ -170,8 +169,8 @@ class TrainRunner:
             num_workers=st.num_workers,
             mean=mean,
             std=std,
-            stain_jitter=cfg.stain_jitter,
-            colour_jitter=cfg.colour_jitter,
+            stain_jitter=st.stain_jitter,
+            colour_jitter=st.colour_jitter,
             section_balance=st.section_balance,
         )
 
@@ -278,6 +277,8 @@ class TrainRunner:
             panel=list(data.vocab),
             tile_um=self.tile_um,
             tile_px=network.config.tile_px,
+            colour_norm=self.settings.colour_norm,
+            context_scale=self.settings.context_scale,
             normalization={"target_sum": NORM_TARGET_SUM, "log1p": True, "layer": self.layer},
             reference=reference,
             history=history,

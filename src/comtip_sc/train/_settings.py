@@ -1,4 +1,7 @@
-"""How a CoMTIP network is trained: optimiser, epochs, batching and validation, grouped in one dataclass."""
+"""How a CoMTIP network is trained, grouped in one dataclass.
+
+Optimiser, epochs, batching, validation and the data settings (tile colour, context tile, augmentation).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .._constants import TRAIN_BATCH_SIZE
+from .._constants import COLOUR_NORMS, TRAIN_BATCH_SIZE
 from .._presets import preset_training
 from ..model._config import ComtipConfig
 
 
 @dataclass
 class TrainSettings:
-    """Training settings of :func:`comtip_sc.tl.fit` (the network itself is a :class:`~comtip_sc.model.ComtipConfig`).
+    """Training and data settings of :func:`comtip_sc.tl.fit` (the network itself is a :class:`~comtip_sc.model.ComtipConfig`).
+
+    The data settings (``colour_norm``, ``context_scale``, ``stain_jitter``, ``colour_jitter``) say how
+    tiles are prepared; the trained model keeps the two that also apply when it embeds and predicts.
 
     The defaults are the ``cpu`` preset's recipe; :meth:`preset` gives another preset's. Every field can
     also be passed to ``fit`` as a keyword (``fit(sdata, max_epochs=5)``), which overrides the field.
@@ -50,6 +56,22 @@ class TrainSettings:
         training sentences only (a target with less sampling noise). The held-out sections' validation
         loss, the reference bank, the zero-shot calibration, the self-check and every score use the raw
         expression.
+    colour_norm
+        Tile colour handling, applied the same way in training and in every later embedding and prediction
+        (the trained model keeps it as ``model.colour_norm``): ``None`` (tiles as scanned) or ``"section"``
+        (each image's tiles standardised per RGB channel onto a fixed H&E reference colour; see
+        :class:`~comtip_sc.pp.SpotTiles`). ``"section"`` removes scan-to-scan brightness and stain shifts
+        but also real differences in a section's mean tissue colour.
+    context_scale
+        Spatial context: with a value ``s > 1`` each spot also gets a context tile ``s × tile_um`` wide
+        around its centre, which the network reads beside the spot tile (``ComtipConfig.context_tile``,
+        which ``fit`` sets; the model keeps ``model.context_scale``). ``None``: the spot tile alone.
+    stain_jitter, colour_jitter
+        Colour augmentation of training tiles (never of tiles embedded or predicted): the strength of the
+        HED stain jitter (per tile, each stain's optical density scaled by ``U(1 - σ, 1 + σ)`` and shifted
+        by ``U(-σ, σ)``; Tellez et al. 2018) and of the per-tile brightness/contrast/saturation jitter
+        (factors in ``U(1 - s, 1 + s)``). ``0`` turns each off; 0.05 and 0.1 are mild. See
+        ``docs/model.md``.
 
     Examples
     --------
@@ -69,6 +91,10 @@ class TrainSettings:
     feature_cache: bool | None = None
     section_balance: float | None = None
     smooth_targets: int | None = None
+    colour_norm: str | None = None
+    context_scale: float | None = None
+    stain_jitter: float = 0.0
+    colour_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.batch_size < 2:
@@ -85,6 +111,15 @@ class TrainSettings:
             raise ValueError(
                 f"smooth_targets must be None (off) or an int >= 2 (spots averaged, the spot included), got "
                 f"{k!r}."
+            )
+        if self.colour_norm not in COLOUR_NORMS:
+            raise ValueError(f"colour_norm must be one of {COLOUR_NORMS}, got {self.colour_norm!r}.")
+        if self.context_scale is not None and not self.context_scale > 1.0:
+            raise ValueError(f"context_scale must be None or > 1, got {self.context_scale!r}.")
+        if not 0.0 <= self.stain_jitter < 1.0 or not 0.0 <= self.colour_jitter < 1.0:
+            raise ValueError(
+                f"stain_jitter and colour_jitter must be in [0, 1), got {self.stain_jitter} and "
+                f"{self.colour_jitter}."
             )
 
     @classmethod
@@ -136,7 +171,8 @@ def resolve_settings(
 
     A keyword that names a :class:`TrainSettings` field overrides it, one that names a
     :class:`~comtip_sc.model.ComtipConfig` field overrides the network (``backbone=``, ``tile_px=``,
-    ``freeze_backbone=``, ...); everything else is passed to :class:`lightning.pytorch.Trainer`.
+    ``freeze_backbone=``, ...); everything else is passed to :class:`lightning.pytorch.Trainer`. A
+    ``context_scale`` turns on the network's context tile (``ComtipConfig.context_tile``).
     ``None`` values are ignored, so command-line wrappers can pass unset options through.
 
     Examples
@@ -152,4 +188,14 @@ def resolve_settings(
     net = {k: v for k, v in given.items() if k in _CONFIG_NAMES}
     train = {k: v for k, v in given.items() if k in _SETTING_NAMES}
     rest = {k: v for k, v in keywords.items() if k not in _CONFIG_NAMES | _SETTING_NAMES}
-    return (cfg.replace(**net) if net else cfg), (settings.replace(**train) if train else settings), rest
+    cfg = cfg.replace(**net) if net else cfg
+    settings = settings.replace(**train) if train else settings
+    if cfg.context_tile != (settings.context_scale is not None):
+        if settings.context_scale is None:
+            raise ValueError(
+                "config.context_tile=True needs context_scale, how much wider than the spot tile the "
+                "context tile is: pass e.g. fit(..., context_scale=3)."
+            )
+        # The network reads the context tile that the data settings ask for.
+        cfg = cfg.replace(context_tile=True)
+    return cfg, settings, rest
