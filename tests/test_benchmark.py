@@ -141,10 +141,13 @@ def test_benchmark_datasets_subset_and_bad_name(tmp_path: Path, capsys) -> None:
 def test_row_sets_split_the_rows_and_both_keep_the_baselines(capsys) -> None:
     from benchmarks.harness import ROW_SETS, STNET, UNSEEN
 
-    core, ablations = (set(method_names(ROW_SETS[k])) for k in ("core", "ablations"))
-    assert core | ablations == set(method_names())
+    core, ablations, auto = (set(method_names(ROW_SETS[k])) for k in ("core", "ablations", "auto"))
+    assert core | ablations | auto == set(method_names())
     # Every model row stands beside the trivial baselines of the same run.
-    assert set(COLOUR_ROWS) | {STNET} <= core & ablations
+    assert set(COLOUR_ROWS) | {STNET} <= core & ablations & auto
+    # The auto run adds its own rows and shares nothing with core but the baselines.
+    assert auto - core == {m for m in method_names() if m.startswith(AUTO)} != set()
+    assert not any(m.startswith("CoMTIP") for m in core & auto)
     assert "CoMTIP + stain jitter · head, 6-NN smoothed" in core and UNSEEN in ablations
     assert not any(m.startswith("CoMTIP −") for m in core)
     assert main_bench(["--preset", "smoke", "--rows", "some"]) != 0
