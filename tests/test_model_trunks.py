@@ -94,7 +94,7 @@ def test_a_users_trunk_file_with_pickled_objects_is_refused_unread(tmp_path):
     marker = tmp_path / "ran"
     state = timm.create_model("resnet10t", num_classes=0).state_dict()
     torch.save({**state, "payload": _TouchOnUnpickle(marker)}, tmp_path / "w.pth")
-    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+    with pytest.raises(Exception, match=r"weights_only|Unsupported global"):
         create_backbone("resnet10t", 64, checkpoint_path=str(tmp_path / "w.pth"))
     assert not marker.exists()
 
