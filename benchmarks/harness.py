@@ -91,8 +91,8 @@ MEAN = "train mean"
 #: The independent pieces of one fold, the tasks of ``--per-fit``: one per CoMTIP fit, then the baselines.
 PARTS: list[str] = [*(label for label, _ in VARIANTS), UNSEEN, AUTO, "baselines"]
 #: ``--rows``: which parts a run trains. ``core`` holds what the quality targets are read from (CoMTIP,
-#: context, stain jitter, baselines and clustering); ``ablations`` the method ablations and peer families
-#: beside the same baselines.
+#: context, stain jitter, smoothed targets, baselines and clustering); ``ablations`` the method ablations and
+#: peer families beside the same baselines; ``auto`` ``preset="auto"`` beside them.
 CORE_PARTS = [
     "CoMTIP",
     "CoMTIP + 3× context",
@@ -389,7 +389,7 @@ def run_fold(fold: Fold, preset: BenchPreset, work: Path, on_row, parts: Sequenc
                 on_row({**base, **row, "table": "clustering"})
 
     if parts is not None and AUTO in parts:
-        from .auto_rows import run_auto
+        from .auto_rows import run_auto  # here: auto_rows imports this module's names
 
         run_auto(fold, preset, work, emit)
     if parts is not None and "baselines" not in parts:
