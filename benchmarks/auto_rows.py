@@ -37,6 +37,8 @@ def run_auto(fold: Fold, preset: BenchPreset, work: Path, emit: Callable[..., No
         genes=fold.panel,
         tile_um=fold.tile_um,
         seed=preset.seed,
+        # Shared by the fold's seeds: tiles and trunk tokens are cut and computed by the first seed's task.
+        tile_cache=str(work / "auto_tiles"),
         default_root_dir=str(work / f"seed{preset.seed}" / "auto"),
         logger=False,
         enable_checkpointing=False,

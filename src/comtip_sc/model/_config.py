@@ -240,7 +240,8 @@ class ComtipConfig:
         A field missing from ``d`` takes the value it had when configs did not yet store it
         (``STORED_DEFAULTS``, the defaults of version 0.1), so a saved model always rebuilds the
         network it was trained with. The data settings that configs of version 0.1 also held
-        (:data:`DATA_FIELDS`) are read by :meth:`~comtip_sc.model.ComtipModel.load`, not here.
+        (``colour_norm``, ``context_scale``, ``stain_jitter``, ``colour_jitter``) are read by
+        :meth:`~comtip_sc.model.ComtipModel.load`, not here.
 
         Examples
         --------
