@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import comtip_sc as cs
@@ -59,3 +60,9 @@ def test_two_process_fit_of_two_datasets_writes_one_model(tmp_path, launcher):
     # The bank holds every spot of both datasets and the union of their panels.
     assert len(model.reference.obs_names) == a.tables["table"].n_obs + b.tables["table"].n_obs
     assert len(model.history["sections"]) == 2
+    # Each process encoded a share of the bank; gathered in order, with the best weights, it equals what
+    # the saved network embeds for the same spots.
+    for sdata in (a, b):
+        cs.tl.comtip_embed(sdata, model, key_added="X_check")
+    embedded = np.concatenate([s.tables["table"].obsm["X_check"] for s in (a, b)])
+    np.testing.assert_allclose(model.reference.image_embeddings, embedded, atol=1e-5)

@@ -28,7 +28,7 @@ from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._config import ComtipConfig
 from ..model._inference import encode_pairs
 from ..model._weights import read_weights
-from ._datamodule import SpotDataModule
+from ._datamodule import SpotDataModule, subset
 from ._plan import ComtipLightningModule
 from ._registration import TrainingData, attach_token_caches, wants_token_cache
 from ._settings import TrainSettings
@@ -36,24 +36,43 @@ from ._settings import TrainSettings
 log = logging.getLogger(__name__)
 
 
-def build_bank(network: torch.nn.Module, dm: SpotDataModule, data: TrainingData) -> ReferenceBank:
+def build_bank(
+    network: torch.nn.Module,
+    dm: SpotDataModule,
+    data: TrainingData,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[Any], list[Any]] | None = None,
+) -> ReferenceBank | None:
     """The retrieval bank of a trained network: every spot given to fit, held-out sections included.
 
     Image-independent sentence embeddings, image embeddings and expression (sparse over the vocabulary;
     each dataset is one measurement pattern, its panel) of every spot: they are the user's data, and
     retrieval is from all of it.
+
+    With ``world_size > 1`` (DDP) every process encodes its share of each section (contiguous slices,
+    process ``rank`` the ``rank``-th) and ``gather`` (every process's object, in rank order, on the first
+    process) brings the shares together; the first process returns the bank, the others ``None``.
     """
+    shares = []
+    for r in data.registered:
+        for _, ds in r.sections:
+            mine = np.array_split(np.arange(len(ds)), world_size)[rank]
+            shares.append(encode_pairs(network, dm.predict_loader(subset(ds, mine))))
+    by_rank = gather(shares) if world_size > 1 and gather is not None else [shares]
+    if rank != 0:
+        return None
+    # Section by section, the ranks' slices in rank order: the order of one process encoding everything.
+    sentences = [np.concatenate([part[k][0] for part in by_rank]) for k in range(len(shares))]
+    images = [np.concatenate([part[k][1] for part in by_rank]) for k in range(len(shares))]
     panel = list(data.vocab)
-    embeddings, image_embeddings, expression, obs_names = [], [], [], []
-    bank_sections, centres, pattern = [], [], []
+    expression, obs_names, bank_sections, centres, pattern = [], [], [], [], []
     patterns = np.zeros((len(data.registered), len(panel)), bool)
     for ri, r in enumerate(data.registered):
         cols = np.array([data.vocab[g] for g in r.panel])
         patterns[ri, cols] = True
         for region, ds in r.sections:
-            sentences, images = encode_pairs(network, dm.predict_loader(ds))
-            embeddings.append(sentences)
-            image_embeddings.append(images)
             block = sp.csr_matrix(r.values[ds.indices], dtype=np.float32)
             block = sp.csr_matrix((block.data, cols[block.indices], block.indptr), (len(ds), len(panel)))
             expression.append(block)
@@ -62,15 +81,22 @@ def build_bank(network: torch.nn.Module, dm: SpotDataModule, data: TrainingData)
             bank_sections.extend([f"{r.name}/{region}"] * len(ds))
             centres.append(r.centres[ds.indices])
     return ReferenceBank(
-        np.concatenate(embeddings),
+        np.concatenate(sentences),
         sp.vstack(expression, format="csr"),
         panel,
         obs_names,
-        np.concatenate(image_embeddings),
+        np.concatenate(images),
         bank_sections,
         np.concatenate(centres),
         observed=(patterns, np.concatenate(pattern)),
     )
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    """Every process's ``obj``, in rank order (on every process: ``all_gather_object`` runs on NCCL and gloo)."""
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def _available_memory() -> int:
@@ -237,20 +263,35 @@ class TrainRunner:
                 )
                 trainer.fit(self.plan, datamodule=dm, ckpt_path=self.ckpt_path)
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            state = None
+            if self.data.held_out and best.best_model_path and trainer.is_global_zero:
+                state = read_weights(best.best_model_path, key="state_dict")
+            # Every process encodes a share of the bank, so every process needs the best weights.
+            state = trainer.strategy.broadcast(state, src=0)
+            if state is not None:
+                self.plan.load_state_dict(state)
+            # The bank is encoded where training ran (Lightning hands the module back on the CPU): encoding
+            # a bank with a ViT-B/32 on the CPU took longer than training it on a GPU.
+            network = self.plan.network.to(trainer.strategy.root_device).eval()
+            bank = build_bank(
+                network,
+                dm,
+                self.data,
+                rank=trainer.global_rank if distributed else 0,
+                world_size=trainer.world_size if distributed else 1,
+                gather=_gather_objects,
+            )
             if distributed and not trainer.is_global_zero:
                 return trainer.strategy.broadcast(None, src=0)
-            if self.data.held_out and best.best_model_path:
-                self.plan.load_state_dict(read_weights(best.best_model_path, key="state_dict"))
-            model = self._assemble(trainer, dm, best.best_model_path if keep else "")
+            model = self._assemble(trainer, network, bank, best.best_model_path if keep else "")
             if finish is not None:
                 finish(model)
             model.network.cpu()
             return trainer.strategy.broadcast(model, src=0) if distributed else model
 
-    def _assemble(self, trainer: L.Trainer, dm: SpotDataModule, best_path: str) -> ComtipModel:
-        # The bank is encoded where training ran (Lightning hands the module back on the CPU): encoding a
-        # bank with a ViT-B/32 on the CPU took longer than training it on a GPU.
-        network = self.plan.network.to(trainer.strategy.root_device).eval()
+    def _assemble(
+        self, trainer: L.Trainer, network: torch.nn.Module, reference: ReferenceBank, best_path: str
+    ) -> ComtipModel:
         data = self.data
         history = {
             "sections": data.names,
@@ -270,7 +311,6 @@ class TrainRunner:
                 for k in ("lr", "backbone_lr_mult", "layer_decay", "batch_size", "section_balance")
             }
         )
-        reference = build_bank(network, dm, data)
         history["cone"] = reference.cone()
         return ComtipModel(
             network,
