@@ -126,12 +126,19 @@ def test_chunk_cache_windows_equal_direct_slices(cy, cx, box, max_chunks) -> Non
     y1, x1 = max(y1, y0 + 1), max(x1, x0 + 1)
     # A store holding a few chunks at most: windows are still exact while chunks are evicted.
     cache = ChunkCache(max_bytes=max(4, max_chunks) * 3 * cy * cx)
-    for c1 in (3, 1):
-        np.testing.assert_array_equal(cache.window("i", arr, c1, y0, y1, x0, x1), img[:c1, y0:y1, x0:x1])
+    # Two preparations of the same image, kept under their own keys: channels last, and one channel doubled.
+    preps = {"rgb": lambda b: np.moveaxis(b, 0, -1), "g2": lambda b: b[1] * 2}
+    expected = {"rgb": img[:, y0:y1, x0:x1].transpose(1, 2, 0), "g2": img[1, y0:y1, x0:x1] * 2}
+    for name, prepare in preps.items():
+        out = np.zeros(expected[name].shape, np.uint8)
+        cache.fill(("i", name), arr, prepare, out, y0, x0)
+        np.testing.assert_array_equal(out, expected[name])
     assert cache._bytes <= cache.max_bytes or len(cache) == 1
     # Chunks larger than a quarter of the store are not kept: the window is read through dask.
     small = ChunkCache(max_bytes=3 * cy * cx)
-    np.testing.assert_array_equal(small.window("i", arr, 3, y0, y1, x0, x1), img[:, y0:y1, x0:x1])
+    out = np.zeros(expected["rgb"].shape, np.uint8)
+    small.fill("i", arr, preps["rgb"], out, y0, x0)
+    np.testing.assert_array_equal(out, expected["rgb"])
     assert len(small) == 0
 
 

@@ -11,7 +11,9 @@ the lazily loaded levels, from whole image chunks decoded once per process
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,6 +53,13 @@ class _ImageLevels:
     factors: np.ndarray  # downsampling factor of each level relative to level 0 (x, y)
     channels: list[int]  # the channels read as R, G, B
     scale: float | None  # multiplier onto 0..255 for images that are not uint8 (None: uint8)
+
+    def rgb(self, block: np.ndarray) -> np.ndarray:
+        """A ``(c, y, x)`` block of this image as contiguous ``(y, x, 3)`` uint8 RGB."""
+        block = block[self.channels]
+        if self.scale is not None:
+            block = np.clip(np.rint(np.nan_to_num(block * self.scale)), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.moveaxis(block, 0, -1))
 
 
 def _image_levels(name: str, image: DataArray | DataTree) -> _ImageLevels:
@@ -167,6 +176,14 @@ class SpotTiles:
             missing = self.obs_names[self._image_of < 0][:5].tolist()
             raise ValueError(f"Spots {missing} of table {table_key!r} are not linked to any image.")
         self._check_boxes()
+        # Per spot, the coarsest level whose tile is still at least tile_px wide: saves reading and
+        # resampling. Chosen once here rather than on every read.
+        self._level_of = np.zeros(n, dtype=np.int16)
+        for k, img in enumerate(self._images):
+            on = self._image_of == k
+            ok = 2 * self._half_px[on, None] / img.factors[None, :, 0] >= self.tile_px
+            last = ok.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1)
+            self._level_of[on] = np.where(ok.any(axis=1), last, 0)
 
     def _check_boxes(self) -> None:
         """Fail, naming image and spots, on tiles under a pixel, over the whole image, or off the image."""
@@ -242,29 +259,26 @@ class SpotTiles:
         return px.mean(0), np.maximum(px.std(0), 1.0)
 
     def _read(self, i: int) -> np.ndarray:
-        img = self._images[self._image_of[i]]
-        half = self._half_px[i]
-        # Coarsest level whose tile is still at least tile_px wide: saves reading and resampling.
-        size_at_level = 2 * half / img.factors[:, 0]
-        ok = np.flatnonzero(size_at_level >= self.tile_px)
-        level = int(ok[-1]) if len(ok) else 0
+        k = int(self._image_of[i])
+        img = self._images[k]
+        level = int(self._level_of[i])
         fx, fy = img.factors[level]
+        half = float(self._half_px[i])
         cx, cy = self._centers[i, 0] / fx, self._centers[i, 1] / fy
         hx, hy = half / fx, half / fy
         x0, y0, x1, y1 = cx - hx, cy - hy, cx + hx, cy + hy
-        ix0, iy0 = int(np.floor(x0)) - 1, int(np.floor(y0)) - 1
-        ix1, iy1 = int(np.ceil(x1)) + 1, int(np.ceil(y1)) + 1
+        ix0, iy0 = math.floor(x0) - 1, math.floor(y0) - 1
+        ix1, iy1 = math.ceil(x1) + 1, math.ceil(y1) + 1
         arr = img.arrays[level]
         _, height, width = arr.shape
-        window = np.full((iy1 - iy0, ix1 - ix0, 3), PAD_VALUE, dtype=np.uint8)
         sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, width), min(iy1, height)
+        inside = (sx0, sy0, sx1, sy1) == (ix0, iy0, ix1, iy1)
+        window = np.empty if inside else partial(np.full, fill_value=PAD_VALUE)
+        window = window((iy1 - iy0, ix1 - ix0, 3), dtype=np.uint8)
         if sx1 > sx0 and sy1 > sy0:
-            key = (int(self._image_of[i]), level)
-            chunk = self._chunk_cache.window(key, arr, max(img.channels) + 1, sy0, sy1, sx0, sx1)
-            chunk = chunk[img.channels]
-            if img.scale is not None:
-                chunk = np.clip(np.rint(np.nan_to_num(chunk * img.scale)), 0, 255).astype(np.uint8)
-            window[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = np.moveaxis(chunk, 0, -1)
+            # Chunks are kept as RGB uint8, channels last: converted once per chunk, not once per tile.
+            target = window[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0]
+            self._chunk_cache.fill((k, level), arr, img.rgb, target, sy0, sx0)
         # PIL resamples a sub-pixel box with antialiasing, so the physical field is exact.
         box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
         tile = Image.fromarray(window).resize(
