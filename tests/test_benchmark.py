@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from benchmarks.__main__ import main as main_bench
 from benchmarks.clustering import EMBEDDINGS
 from benchmarks.colour_features import COLOUR_ROWS
@@ -411,3 +412,16 @@ def test_throughput_embed_stage_rows() -> None:
     assert [r[0] for r in rows] == ["a"] * 4
     assert all(r[1].endswith("process started with `X=1`") for r in rows)
     assert "of the encoder forward" in rows[-1][2] and "spots/s" in rows[0][2]
+
+
+def test_step_profile_counts_the_operators_of_one_step() -> None:
+    from benchmarks.step_profile import profile_markdown, profile_step
+
+    ts = _train_step_module()
+    cfg = ts.tiny_configs()["tiny"]
+    prof = profile_step(cfg, ts._batch(2, 16, cfg.tile_px, torch.device("cpu")), warmup=1)
+    # A transformer step runs hundreds of kernels forward and more backward; the optimizer touches every tensor.
+    assert 50 < prof.forward_ops < prof.backward_ops
+    assert prof.optimizer_ops > 0 and prof.kernels is None  # CUDA rows only on a GPU
+    text = "\n".join(profile_markdown(prof, "tiny", 2, 16, 0.1))
+    assert f"| {prof.forward_ops} / {prof.backward_ops} / {prof.optimizer_ops} |" in text
