@@ -4,8 +4,9 @@
 #     bash benchmarks/gpu_table.sh [extra throughput.py arguments]
 #
 # Installs the wheels of a `.whl` folder (packages the machine lacks) when there is one, prints the GPU and
-# library versions, runs `benchmarks/throughput.py --device cuda` with its log in "$OUT" when OUT is set,
-# and copies the result table there.
+# library versions, runs `benchmarks/throughput.py --device cuda` and `benchmarks/train_step.py --device cuda`
+# (step times and one profiled step, under a minute) with their logs in "$OUT" when OUT is set, and copies
+# the result tables there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -28,7 +29,9 @@ mkdir -p "${OUT:-/tmp/gpu_table}"
 log="${OUT:-/tmp/gpu_table}/throughput_cuda.log"
 PYTHONUNBUFFERED=1 python3 benchmarks/throughput.py --device cuda "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+PYTHONUNBUFFERED=1 python3 benchmarks/train_step.py --device cuda 2>&1 | tee "${OUT:-/tmp/gpu_table}/train_step_cuda.log"
+rc=$(( rc || PIPESTATUS[0] ))
 if [ -n "${OUT:-}" ]; then
-    cp benchmarks/results/throughput_cuda*.md "$OUT"/ 2>/dev/null || true
+    cp benchmarks/results/throughput_cuda*.md benchmarks/results/train_step_cuda.md "$OUT"/ 2>/dev/null || true
 fi
 exit "$rc"
