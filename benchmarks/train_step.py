@@ -8,7 +8,7 @@ that the ratios compare like with like:
 3. the ``vit-tiny`` preset at a fixed batch size while the genes per sentence grow (250 → 20k): the Gene-Text
    Encoder is meant to be linear in the gene count, so time per step should grow at most linearly;
 
-then one step of the ``vit-tiny`` row at batch 32 is profiled (``step_profile.py``: operator calls, host reads
+then one step of the ``vit-tiny`` row at batch 32 (8 with ``--quick``) is profiled (``step_profile.py``: operator calls, host reads
 of tensor values and, on a GPU, kernel launches, synchronisations and the share of the step the GPU is busy).
 
 Full CoMTIP objective (InfoNCE + MFM + PAAT). Gene names use the dependency-free char-ngram backend: the
