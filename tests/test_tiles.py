@@ -47,6 +47,59 @@ def test_tiles_have_requested_physical_size(toy):
     assert tiles[0].shape == (32, 32, 3) and tiles[0].dtype == np.uint8
 
 
+def test_downsampled_tiles_match_pil_on_the_same_window(toy):
+    # 150 µm at 1 µm/px into 32 px: the window is resampled by torch, which must give PIL's filter on the
+    # window snapped to whole pixels (the toy's centres are whole pixels, so that is the exact box).
+    from PIL import Image
+
+    tiles = cs.pp.SpotTiles(toy, tile_um=150, tile_px=32)
+    image = _image_array(toy, "toy_image")
+    tiles._level_of[:] = 0  # full resolution: 150 px windows, the torch path
+    for i in [0, 11, 30]:
+        x0, y0, x1, y1 = np.round(tiles.boxes_px[i]).astype(int)
+        window = np.ascontiguousarray(np.moveaxis(image[:3, y0:y1, x0:x1], 0, -1))
+        pil = np.asarray(Image.fromarray(window).resize((32, 32), Image.Resampling.BILINEAR)).astype(int)
+        diff = np.abs(tiles[i].astype(int) - pil)
+        assert diff.max() <= 1, f"spot {i}: torch and PIL differ by up to {diff.max()} grey levels"
+
+
+def test_read_order_visits_each_chunk_band_once(tmp_path):
+    # A lazily read image in 64 px chunks: the read order sweeps one band of chunk rows at a time,
+    # left to right, and is a permutation of every spot.
+    side, chunk = 256, 64
+    rng = np.random.default_rng(0)
+    image = da.from_array(rng.integers(0, 255, (3, side, side), dtype=np.uint8), chunks=(3, chunk, chunk))
+    xy = rng.uniform(20, side - 20, size=(40, 2))
+    sdata = _points_sdata(image, xy)
+    tiles = cs.pp.SpotTiles(sdata, tile_um=20, tile_px=8, spot_diameter_um=10)
+    order = tiles.read_order()
+    assert sorted(order.tolist()) == list(range(40))
+    bands = np.floor(xy[order, 1] / chunk)
+    assert (np.diff(bands) >= 0).all()
+    for b in np.unique(bands):
+        assert (np.diff(xy[order][bands == b, 0]) >= 0).all()
+
+
+def _points_sdata(image, xy):
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import Image2DModel, ShapesModel
+
+    n = len(xy)
+    shapes = ShapesModel.parse(xy, geometry=0, radius=np.full(n, 5.0), transformations={"global": Identity()})
+    obs = pd.DataFrame(
+        {"region": pd.Categorical(["spots"] * n), "spot_id": np.arange(n)}, index=[f"s{i}" for i in range(n)]
+    )
+    table = TableModel.parse(
+        ad.AnnData(np.zeros((n, 1), np.float32), obs=obs),
+        region="spots",
+        region_key="region",
+        instance_key="spot_id",
+    )
+    img = Image2DModel.parse(image, dims=("c", "y", "x"), transformations={"global": Identity()})
+    return sd.SpatialData(images={"img": img}, shapes={"spots": shapes}, tables={"table": table})
+
+
 def test_border_tiles_are_padded_not_errors(toy):
     # A tile far larger than the margin must cross the image border.
     tiles = cs.pp.SpotTiles(toy, tile_um=600, tile_px=64)
@@ -341,3 +394,12 @@ def test_montage_shows_colour_standardised_tiles(toy):
     want = cs.pp.extract_tiles(toy, tile_um=100, tile_px=16, spots=spots, colour_norm="section")
     np.testing.assert_array_equal(shown, want)
     assert "colour standardised" in fig._suptitle.get_text()
+
+
+def test_embedding_in_read_order_comes_back_in_table_order(tiny_model):
+    sdata = cs.datasets.toy_tissue(n_rows=6, n_cols=6, n_genes=30, seed=7, sample_id="other")
+    tiles = tiny_model.tiles(sdata)
+    assert not np.array_equal(tiles.read_order(), np.arange(len(tiles)))  # the order differs from the table's
+    got = tiny_model.encode_images(tiles, batch_size=5)
+    # A plain array of the same tiles has no read order: it is encoded in table order.
+    np.testing.assert_allclose(got, tiny_model.encode_images(tiles.take(), batch_size=5), atol=1e-5)

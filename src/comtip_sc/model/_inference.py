@@ -174,19 +174,29 @@ def encode_tiles(
 
     ``tiles`` is any reader of uint8 tiles (:class:`~comtip_sc.pp.SpotTiles`, a tile cache,
     :class:`~comtip_sc.pp.ContextTiles`) or a ``(n, H, W, 3)`` uint8 array. Cached trunk tokens are read
-    as view 0 (the tile as cut). Tiles are cut in ``num_workers`` persistent loader processes, each with its
+    as view 0 (the tile as cut). A reader with a ``read_order()`` (:meth:`~comtip_sc.pp.SpotTiles.read_order`)
+    is read in that order. Tiles are cut in ``num_workers`` persistent loader processes, each with its
     own copy of the reader (and so its own cache of decoded image chunks, filled once per process); batches
     come pinned when the network runs on a GPU. ``None`` sizes the batch and the workers for the device
     (:func:`embed_batch_size`, :func:`embed_workers`).
     """
     device = device or network_device(network)
     workers = embed_workers(device, num_workers)
+    # A reader of a chunked slide knows an order that decodes each chunk about once; results come back
+    # in the reader's own order.
+    order = tiles.read_order() if hasattr(tiles, "read_order") else None
     loader = DataLoader(
         TileItems(tiles),
         batch_size=embed_batch_size(device, batch_size),
+        sampler=None if order is None else order.tolist(),
         num_workers=workers,
         collate_fn=stack_tiles,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
     )
-    return encode_images(network.to(device), loader)
+    emb = encode_images(network.to(device), loader)
+    if order is None:
+        return emb
+    out = np.empty_like(emb)
+    out[order] = emb
+    return out

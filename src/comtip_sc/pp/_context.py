@@ -50,6 +50,10 @@ class ContextTiles:
     def __getitem__(self, i: int) -> np.ndarray:
         return np.concatenate([self.spot[i], self.context[i]], axis=-1)
 
+    def read_order(self) -> np.ndarray:
+        """The spot reader's :meth:`~comtip_sc.pp.SpotTiles.read_order` (the context tiles share its centres)."""
+        return self.spot.read_order() if hasattr(self.spot, "read_order") else np.arange(len(self))
+
     def take(self, indices=None) -> np.ndarray:
         """Stack the 6-channel tiles at ``indices`` (all when ``None``)."""
         return np.concatenate([self.spot.take(indices), self.context.take(indices)], axis=-1)

@@ -17,6 +17,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from spatialdata import SpatialData
 
@@ -47,6 +49,23 @@ _REF_STD = np.asarray(COLOUR_REF_STD)
 PAD_VALUE = 255
 
 
+def resample_uint8(window: np.ndarray, tile_px: int) -> np.ndarray:
+    """A ``(h, w, 3)`` uint8 window resampled to ``(tile_px, tile_px, 3)`` by antialiased bilinear.
+
+    The filter is PIL's (tiles agree with PIL's to within one grey level); torch runs it on uint8
+    channels-last directly, 3-6x faster than PIL for windows of a few hundred pixels.
+
+    Examples
+    --------
+    >>> resample_uint8(np.full((300, 300, 3), 200, np.uint8), 128).shape
+    (128, 128, 3)
+
+    """
+    x = torch.from_numpy(window).permute(2, 0, 1)[None]
+    y = F.interpolate(x, size=(tile_px, tile_px), mode="bilinear", antialias=True)
+    return y[0].permute(1, 2, 0).contiguous().numpy()
+
+
 @dataclass
 class _ImageLevels:
     arrays: list  # dask arrays (c, y, x), finest first
@@ -56,10 +75,14 @@ class _ImageLevels:
 
     def rgb(self, block: np.ndarray) -> np.ndarray:
         """A ``(c, y, x)`` block of this image as contiguous ``(y, x, 3)`` uint8 RGB."""
-        block = block[self.channels]
-        if self.scale is not None:
-            block = np.clip(np.rint(np.nan_to_num(block * self.scale)), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.moveaxis(block, 0, -1))
+        out = np.empty((*block.shape[1:], 3), np.uint8)
+        # One strided write per channel: 4x faster than a contiguous copy of the moved axes.
+        for j, c in enumerate(self.channels):
+            plane = block[c]
+            if self.scale is not None:
+                plane = np.clip(np.rint(np.nan_to_num(plane * self.scale)), 0, 255)
+            out[..., j] = plane
+        return out
 
 
 def _image_levels(name: str, image: DataArray | DataTree) -> _ImageLevels:
@@ -263,13 +286,28 @@ class SpotTiles:
         img = self._images[k]
         level = int(self._level_of[i])
         fx, fy = img.factors[level]
-        half = float(self._half_px[i])
         cx, cy = self._centers[i, 0] / fx, self._centers[i, 1] / fy
-        hx, hy = half / fx, half / fy
+        hx, hy = self._half_px[i] / fx, self._half_px[i] / fy
+        if min(hx, hy) >= self.tile_px:
+            # At 2x downsampling or more, the window snapped to whole pixels is at most a quarter of an
+            # output pixel off the exact box, and torch's antialiased bilinear (PIL's filter) resamples
+            # uint8 channels-last several times faster than PIL.
+            ix0, iy0 = round(cx - hx), round(cy - hy)
+            window = self._window(k, level, ix0, iy0, ix0 + round(2 * hx), iy0 + round(2 * hy))
+            return resample_uint8(window, self.tile_px)
         x0, y0, x1, y1 = cx - hx, cy - hy, cx + hx, cy + hy
         ix0, iy0 = math.floor(x0) - 1, math.floor(y0) - 1
-        ix1, iy1 = math.ceil(x1) + 1, math.ceil(y1) + 1
-        arr = img.arrays[level]
+        window = self._window(k, level, ix0, iy0, math.ceil(x1) + 1, math.ceil(y1) + 1)
+        # PIL resamples a sub-pixel box with antialiasing, so the physical field is exact.
+        box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
+        tile = Image.fromarray(window).resize(
+            (self.tile_px, self.tile_px), Image.Resampling.BILINEAR, box=box
+        )
+        return np.asarray(tile)
+
+    def _window(self, k: int, level: int, ix0: int, iy0: int, ix1: int, iy1: int) -> np.ndarray:
+        """Pixels ``[iy0:iy1, ix0:ix1]`` of image ``k`` at ``level`` as ``(h, w, 3)`` uint8, white outside."""
+        arr = self._images[k].arrays[level]
         _, height, width = arr.shape
         sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, width), min(iy1, height)
         inside = (sx0, sy0, sx1, sy1) == (ix0, iy0, ix1, iy1)
@@ -278,13 +316,27 @@ class SpotTiles:
         if sx1 > sx0 and sy1 > sy0:
             # Chunks are kept as RGB uint8, channels last: converted once per chunk, not once per tile.
             target = window[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0]
-            self._chunk_cache.fill((k, level), arr, img.rgb, target, sy0, sx0)
-        # PIL resamples a sub-pixel box with antialiasing, so the physical field is exact.
-        box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
-        tile = Image.fromarray(window).resize(
-            (self.tile_px, self.tile_px), Image.Resampling.BILINEAR, box=box
-        )
-        return np.asarray(tile)
+            self._chunk_cache.fill((k, level), arr, self._images[k].rgb, target, sy0, sx0)
+        return window
+
+    def read_order(self) -> np.ndarray:
+        """Every spot index, ordered so that each image chunk is decoded about once when read in turn.
+
+        By image and level, then in bands one chunk row high, left to right: a reader then holds a few
+        chunks at a time, where the table's order can revisit every chunk of a slide's width many times
+        (1.36x faster tile cutting on a 40,000 px wide slide). Inference reads in this order and puts
+        the results back in the table's.
+        """
+        band = np.zeros(len(self))
+        x, y = self._centers[:, 0].copy(), self._centers[:, 1].copy()
+        for k, img in enumerate(self._images):
+            for level, arr in enumerate(img.arrays):
+                on = (self._image_of == k) & (self._level_of == level)
+                fx, fy = img.factors[level]
+                x[on], y[on] = x[on] / fx, y[on] / fy
+                rows = max(arr.chunks[1]) if hasattr(arr, "chunks") else arr.shape[1]
+                band[on] = np.floor(y[on] / rows)
+        return np.lexsort((y, x, band, self._level_of, self._image_of))
 
     def take(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Stack the tiles at ``indices`` (all when ``None``) into ``(k, tile_px, tile_px, 3)``."""
