@@ -276,7 +276,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slide-px", type=int, help="Side of the synthetic slide (default 40000; quick 8000).")
     p.add_argument("--slide-spots", type=int, help="Spots on the slide (default 50000; quick 2000).")
     p.add_argument(
-        "--slide-workers", type=int, help="Stage c's loader workers (default: 1; cuda: cores - 2)."
+        "--slide-workers",
+        type=int,
+        help="Stage c's loader workers (default: 0 on the CPU, as comtip_embed's default; cuda: cores - 2).",
     )
     p.add_argument("--bank", type=int, help="Bank spots (default 1,000,000; quick 100,000).")
     p.add_argument("--queries", type=int, help="Query spots (default 100,000; quick 10,000).")
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     workers = (
         args.slide_workers
         if args.slide_workers is not None
-        else (max(1, (os.cpu_count() or 2) - 2) if gpu else 1)
+        else (max(1, (os.cpu_count() or 2) - 2) if gpu else 0)
     )
     n_bank = args.bank or (100_000 if q else 1_000_000)
     n_query = args.queries or (10_000 if q else 100_000)

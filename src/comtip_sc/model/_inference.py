@@ -188,7 +188,7 @@ def encode_tiles(
     loader = DataLoader(
         TileItems(tiles),
         batch_size=embed_batch_size(device, batch_size),
-        sampler=None if order is None else order.tolist(),
+        sampler=order,  # an index array: no Python list of a million bins
         num_workers=workers,
         collate_fn=stack_tiles,
         pin_memory=device.type == "cuda",

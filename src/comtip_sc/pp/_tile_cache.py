@@ -287,7 +287,7 @@ def cache_tiles(
         if same and recorded is not None and recorded != _fingerprint(source):
             raise ValueError(
                 f"The tile cache at {path} has the same spots and settings but was cut from other data (other "
-                "images or spot positions); pass overwrite=True to rebuild it, or use another path."
+                "images or spot positions) or by an earlier version's resampling; pass overwrite=True to rebuild it, or use another path."
             )
         if same:
             logger.info("Reusing the tile cache at %s (%d tiles).", path, len(cached))
