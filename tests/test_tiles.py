@@ -13,6 +13,8 @@ from comtip_sc._constants import COLOUR_REF_MEAN, COLOUR_REF_STD, INSTANCE_KEY, 
 from comtip_sc._image import pyramid_levels
 from comtip_sc._sections import resolve_sections
 from comtip_sc._tables import check_counts
+from comtip_sc.model._inference import worker_stretches
+from comtip_sc.pp._chunk_cache import ChunkCache
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,8 @@ def test_downsampled_tiles_match_pil_on_the_same_window(toy):
 
 
 def test_read_order_visits_each_chunk_band_once(tmp_path):
-    # A lazily read image in 64 px chunks: the read order sweeps one band of chunk rows at a time,
-    # left to right, and is a permutation of every spot.
+    # A lazily read image in 64 px chunks: the read order sweeps one band of chunk rows at a time (by the
+    # tile's top edge), left to right and right to left in turn, and is a permutation of every spot.
     side, chunk = 256, 64
     rng = np.random.default_rng(0)
     image = da.from_array(rng.integers(0, 255, (3, side, side), dtype=np.uint8), chunks=(3, chunk, chunk))
@@ -74,10 +76,32 @@ def test_read_order_visits_each_chunk_band_once(tmp_path):
     tiles = cs.pp.SpotTiles(sdata, tile_um=20, tile_px=8, spot_diameter_um=10)
     order = tiles.read_order()
     assert sorted(order.tolist()) == list(range(40))
-    bands = np.floor(xy[order, 1] / chunk)
+    bands = np.floor(tiles.boxes_px[order, 1] / chunk)
     assert (np.diff(bands) >= 0).all()
     for b in np.unique(bands):
-        assert (np.diff(xy[order][bands == b, 0]) >= 0).all()
+        x = xy[order][bands == b, 0]
+        assert (np.diff(x if b % 2 == 0 else -x) >= 0).all()
+
+
+def test_read_order_decodes_each_chunk_about_once(tmp_path):
+    # 900 spots on a grid over 8 x 8 chunks, read with a cache of one chunk row: the read order decodes
+    # each chunk about 1.5 times (bands by tile centre, swept one way: 1.9), the table's raster order 2.8.
+    side, chunk = 512, 64
+    image = da.from_array(np.full((3, side, side), 200, np.uint8), chunks=(3, chunk, chunk))
+    g = np.linspace(12, side - 12, 30)
+    xy = np.array([(x, y) for y in g for x in g])
+    row_bytes = 3 * chunk * side
+
+    def decodes(order):
+        tiles = cs.pp.SpotTiles(_points_sdata(image, xy), tile_um=24, tile_px=8, spot_diameter_um=10)
+        tiles._chunk_cache = ChunkCache(max_bytes=row_bytes)
+        for i in order if order is not None else tiles.read_order():
+            tiles[int(i)]
+        return tiles._chunk_cache.decoded
+
+    n_chunks = (side // chunk) ** 2
+    assert decodes(None) <= 1.6 * n_chunks
+    assert decodes(np.arange(len(xy))) > 2 * n_chunks
 
 
 def _points_sdata(image, xy):
@@ -403,3 +427,19 @@ def test_embedding_in_read_order_comes_back_in_table_order(tiny_model):
     got = tiny_model.encode_images(tiles, batch_size=5)
     # A plain array of the same tiles has no read order: it is encoded in table order.
     np.testing.assert_allclose(got, tiny_model.encode_images(tiles.take(), batch_size=5), atol=1e-5)
+    # Two loader workers, each reading its own stretch of the read order (7 batches: 4 + 3).
+    two = tiny_model.encode_images(tiles, batch_size=5, num_workers=2)
+    np.testing.assert_allclose(two, got, atol=1e-5)
+
+
+@pytest.mark.parametrize(("n_batches", "workers"), [(8, 2), (10, 4), (13, 5), (3, 4), (5, 1)])
+def test_each_loader_worker_reads_one_stretch_of_the_read_order(n_batches, workers):
+    order = np.random.default_rng(n_batches).permutation(3 * n_batches - 1)  # a short last batch
+    batches = worker_stretches(order, 3, workers)
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(len(order)))
+    # A data loader hands batch j to worker j % workers: each worker's batches, in turn, are one
+    # contiguous stretch of the order.
+    for w in range(min(workers, len(batches))):
+        mine = np.concatenate(batches[w::workers])
+        start = int(np.flatnonzero(order == mine[0])[0])
+        assert np.array_equal(mine, order[start : start + len(mine)])

