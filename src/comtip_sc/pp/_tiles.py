@@ -125,7 +125,10 @@ class SpotTiles:
     Item ``i`` is the tile of table row ``i`` as a ``uint8`` array ``(tile_px, tile_px, 3)``. Only the
     pixel window of that tile is read from the image (at the coarsest pyramid level that still has at
     least ``tile_px`` pixels across the tile), so a worker never holds a whole slide. Tiles crossing
-    the image border are padded with white.
+    the image border are padded with white. The window is resampled with an antialiased bilinear filter:
+    PIL's, over the exact sub-pixel box, when it is downsampled less than 2x; torch's (the same filter,
+    faster) over the box snapped to whole pixels when it is downsampled 2x or more. Decoded image chunks
+    are kept in a bounded per-process cache; :meth:`read_order` is the order that reuses them best.
 
     Parameters
     ----------
