@@ -78,6 +78,22 @@ def test_pretrained_cfg_overlay_is_merged_not_replaced(tmp_path):
         )
 
 
+def test_a_users_trunk_checkpoint_is_unwrapped_and_not_kept_twice(tmp_path):
+    # Training scripts save {"state_dict": ..., "epoch": ...} with DDP's "module." prefix; the trunk reads
+    # the weights inside, and its config records the file instead of holding a second copy of them.
+    ref = timm.create_model("resnet10t", num_classes=0)
+    state = {f"module.{k}": v for k, v in ref.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "w.pth")
+    bb = create_backbone("resnet10t", 64, checkpoint_path=str(tmp_path / "w.pth"))
+    assert all(
+        torch.equal(a, b) for a, b in zip(bb.state_dict().values(), ref.state_dict().values(), strict=True)
+    )
+    assert "state_dict" not in bb.pretrained_cfg and bb.pretrained_cfg["file"] == str(tmp_path / "w.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match=r"list\.pth.*not a state dict"):
+        create_backbone("resnet10t", 64, checkpoint_path=str(tmp_path / "list.pth"))
+
+
 class _TouchOnUnpickle:
     """Unpickling it creates a file: the side effect a malicious weights file would have."""
 
@@ -89,12 +105,12 @@ class _TouchOnUnpickle:
 
 
 def test_a_users_trunk_file_with_pickled_objects_is_refused_unread(tmp_path):
-    # A user's .pth is read by timm's loader with torch.load(weights_only=True), as cs.model.read_weights
-    # reads every other weights file: a pickled object is refused and its code never runs.
+    # A user's .pth is read by cs.model.read_weights, like every other weights file: a pickled object is
+    # refused with a message naming the file, and its code never runs.
     marker = tmp_path / "ran"
     state = timm.create_model("resnet10t", num_classes=0).state_dict()
     torch.save({**state, "payload": _TouchOnUnpickle(marker)}, tmp_path / "w.pth")
-    with pytest.raises(Exception, match=r"weights_only|Unsupported global"):
+    with pytest.raises(ValueError, match=r"w\.pth.*holds Python objects"):
         create_backbone("resnet10t", 64, checkpoint_path=str(tmp_path / "w.pth"))
     assert not marker.exists()
 

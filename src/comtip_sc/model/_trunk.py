@@ -11,11 +11,12 @@ from typing import Any
 
 import timm
 import torch
-from timm.models import is_model_in_modules
+from timm.models import clean_state_dict, is_model_in_modules
 from torch import nn
 
 from ._effnet_lite import TIMM_NAME as LITE0
 from ._effnet_lite import lite0_weights_file, load_lite0_weights
+from ._weights import read_weights
 
 #: timm modules whose models take ``img_size`` (their position embeddings are built for the tile size).
 _TOKEN_MODULES = (
@@ -206,6 +207,19 @@ def _weights_file(name: str, preset: TrunkPreset | None, checkpoint_path: str | 
     return str(file)
 
 
+def _user_state_dict(file: str) -> dict:
+    """A trunk's weights from a user's file: the state dict itself or its ``state_dict``/``model`` entry."""
+    content = read_weights(file)
+    if isinstance(content, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(content.get(key), dict):
+                content = content[key]
+                break
+    if not isinstance(content, dict):
+        raise ValueError(f"Weights file {file!r} holds a {type(content).__name__}, not a state dict.")
+    return clean_state_dict(content)
+
+
 def create_backbone(
     name: str,
     tile_px: int,
@@ -229,9 +243,10 @@ def create_backbone(
         Load weights: from ``checkpoint_path`` if given, else a preset's bundled weights, else the local
         Hugging Face cache; raises ``FileNotFoundError`` rather than downloading.
     checkpoint_path
-        Local weights file; implies ``pretrained``. It goes through timm's pretrained loader (the model's
-        checkpoint filter converts e.g. OpenAI CLIP state dicts; the classifier is dropped and position
-        embeddings are resampled to ``tile_px``).
+        Local weights file; implies ``pretrained``. It is read by :func:`~comtip_sc.model.read_weights`
+        (safetensors, or ``torch.load(weights_only=True)``: pickled objects are refused), then applied by
+        timm's pretrained loader (the model's checkpoint filter converts e.g. OpenAI CLIP state dicts; the
+        classifier is dropped and position embeddings are resampled to ``tile_px``).
     **kwargs
         Passed to :func:`timm.create_model` over the preset's (e.g. ``depth=2, embed_dim=64``). A
         ``pretrained_cfg_overlay`` (e.g. ``mean``/``std``) is merged over the preset's, never replaced.
@@ -271,13 +286,21 @@ def create_backbone(
             loader = preset.loader
             overlay.pop("file", None)
         else:
-            overlay["file"] = file
+            # Read here by the package's one safe reader; timm then applies the model's checkpoint filter
+            # (e.g. OpenAI CLIP key names), drops the classifier and resamples position embeddings.
+            overlay.pop("file", None)
+            overlay["state_dict"] = _user_state_dict(file)
             kwargs["pretrained"] = True
     if is_model_in_modules(_architecture(timm_name), _TOKEN_MODULES):
         kwargs.setdefault("img_size", tile_px)
     model = timm.create_model(timm_name, num_classes=0, pretrained_cfg_overlay=overlay or None, **kwargs)
     if loader is not None:
         loader(model, file)
+    if "state_dict" in overlay:  # keep the record of where the weights came from, not a second copy of them
+        cfg = {k: v for k, v in model.pretrained_cfg.items() if k != "state_dict"}
+        model.pretrained_cfg = {**cfg, "file": file}
+        if hasattr(model, "default_cfg"):
+            model.default_cfg = model.pretrained_cfg
     return model
 
 
