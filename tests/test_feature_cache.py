@@ -144,3 +144,90 @@ def test_fit_with_jitter_trains_on_a_jittered_token_cache(tmp_path, frozen_cnn_c
     jittered = tmp_path / "cache" / "dataset0_sj0.05_cj0.1_tokens.zarr"
     assert jittered.is_dir() and not (tmp_path / "cache" / "dataset0_tokens.zarr").exists()
     assert cs.pp.CachedTokens(jittered).key["jitter"] == [0.05, 0.1, 0]
+
+
+def test_a_batch_of_cached_tokens_is_read_in_one_gather(tiles, tmp_path) -> None:
+    # The collate reads each spot's drawn view from the cache it belongs to, in the batch's order, from
+    # memory and from disk alike, and draws the same views an item-by-item read drew.
+    from torch.utils.data import ConcatDataset
+
+    from comtip_sc.train import SentenceCollate, SpotSentences
+
+    vb = _vision().eval()
+    a = cs.pp.cache_trunk_tokens(tiles, vb, tmp_path / "a.zarr", mean=MEAN, std=STD, views=3, batch_size=5)
+    b = cs.pp.cache_trunk_tokens(tiles, _vision(1).eval(), tmp_path / "b.zarr", mean=MEAN, std=STD, views=3)
+    rng = np.random.default_rng(0)
+    a.in_memory = True  # b stays on disk
+    table_a = SpotSentences(a, rng.random((len(a), 4), dtype=np.float32), np.arange(4), group=0)
+    table_b = SpotSentences(b, rng.random((len(b), 6), dtype=np.float32), np.arange(6), group=1)
+    both = ConcatDataset([table_a, table_b])
+    order = rng.permutation(len(both))
+    items = [both[int(i)] for i in order]
+    torch.manual_seed(5)
+    batch = SentenceCollate(MEAN, STD, augment=True)(items)
+    torch.manual_seed(5)
+    views = torch.randint(0, 3, (len(order),)).tolist()
+    want = [(a if i < len(a) else b)[int(i) % len(a)][v] for i, v in zip(order, views, strict=True)]
+    assert batch["tokens"].dtype == torch.float16
+    np.testing.assert_array_equal(batch["tokens"].numpy(), np.stack(want))
+    # Sentences of the two panels are padded to the longer one.
+    assert batch["values"].shape == (len(order), 6)
+    assert batch["mask"].sum(1).tolist() == [4 if i < len(a) else 6 for i in order]
+    eval_batch = SentenceCollate(MEAN, STD)(items[:3])
+    np.testing.assert_array_equal(
+        eval_batch["tokens"].numpy(),
+        np.stack([(a if i < len(a) else b)[int(i) % len(a)][0] for i in order[:3]]),
+    )
+
+
+def test_a_cache_held_on_a_device_gives_the_same_batches(tiles, tmp_path) -> None:
+    # hold_on(device) keeps the tokens as one tensor there (on a GPU: batches gathered without a copy
+    # from the host); here the device is the CPU, the code path the same.
+    import pickle
+
+    from comtip_sc.train import SentenceCollate, SpotSentences
+
+    path = tmp_path / "t.zarr"
+    cs.pp.cache_trunk_tokens(tiles, _vision().eval(), path, mean=MEAN, std=STD, views=2, batch_size=5)
+    plain = cs.pp.CachedTokens(path, in_memory=True)
+    held = cs.pp.CachedTokens(path)
+    held.hold_on("cpu")
+    assert isinstance(held._held, torch.Tensor) and held._array is None
+    values = np.random.default_rng(0).random((len(plain), 4), dtype=np.float32)
+    batches = []
+    for cache in (plain, held):
+        ds = SpotSentences(cache, values, np.arange(4), group=0)
+        torch.manual_seed(3)
+        batches.append(SentenceCollate(MEAN, STD, augment=True)([ds[i] for i in (5, 0, 7, 7)]))
+    assert torch.equal(batches[0]["tokens"], batches[1]["tokens"])
+    np.testing.assert_array_equal(held[2], plain[2])
+    assert pickle.loads(pickle.dumps(held))._held is None  # a loader worker reads from disk
+
+
+@pytest.mark.parametrize(
+    ("device_budget", "memory_budget", "where"),
+    [(10**12, 10**12, "device"), (0, 10**12, "memory"), (0, 0, "disk")],
+)
+def test_token_caches_go_where_their_budget_allows(tiles, tmp_path, device_budget, memory_budget, where):
+    from types import SimpleNamespace
+
+    from comtip_sc.train import SpotSentences
+    from comtip_sc.train._datamodule import subset
+    from comtip_sc.train._registration import attach_token_caches
+
+    ds = SpotSentences(tiles, np.zeros((len(tiles), 3), np.float32), np.arange(3), group=0)
+    reg = SimpleNamespace(sections=[("s0", subset(ds, np.arange(len(tiles))))])
+    attach_token_caches(
+        [reg],
+        _vision().eval(),
+        str(tmp_path),
+        MEAN,
+        STD,
+        torch.device("cpu"),
+        memory_budget=memory_budget,
+        device_budget=device_budget,
+    )
+    cache = ds.tiles
+    assert isinstance(cache, cs.pp.CachedTokens)
+    assert (cache._held is not None) == (where == "device")
+    assert bool(cache.in_memory) == (where == "memory")

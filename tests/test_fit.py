@@ -237,3 +237,22 @@ def test_cpu_preset_trains_the_token_transformer_on_a_frozen_pretrained_trunk(to
 def test_pathology_preset_needs_its_weights_file(toy, tmp_path):
     with pytest.raises(ValueError, match="checkpoint_path"):
         cs.tl.fit(toy, preset="pathology", default_root_dir=str(tmp_path))
+
+
+def test_epoch_means_of_the_loss_terms_weigh_every_spot_once(toy, tmp_path, fit):
+    # The terms are summed on the device during the epoch and logged once at its end; the per-step
+    # loss the logger writes averages back to the epoch's value (batches of 16, 16 and 4 spots).
+    import pandas as pd
+
+    model = fit(toy, tmp_path, max_epochs=2, log_every_n_steps=1, val_sections=None)
+    rows = pd.read_csv(tmp_path / "comtip_logs" / "version_0" / "metrics.csv")
+    steps = rows.dropna(subset=["train/loss_step"])
+    assert len(steps) == model.history["global_steps"] == 6
+    assert "train/mfm_step" in rows and steps["train/mfm_step"].notna().all()
+    sizes = np.array([16, 16, 4])
+    for epoch in (0, 1):
+        per_step = steps[steps["epoch"] == epoch]["train/loss_step"].to_numpy()
+        logged = rows.dropna(subset=["train/loss_epoch"])
+        logged = logged[logged["epoch"] == epoch]["train/loss_epoch"].item()
+        assert logged == pytest.approx(float((per_step * sizes).sum() / sizes.sum()), rel=1e-5)
+    assert model.history["metrics"]["train/loss_epoch"] == pytest.approx(logged)

@@ -206,3 +206,17 @@ def test_full_loss_and_gradients_of_two_gloo_processes_match_one_process(tmp_pat
     # Random masks: the ranks draw different rows of the global draw, not the same mask twice.
     assert not torch.equal(res[0]["ids_hidden"], res[1]["ids_hidden"])
     assert torch.equal(torch.cat([r["ids_hidden"] for r in res]), ref["ids_hidden"])
+
+
+def test_paat_balance_with_a_class_missing():
+    # No mismatched token: the BCE is the negatives' alone; no real token at all: zero and chance.
+    labels = torch.zeros(2, 3, dtype=torch.bool)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    logits = torch.tensor([[-2.0, 1.0, -3.0], [0.5, -1.0, -2.0]], requires_grad=True)
+    bce, acc = pair_detection_loss(logits, labels, mask)
+    assert torch.allclose(bce, F.binary_cross_entropy_with_logits(logits, labels.float()))
+    assert float(acc) == pytest.approx(4 / 6)
+    bce.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    none, chance = pair_detection_loss(logits, labels, torch.zeros_like(mask))
+    assert float(none) == 0.0 and float(chance) == 0.5 and none.requires_grad

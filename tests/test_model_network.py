@@ -279,3 +279,46 @@ def test_value_queries_read_each_spots_true_values():
             assert bool(q["valid"][i, j]) == bool(where.any())
             if where.any():
                 assert float(q["true"][i, j]) == pytest.approx(float(b["values"][i][where]))
+
+
+def _host_reads(fn) -> int:
+    """Reads of tensor values back to the host while ``fn`` runs (each one a wait for the GPU there)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.name in ("aten::_local_scalar_dense", "aten::nonzero") for e in prof.events())
+
+
+def test_a_training_forward_reads_nothing_back_to_the_host():
+    # Centring, PAAT's class balance and the value-query genes are decided on the device: a host read
+    # would make the host wait for the GPU in every step.
+    torch.manual_seed(0)
+    net = build_network(tiny_config(value_query_genes=5), GENES).train()
+    net.set_gene_max([5.0] * len(GENES))
+    batch = ToyTissue(0).batch(6, seed=3)
+    net(batch)  # the first step lists the genes with a known range, once
+    assert _host_reads(lambda: net(batch)["loss"].backward()) == 0
+    # New statistics are picked up.
+    net.set_gene_max([5.0] * 3 + [float("nan")] * (len(GENES) - 3))
+    assert set(net._sample_queries(batch, None)["genes"].tolist()) <= {0, 1, 2}
+    net.stat_max[3] = 5.0  # changed in place
+    assert 3 in net._known_genes().tolist()
+
+
+def test_sentence_centring_on_the_device_keeps_its_rules():
+    from comtip_sc.model._gene_text import SentenceCentering
+
+    c = SentenceCentering(2, momentum=0.5).train()
+    x = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    assert torch.allclose(c(x), x - x.mean(0))  # the batch's own mean
+    assert torch.allclose(c.running_mean, x.mean(0))  # the first batch replaces the zero start
+    y = torch.tensor([[5.0, 8.0], [7.0, 10.0]])
+    c(y)
+    assert torch.allclose(c.running_mean, 0.5 * x.mean(0) + 0.5 * y.mean(0))
+    before = c.running_mean.clone()
+    one = torch.tensor([[100.0, 100.0]])
+    assert torch.allclose(c(one), one - before)  # one sentence: the running mean, left unchanged
+    assert torch.equal(c.running_mean, before) and int(c.num_batches_tracked) == 2
+    # Only the first n_ref rows (the true sentences) set the mean.
+    assert torch.allclose(c(torch.cat([x, y]), n_ref=2)[:2], x - x.mean(0))

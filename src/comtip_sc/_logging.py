@@ -127,14 +127,15 @@ def third_party_quiet() -> Iterator[None]:
         yield
 
 
-def progress_callbacks(callbacks: list, enabled: bool) -> list:
+def progress_callbacks(callbacks: list, enabled: bool, refresh_rate: int = 1) -> list:
     """``callbacks`` plus Lightning's tqdm progress bar when a bar is wanted and none is given.
 
     Left to itself Lightning picks its rich bar when ``rich`` is installed, which in Jupyter without
-    ``ipywidgets`` warns instead of drawing; its tqdm bar falls back to plain text there.
+    ``ipywidgets`` warns instead of drawing; its tqdm bar falls back to plain text there. The bar reads
+    the step's loss back to the host each time it redraws: every ``refresh_rate`` steps.
     """
     from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
     if not enabled or any(isinstance(cb, ProgressBar) for cb in callbacks):
         return list(callbacks)
-    return [*callbacks, TQDMProgressBar()]
+    return [*callbacks, TQDMProgressBar(refresh_rate=refresh_rate)]

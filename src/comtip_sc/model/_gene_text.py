@@ -146,15 +146,18 @@ class SentenceCentering(nn.Module):
         stats = all_reduce_sum(
             torch.cat([ref.float().sum(0), ref.new_full((1,), ref.shape[0], dtype=torch.float32)])
         )
-        n = float(stats[-1].detach())
-        if n < 2:
-            return x - self.running_mean
-        mean = (stats[:-1] / n).to(x.dtype)
+        # Decided on the device, not the host: reading the count back would make the host wait for the GPU
+        # at every step. Fewer than 2 sentences fall back to the running mean and leave it unchanged.
+        n = stats[-1].detach()
+        enough = n >= 2
+        mean = stats[:-1] / n.clamp(min=1.0)
         with torch.no_grad():
-            m = 1.0 if self.num_batches_tracked == 0 else self.momentum  # start from the first batch's mean
-            self.running_mean.lerp_(mean.detach(), m)
-            self.num_batches_tracked += 1
-        return x - mean
+            # The first batch's mean replaces the zero start; later ones move it by ``momentum``.
+            weight = torch.where(self.num_batches_tracked == 0, 1.0, self.momentum)
+            moved = self.running_mean.lerp(mean.detach(), weight)
+            self.running_mean.copy_(torch.where(enough, moved, self.running_mean))
+            self.num_batches_tracked += enough.long()
+        return x - torch.where(enough, mean, self.running_mean).to(x.dtype)
 
 
 class GeneTextEncoder(nn.Module):

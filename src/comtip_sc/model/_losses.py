@@ -147,18 +147,21 @@ def pair_detection_loss(
     per_tok = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     pos = mask & (labels > 0.5)
     neg = mask & (labels < 0.5)
-    terms, accs = [], []
+    terms, accs, present = [], [], []
     pred = logits > 0
     for sel, target in ((pos, True), (neg, False)):
         # Counts over the global batch: one process may hold no mismatched token while another does.
-        n = global_count(sel.sum())
-        if n > 0:
-            terms.append(mean_share(torch.where(sel, per_tok, 0.0).sum(), sel.sum(), summed=n))
-            correct = global_count(((pred == target) & sel).sum())
-            accs.append(correct / n)
-    if not terms:  # no real tokens at all: a zero that still belongs to the graph
-        return logits.sum() * 0.0, logits.new_tensor(0.5)
-    return torch.stack(terms).mean(), torch.stack(accs).mean().to(logits.device).detach()
+        n = global_count(sel.sum()).to(logits.device)
+        terms.append(mean_share(torch.where(sel, per_tok, 0.0).sum(), sel.sum(), summed=n))
+        accs.append(global_count(((pred == target) & sel).sum()).to(logits.device) / n.clamp(min=1.0))
+        present.append(n > 0)
+    # The mean over the classes present, weighted on the device: a host-side "if n > 0" would make the host
+    # wait for the GPU at every step. No real token at all gives a zero in the graph and chance accuracy.
+    weight = torch.stack(present).to(logits.dtype)
+    k = weight.sum()
+    bce = (torch.stack(terms) * weight).sum() / k.clamp(min=1.0)
+    acc = torch.where(k > 0, (torch.stack(accs) * weight).sum() / k.clamp(min=1.0), 0.5)
+    return bce, acc.detach()
 
 
 def pair_ranking_loss(

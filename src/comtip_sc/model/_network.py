@@ -350,11 +350,24 @@ class ComtipNetwork(nn.Module):
         out["loss"] = loss
         return out
 
+    def _known_genes(self) -> torch.Tensor:
+        """Vocabulary indices with a panel maximum, recomputed only when ``stat_max`` changes.
+
+        ``nonzero`` reads a tensor back to the host (on a GPU the host waits for every queued kernel); the
+        statistics change with ``set_gene_max``/``add_genes``/``to()`` only, so once per change is enough.
+        """
+        stats = self.stat_max
+        # The tensor itself (kept alive, so never confused with a later one) and its in-place version.
+        if getattr(self, "_known_of", None) is not stats or self._known_version != stats._version:
+            self._known = torch.nonzero(torch.isfinite(stats) & (stats > 0)).squeeze(1)
+            self._known_of, self._known_version = stats, stats._version
+        return self._known
+
     def _sample_queries(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator | None
     ) -> dict[str, torch.Tensor] | None:
         """Pick the value-query genes of one step and read their true values off the batch."""
-        known = torch.nonzero(torch.isfinite(self.stat_max) & (self.stat_max > 0)).squeeze(1)
+        known = self._known_genes()
         if known.numel() == 0:  # stats not set (a bare network outside fit): no term
             return None
         cfg = self.config

@@ -263,10 +263,13 @@ class VisionBranch(nn.Module):
             return self._as_tokens(self.backbone.forward_features(images))
 
     def forward_from_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full view from trunk tokens ``[B, P, C]``: ``(global [B, D], features Z [B, P, D])``."""
+        """Full view from trunk tokens ``[B, P, C]``: ``(global [B, D], features Z [B, P, D])``.
+
+        Cached tokens arrive as float16 (half the bytes to copy to the device) and are widened here.
+        """
         if self.tokens is None:
             raise ValueError("forward_from_tokens needs a token transformer (token_depth >= 1).")
-        return self.tokens(tokens)
+        return self.tokens(tokens.float())
 
     def forward_masked_from_tokens(
         self,
@@ -278,7 +281,7 @@ class VisionBranch(nn.Module):
         if self.tokens is None:
             raise ValueError("forward_masked_from_tokens needs a token transformer (token_depth >= 1).")
         ids_keep, ids_hidden = self._mask(tokens.shape[0], tokens.device, ids_keep, generator)
-        return MaskedView(self.tokens.forward_with_prefix(tokens, ids_keep), ids_keep, ids_hidden)
+        return MaskedView(self.tokens.forward_with_prefix(tokens.float(), ids_keep), ids_keep, ids_hidden)
 
     # -- views -------------------------------------------------------------------------------------
     def forward_full(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -113,9 +113,44 @@ class CachedTokens(LazyZarrArray):
         """Size of the cached tokens in memory (what ``in_memory=True`` loads)."""
         return int(zarr.open_group(self.path, mode="r")["tokens"].nbytes)
 
+    _held: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_held"] = None  # a loader worker reads its own copy, never a device tensor
+        return state
+
     def __getitem__(self, i: int) -> np.ndarray:
+        if self._held is not None:
+            return self._held[int(i)].cpu().numpy()
         # A copy: a cached array or decoded chunk must not change under a caller that modifies the item.
         return np.array(self._item("tokens", int(i)))
+
+    def hold_on(self, device: torch.device | str) -> None:
+        """Keep the whole cache as one tensor on ``device``; :meth:`take` then gathers batches there.
+
+        On a GPU a batch is then one gather on the device: no copy from the host, no host memory.
+        """
+        self._held = torch.from_numpy(np.asarray(self._load("tokens")[:])).to(device)
+        self._array, self._lru = None, None
+
+    def take(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        """Tokens of spots ``rows``, spot ``rows[j]`` in its view ``views[j]``: a new ``float16 [n, P, C]``.
+
+        From memory it is one gather of the chosen views (an item is all ``views`` of a spot, 8× the bytes
+        a training step uses), on the device the cache is held on (:meth:`hold_on`) or on the host; from
+        disk, spot by spot through the chunk LRU.
+        """
+        if self._held is not None:
+            at = self._held.device
+            return self._held[torch.as_tensor(rows, device=at), torch.as_tensor(views, device=at)]
+        rows, views = np.asarray(rows, dtype=np.int64), np.asarray(views, dtype=np.int64)
+        arr = self._load("tokens")
+        if isinstance(arr, np.ndarray):
+            return torch.from_numpy(arr[rows, views])
+        return torch.from_numpy(
+            np.stack([self._item("tokens", int(i))[v] for i, v in zip(rows, views, strict=True)])
+        )
 
 
 def token_cache_key(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import lightning as L
 import numpy as np
@@ -18,10 +19,23 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, Weighte
 
 from ..model._inference import normalise_tiles
 from ..pp import _augment
+from ..pp._feature_cache import CachedTokens
+
+
+class TokenRow(NamedTuple):
+    """Spot ``row`` of a trunk-token cache, read by :class:`SentenceCollate` together with its batch."""
+
+    cache: CachedTokens
+    row: int
 
 
 class SpotSentences(Dataset):
-    """Spots of one table: item ``i`` is ``(tile uint8 (H, W, 3), values float32 (G,), group)``."""
+    """Spots of one table: item ``i`` is ``(tile, values float32 (G,), gene_idx, group)``.
+
+    The tile is ``uint8 (H, W, 3)`` from a tile reader, or a ``TokenRow`` (the cache and the row) when
+    ``tiles`` is a :class:`~comtip_sc.pp.CachedTokens`: the collate gathers a batch's tokens in one read
+    of the views it uses instead of copying all views of every spot.
+    """
 
     def __init__(self, tiles, values: np.ndarray, gene_idx: np.ndarray, group: int) -> None:
         if len(tiles) != len(values):
@@ -35,7 +49,8 @@ class SpotSentences(Dataset):
         return len(self.values)
 
     def __getitem__(self, i: int):
-        return self.tiles[i], self.values[i], self.gene_idx, self.group
+        tile = TokenRow(self.tiles, int(i)) if isinstance(self.tiles, CachedTokens) else self.tiles[i]
+        return tile, self.values[i], self.gene_idx, self.group
 
 
 @dataclass
@@ -56,20 +71,29 @@ class SentenceCollate:
     colour_jitter: float = 0.0
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
-        arrs = [it[0] for it in items]  # uint8 [H, W, 3], or cached trunk tokens float16 [views, P, C]
-        if arrs[0].ndim == 3 and arrs[0].dtype == np.float16:
+        arrs = [it[0] for it in items]  # uint8 [H, W, 3], or TokenRow of a trunk-token cache
+        if isinstance(arrs[0], TokenRow):
             batch = {"tokens": self._tokens(arrs)}
         else:
             batch = {"image": self._images(arrs)}
         return {**batch, **self._sentences(items)}
 
-    def _tokens(self, arrs: list[np.ndarray]) -> torch.Tensor:
+    def _tokens(self, rows: list[TokenRow]) -> torch.Tensor:
         """Cached tokens: a random stored view per spot in training (the dihedral augmentation), else view 0."""
-        if self.augment:
-            views = torch.randint(0, arrs[0].shape[0], (len(arrs),)).tolist()
-        else:
-            views = [0] * len(arrs)
-        return torch.from_numpy(np.stack([a[v] for a, v in zip(arrs, views, strict=True)])).float()
+        n = len(rows)
+        views = torch.randint(0, rows[0].cache.views, (n,)).numpy() if self.augment else np.zeros(n, np.int64)
+        caches = list({id(r.cache): r.cache for r in rows}.values())
+        if len(caches) == 1:
+            return caches[0].take(np.array([r.row for r in rows]), views)
+        # One read per cache: a batch can mix the sections of tables with caches of their own.
+        out = None
+        for cache in caches:
+            at = np.array([j for j, r in enumerate(rows) if r.cache is cache])
+            part = cache.take(np.array([rows[j].row for j in at]), views[at])
+            if out is None:
+                out = part.new_empty((n, *part.shape[1:]))
+            out[torch.as_tensor(at, device=part.device)] = part
+        return out  # float16 as cached; the vision branch widens it on its device
 
     def _images(self, arrs: list[np.ndarray]) -> torch.Tensor:
         if self.augment:
@@ -89,6 +113,17 @@ class SentenceCollate:
 
     @staticmethod
     def _sentences(items) -> dict[str, torch.Tensor]:
+        first = items[0][2]
+        if all(it[2] is first for it in items):  # one table's spots: one panel, no padding
+            values = torch.from_numpy(
+                np.stack([np.asarray(it[1]) for it in items]).astype(np.float32, copy=False)
+            )
+            gene_idx = torch.from_numpy(first).expand(len(items), -1).clone()
+            return {
+                "values": values,
+                "gene_idx": gene_idx,
+                "mask": torch.ones(values.shape, dtype=torch.bool),
+            }
         g_max = max(len(it[1]) for it in items)
         values = torch.zeros(len(items), g_max)
         gene_idx = torch.zeros(len(items), g_max, dtype=torch.long)

@@ -79,6 +79,14 @@ class ComtipLightningModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.network: ComtipNetwork = build_network(config, gene_names)
+        self._params: list[torch.nn.Parameter] | None = None  # trainable parameters, listed once
+        self._finite: torch.Tensor | None = None  # finiteness of the terms since the last optimiser step
+        self._finite_terms: list[str] = []
+        self._last_terms: torch.Tensor | None = None  # the last step's terms, for the error message
+        self._batch_idx = 0
+        self._epoch_terms: list[str] | None = None
+        self._epoch_sum: torch.Tensor | None = None
+        self._epoch_n = 0
         # Store the *resolved* config (text backend fixed) so reloading never switches backend.
         self.save_hyperparameters(
             {
@@ -100,12 +108,11 @@ class ComtipLightningModule(L.LightningModule):
         return self.network(batch)
 
     def _log_terms(self, out: dict[str, Any], stage: str, batch_size: int) -> None:
-        on_step = stage == "train"
         for key, val in out.items():
             self.log(
                 f"{stage}/{key}",
                 val.detach() if torch.is_tensor(val) else val,
-                on_step=on_step,
+                on_step=False,
                 on_epoch=True,
                 prog_bar=key == "loss",
                 batch_size=batch_size,
@@ -113,38 +120,92 @@ class ComtipLightningModule(L.LightningModule):
             )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Compute and log all loss terms; return the total loss.
+        """Compute the loss terms, add them to the epoch's sums and return the total loss.
 
-        A non-finite term stops training with :class:`NonFiniteLossError` before its gradients reach the
-        weights, so the last checkpoint written stays the last good one.
+        Nothing here reads a value back to the host, which would make it wait for the GPU at every step:
+        the terms' finiteness is checked with the gradients' in :meth:`on_before_optimizer_step`, and the
+        epoch means are logged at the end of the epoch. ``train/loss_step`` (the progress bar's) and, on
+        the steps the logger writes, every other term are logged per step.
         """
         out = self.network(batch)
-        terms = [k for k in LOSS_TERMS if k in out]
-        # One host sync for all terms (one per term stalled a GPU step several times over).
-        finite = torch.stack([torch.isfinite(out[k]).all() for k in terms]).cpu().tolist()
-        bad = [k for k, ok in zip(terms, finite, strict=True) if not ok]
-        if bad:
-            # The total is non-finite whenever a term is: name the terms, the total only when alone.
-            terms = [k for k in bad if k != "loss"] or bad
-            values = ", ".join(f"{k}={float(out[k].detach().float().mean()):g}" for k in terms)
-            raise NonFiniteLossError(
-                f"Training stopped at global step {self.global_step} (epoch {self.current_epoch}, batch "
-                f"{batch_idx}): the loss term(s) {terms} became non-finite ({values}). The weights were not updated with it; the last checkpoint "
-                "written is the last good one. Check the inputs for inf/NaN values, or lower lr."
-            )
-        self._log_terms(out, "train", batch["values"].shape[0])
+        b = batch["values"].shape[0]
+        terms = [k for k in out if torch.is_tensor(out[k])]
+        values = torch.stack([out[k].detach().float().reshape(()) for k in terms])
+        finite = torch.isfinite(values)
+        self._finite = (
+            finite if self._finite is None or self._finite_terms != terms else self._finite & finite
+        )
+        self._finite_terms, self._last_terms, self._batch_idx = terms, values, batch_idx
+        if self._epoch_terms != terms:
+            self._epoch_terms, self._epoch_sum, self._epoch_n = terms, torch.zeros_like(values), 0
+        self._epoch_sum = self._epoch_sum + values * b
+        self._epoch_n += b
+        self.log(
+            "train/loss_step", out["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=b
+        )
+        if getattr(getattr(self.trainer, "_logger_connector", None), "should_update_logs", True):
+            for k, v in zip(terms, values, strict=True):
+                if k != "loss":
+                    self.log(f"train/{k}_step", v, on_step=True, on_epoch=False, batch_size=b)
         return out["loss"]
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_terms, self._epoch_sum, self._epoch_n = None, None, 0
+
+    def on_train_epoch_end(self) -> None:
+        """Log every term's mean over the epoch's spots as ``train/<term>_epoch`` (averaged over ranks)."""
+        if not self._epoch_n:
+            return
+        means = self._epoch_sum / self._epoch_n
+        for k, v in zip(self._epoch_terms, means, strict=True):
+            self.log(f"train/{k}_epoch", v, on_step=False, on_epoch=True, sync_dist=True)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Refuse a step whose gradients are non-finite (a finite loss can still overflow backwards)."""
-        named = [(n, p.grad) for n, p in self.network.named_parameters() if p.grad is not None]
-        if not named:
+        """Refuse a step whose loss terms or gradients are non-finite, with one host read per step.
+
+        A non-finite term stops training with :class:`NonFiniteLossError` naming it; a finite loss can still
+        overflow backwards, so the gradients are checked too (one fused norm over all of them). The weights
+        are not updated with either, so the last checkpoint written stays the last good one.
+        """
+        grads = [p.grad for p in self._trainable() if p.grad is not None]
+        flags = [] if self._finite is None else [self._finite]
+        if grads:
+            flags.append(
+                torch.isfinite(torch.nn.utils.get_total_norm(grads))
+                .reshape(1)
+                .to(flags[0].device if flags else grads[0].device)
+            )
+        if not flags:
             return
-        # One fused norm over every gradient and one host sync per step; names are looked up only on failure.
-        if bool(torch.isfinite(torch.nn.utils.get_total_norm([g for _, g in named]))):
-            return
-        for name, grad in named:
-            if not bool(torch.isfinite(grad).all()):
+        ok = torch.cat(flags).cpu().tolist()
+        finite, self._finite = ok[: len(ok) - bool(grads)], None
+        if not all(finite):
+            self._raise_loss(finite)
+        if grads and not ok[-1]:
+            self._raise_gradient()
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        if self._params is None:
+            self._params = [p for p in self.network.parameters() if p.requires_grad]
+        return self._params
+
+    def _raise_loss(self, finite: list[bool]) -> None:
+        bad = [k for k, ok in zip(self._finite_terms, finite, strict=True) if not ok and k in LOSS_TERMS]
+        bad = bad or [k for k, ok in zip(self._finite_terms, finite, strict=True) if not ok]
+        # The total is non-finite whenever a term is: name the terms, the total only when alone.
+        terms = [k for k in bad if k != "loss"] or bad
+        last = dict(zip(self._finite_terms, self._last_terms.tolist(), strict=True))
+        values = ", ".join(f"{k}={last[k]:g}" for k in terms)
+        raise NonFiniteLossError(
+            f"Training stopped at global step {self.global_step} (epoch {self.current_epoch}, batch "
+            f"{self._batch_idx}): the loss term(s) {terms} became non-finite ({values}). The weights were "
+            "not updated with it; the last checkpoint written is the last good one. Check the inputs for "
+            "inf/NaN values, or lower lr."
+        )
+
+    def _raise_gradient(self) -> None:
+        for name, p in self.network.named_parameters():
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                 raise NonFiniteLossError(
                     f"Training stopped at global step {self.global_step} (epoch {self.current_epoch}): the "
                     f"gradient of {name!r} is non-finite. The weights were not updated with it; the last "
@@ -192,7 +253,13 @@ class ComtipLightningModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + per-step schedule: linear warm-up, then cosine decay to ``min_lr_ratio · lr``."""
         hp = self.hparams
-        opt = torch.optim.AdamW(self._param_groups(), lr=hp.lr, weight_decay=hp.weight_decay)
+        groups = self._param_groups()
+        try:
+            # One fused kernel per step instead of a few per parameter tensor (CPU: 8 ms → 1.3 ms per step
+            # for the cpu preset's trainable part); the per-tensor loop where fusing is not supported.
+            opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
+        except RuntimeError:
+            opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
         warm = hp.warmup_steps if hp.warmup_steps is not None else int(round(hp.warmup_frac * total))
         sched = torch.optim.lr_scheduler.LambdaLR(

@@ -151,6 +151,7 @@ def attach_token_caches(
     device: torch.device,
     jitter: tuple[float, float] = (0.0, 0.0),
     memory_budget: int = 0,
+    device_budget: int = 0,
 ) -> None:
     """Point every registered table's dataset at cached trunk tokens (built in ``folder`` when missing).
 
@@ -158,7 +159,8 @@ def attach_token_caches(
     so fits with other seeds share the cache; the fit's seed still orders batches, views and masks.
     Caches that together fit in ``memory_budget`` bytes are read whole into memory (random reads through
     the zarr chunk reader cost milliseconds per spot, more than a training step on a GPU); larger ones
-    are read chunk by chunk.
+    are read chunk by chunk. Caches that together fit in ``device_budget`` bytes are held on ``device``
+    instead, so a batch is gathered there without a copy from the host.
     """
     caches = []
     for i, r in enumerate(registered):
@@ -178,7 +180,11 @@ def attach_token_caches(
             colour_jitter=jitter[1],
         )
         caches.append(full.tiles)
-    if caches and sum(c.nbytes for c in caches) <= memory_budget:
+    total = sum(c.nbytes for c in caches)
+    if caches and total <= device_budget:
+        for c in caches:
+            c.hold_on(device)
+    elif caches and total <= memory_budget:
         for c in caches:
             c.in_memory = True
 

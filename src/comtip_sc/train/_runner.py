@@ -99,6 +99,13 @@ def _gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def _free_device_memory(device: torch.device) -> int:
+    """Free bytes on a CUDA device now; 0 elsewhere (the host's memory is budgeted on its own)."""
+    if device.type != "cuda":
+        return 0
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
 def _available_memory() -> int:
     """Bytes of memory available to this process now (0 where the system does not say)."""
     try:  # Linux: MemAvailable counts reclaimable page cache, which free pages alone do not
@@ -185,8 +192,17 @@ class TrainRunner:
             jitter = (st.stain_jitter, st.colour_jitter)
             # Without loader workers the one process holds the caches; with workers each would hold a copy.
             budget = _available_memory() // 2 if st.num_workers == 0 else 0
+            on_device = _free_device_memory(device) // 2 if st.num_workers == 0 else 0
             attach_token_caches(
-                self.data.registered, network.vision, folder, mean, std, device, jitter, memory_budget=budget
+                self.data.registered,
+                network.vision,
+                folder,
+                mean,
+                std,
+                device,
+                jitter,
+                memory_budget=budget,
+                device_budget=on_device,
             )
         return SpotDataModule(
             self.data.sections,
@@ -223,7 +239,9 @@ class TrainRunner:
             )
         # fit logs its own summary; Lightning's parameter table is left to enable_model_summary=True.
         kw.setdefault("enable_model_summary", False)
-        cbs = progress_callbacks(cbs, kw.get("enable_progress_bar", True))
+        # On a GPU a redraw every step would make the host wait for the device every step.
+        refresh = 10 if resolve_device(self.accelerator).type == "cuda" else 1
+        cbs = progress_callbacks(cbs, kw.get("enable_progress_bar", True), refresh)
         logger = kw.pop("logger", None)
         trainer = L.Trainer(
             max_epochs=st.max_epochs,
