@@ -65,22 +65,50 @@ def test_downsampled_tiles_match_pil_on_the_same_window(toy):
         assert diff.max() <= 1, f"spot {i}: torch and PIL differ by up to {diff.max()} grey levels"
 
 
-def test_read_order_visits_each_chunk_band_once(tmp_path):
-    # A lazily read image in 64 px chunks: the read order sweeps one band of chunk rows at a time (by the
-    # tile's top edge), left to right and right to left in turn, and is a permutation of every spot.
+def test_read_order_sweeps_blocks_of_chunks_and_bands_inside_them(tmp_path):
+    # A lazily read image of 4 x 4 chunks of 64 px, a cache of 12 chunks: blocks of 2 x 2 chunks (a block
+    # and its right and lower neighbours fit), block rows swept both ways in turn, and inside a block
+    # bands one chunk row high (by the tile's top edge), also swept both ways; every spot once.
     side, chunk = 256, 64
     rng = np.random.default_rng(0)
     image = da.from_array(rng.integers(0, 255, (3, side, side), dtype=np.uint8), chunks=(3, chunk, chunk))
-    xy = rng.uniform(20, side - 20, size=(40, 2))
-    sdata = _points_sdata(image, xy)
-    tiles = cs.pp.SpotTiles(sdata, tile_um=20, tile_px=8, spot_diameter_um=10)
+    xy = rng.uniform(20, side - 20, size=(120, 2))
+    tiles = cs.pp.SpotTiles(_points_sdata(image, xy), tile_um=20, tile_px=8, spot_diameter_um=10)
+    tiles._chunk_cache = ChunkCache(max_bytes=12 * 3 * chunk * chunk)
     order = tiles.read_order()
-    assert sorted(order.tolist()) == list(range(40))
-    bands = np.floor(tiles.boxes_px[order, 1] / chunk)
-    assert (np.diff(bands) >= 0).all()
-    for b in np.unique(bands):
-        x = xy[order][bands == b, 0]
-        assert (np.diff(x if b % 2 == 0 else -x) >= 0).all()
+    assert sorted(order.tolist()) == list(range(120))
+    band = np.floor(tiles.boxes_px[order, 1] / chunk)
+    block = np.stack([band // 2, np.floor(tiles.boxes_px[order, 0] / chunk) // 2], axis=1)
+    visits = [tuple(b) for i, b in enumerate(block) if i == 0 or tuple(b) != tuple(block[i - 1])]
+    assert visits == [(0, 0), (0, 1), (1, 1), (1, 0)]  # each block once, block rows both ways
+    for b in visits:
+        inside = (block == b).all(axis=1)
+        assert (np.diff(band[inside]) >= 0).all()
+        for r in np.unique(band[inside]):
+            x = xy[order][inside & (band == r), 0]
+            assert (np.diff(x if r % 2 == 0 else -x) >= 0).all()
+
+
+def test_a_reader_copy_with_a_smaller_chunk_cache_reads_in_smaller_blocks():
+    # What embedding gives each of many loader workers: a copy with its own, smaller cache; the user's
+    # reader keeps its cache, the tiles are the same, and the copy's read order fits its blocks to it.
+    from comtip_sc.pp._chunk_cache import CHUNK_CACHE_BYTES
+
+    side, chunk = 256, 64
+    rng = np.random.default_rng(1)
+    image = da.from_array(rng.integers(0, 255, (3, side, side), dtype=np.uint8), chunks=(3, chunk, chunk))
+    sdata = _points_sdata(image, rng.uniform(20, side - 20, size=(60, 2)))
+    tiles = cs.pp.SpotTiles(sdata, tile_um=20, tile_px=8, spot_diameter_um=10)
+    small = tiles.with_chunk_cache(12 * 3 * chunk * chunk)
+    assert tiles._chunk_cache.max_bytes == CHUNK_CACHE_BYTES
+    assert small._chunk_cache.max_bytes == 12 * 3 * chunk * chunk
+    np.testing.assert_array_equal(small[7], tiles[7])
+    assert len(tiles._chunk_cache) > 0 and small._chunk_cache is not tiles._chunk_cache
+    assert not np.array_equal(small.read_order(), tiles.read_order())
+    both = cs.pp.ContextTiles(tiles, cs.pp.SpotTiles(sdata, tile_um=40, tile_px=8, spot_diameter_um=10))
+    halves = both.with_chunk_cache(2**20)
+    assert halves.spot._chunk_cache.max_bytes == halves.context._chunk_cache.max_bytes == 2**19
+    np.testing.assert_array_equal(halves[4], both[4])
 
 
 def test_read_order_decodes_each_chunk_about_once(tmp_path):
@@ -102,6 +130,30 @@ def test_read_order_decodes_each_chunk_about_once(tmp_path):
     n_chunks = (side // chunk) ** 2
     assert decodes(None) <= 1.6 * n_chunks
     assert decodes(np.arange(len(xy))) > 2 * n_chunks
+
+
+@pytest.mark.slow
+def test_read_order_in_blocks_decodes_fewer_chunks_than_whole_bands():
+    # 20 x 20 chunks, 3,600 spots, a cache of one chunk row (20 chunks): the read order's blocks of 3 x 3
+    # chunks decode each chunk about 1.25 times; bands one chunk row high across the whole width, swept
+    # both ways in turn, about 1.6 times with the same cache.
+    side, chunk = 1280, 64
+    image = da.from_array(np.full((3, side, side), 200, np.uint8), chunks=(3, chunk, chunk))
+    g = np.linspace(12, side - 12, 60)
+    xy = np.array([(x, y) for y in g for x in g])
+    sdata = _points_sdata(image, xy)
+    top = xy[:, 1] - 12
+    band = np.floor(top / chunk)
+    whole_bands = np.lexsort((top, np.where(band % 2 == 1, -xy[:, 0], xy[:, 0]), band))
+
+    def decodes(order):
+        tiles = cs.pp.SpotTiles(sdata, tile_um=24, tile_px=8, spot_diameter_um=10)
+        tiles._chunk_cache = ChunkCache(max_bytes=20 * 3 * chunk * chunk)  # one chunk row
+        for i in tiles.read_order() if order is None else order:
+            tiles[int(i)]
+        return tiles._chunk_cache.decoded / (side // chunk) ** 2
+
+    assert decodes(None) <= 1.3 < 1.5 <= decodes(whole_bands)
 
 
 def _points_sdata(image, xy):

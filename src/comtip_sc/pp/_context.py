@@ -54,6 +54,14 @@ class ContextTiles:
         """The spot reader's :meth:`~comtip_sc.pp.SpotTiles.read_order` (the context tiles share its centres)."""
         return self.spot.read_order() if hasattr(self.spot, "read_order") else np.arange(len(self))
 
+    def with_chunk_cache(self, max_bytes: int) -> ContextTiles:
+        """A copy whose spot and context readers keep at most ``max_bytes`` of decoded chunks together."""
+        readers = [
+            r.with_chunk_cache(max_bytes // 2) if hasattr(r, "with_chunk_cache") else r
+            for r in (self.spot, self.context)
+        ]
+        return ContextTiles(*readers)
+
     def take(self, indices=None) -> np.ndarray:
         """Stack the 6-channel tiles at ``indices`` (all when ``None``)."""
         return np.concatenate([self.spot.take(indices), self.context.take(indices)], axis=-1)

@@ -10,6 +10,7 @@ the lazily loaded levels, from whole image chunks decoded once per process
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -322,27 +323,47 @@ class SpotTiles:
             self._chunk_cache.fill((k, level), arr, self._images[k].rgb, target, sy0, sx0)
         return window
 
+    def with_chunk_cache(self, max_bytes: int) -> SpotTiles:
+        """A copy of this reader that keeps at most ``max_bytes`` of decoded chunks (this one is unchanged).
+
+        Loader workers each hold their own copy of a reader; with many workers a smaller cache each
+        bounds their memory together, and :meth:`read_order` picks blocks that fit it.
+        """
+        out = copy.copy(self)
+        out._chunk_cache = ChunkCache(max_bytes)
+        return out
+
     def read_order(self) -> np.ndarray:
         """Every spot index, ordered so that each image chunk is decoded about once when read in turn.
 
-        By image and level, then in bands one chunk row high (by the tile's top edge, so a tile touches
-        its band's chunk row and at most the next), swept left to right and right to left in turn: the
-        chunks a band leaves in the reader's cache are the ones the next band starts on. The table's
-        order can revisit every chunk of a slide's width many times; this one decodes each chunk of a
-        40,000 px wide slide about 1.6 times with a cache of one chunk row (2.6 times for bands by tile
-        centre, swept one way). Inference reads in this order and puts the results back in the table's.
+        By image and level, then in blocks of ``k × k`` chunks, block rows swept left to right and right
+        to left in turn, and inside a block in bands one chunk row high (by the tile's top edge, so a tile
+        touches its band's chunk row and at most the next), also swept both ways in turn. ``k`` is the
+        largest block whose chunks and their right and lower neighbours fit in the reader's chunk cache
+        (``(k + 1)(k + 2)`` chunks), so the chunks a block shares with the next one are still decoded when
+        it comes. The table's order can revisit every chunk of a slide's width many times; on a 40 × 40
+        chunk image with 9 spots per chunk, this order decodes each chunk 1.15 times with a cache of 42
+        chunks (k = 5) and 1.65 times with 12 (k = 2); bands across the whole width, 1.63 and 1.88.
+        Inference reads in this order and puts the results back in the table's.
         """
         band = np.zeros(len(self))
+        block_row, block_col = np.zeros(len(self)), np.zeros(len(self))
         x, top = self._centers[:, 0].copy(), self._centers[:, 1] - self._half_px
+        left = x - self._half_px
         for k, img in enumerate(self._images):
             for level, arr in enumerate(img.arrays):
                 on = (self._image_of == k) & (self._level_of == level)
                 fx, fy = img.factors[level]
-                x[on], top[on] = x[on] / fx, top[on] / fy
+                x[on], top[on], left[on] = x[on] / fx, top[on] / fy, left[on] / fx
                 rows = max(arr.chunks[1]) if hasattr(arr, "chunks") else arr.shape[1]
+                cols = max(arr.chunks[2]) if hasattr(arr, "chunks") else arr.shape[2]
+                side = _block_side(self._chunk_cache.max_bytes // max(1, 3 * rows * cols))
                 band[on] = np.floor(top[on] / rows)
+                block_row[on] = np.floor(band[on] / side)
+                block_col[on] = np.floor(np.floor(left[on] / cols) / side)
+        blocks = np.where(block_row % 2 == 1, -block_col, block_col)  # odd block rows right to left
         sweep = np.where(band % 2 == 1, -x, x)  # odd bands right to left
-        return np.lexsort((top, sweep, band, self._level_of, self._image_of))
+        return np.lexsort((top, sweep, band, blocks, block_row, self._level_of, self._image_of))
 
     def take(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Stack the tiles at ``indices`` (all when ``None``) into ``(k, tile_px, tile_px, 3)``."""
@@ -411,3 +432,16 @@ def extract_tiles(
     if unknown:
         raise KeyError(f"Spots {unknown[:5]} are not in table {table_key!r}.")
     return tiles.take([pos[s] for s in spots])
+
+
+def _block_side(cache_chunks: int) -> int:
+    """The largest ``k`` with ``(k + 1)(k + 2) <= cache_chunks``: a block, its right and lower neighbours.
+
+    Examples
+    --------
+    >>> _block_side(42), _block_side(12), _block_side(3)
+    (5, 2, 1)
+
+    """
+    k = int((np.sqrt(1 + 4 * max(cache_chunks, 0)) - 1) / 2) - 1
+    return max(1, k)
