@@ -108,8 +108,11 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
         return all_reduce(x.contiguous())
 
 
-def global_count(n: torch.Tensor | float) -> torch.Tensor:
-    """Sum over processes of a count (no gradient).
+def global_count(n: torch.Tensor | float, device: torch.device | str | None = None) -> torch.Tensor:
+    """Sum over processes of a count (no gradient), a float32 scalar on ``n``'s device (or ``device``).
+
+    A Python number becomes a tensor by a fill on ``device``, not by a copy from the host: on a GPU a
+    blocking copy would make the host wait for every kernel queued before it.
 
     Examples
     --------
@@ -117,7 +120,10 @@ def global_count(n: torch.Tensor | float) -> torch.Tensor:
     tensor(3.)
 
     """
-    n = torch.as_tensor(n, dtype=torch.float32).detach().clone()
+    if torch.is_tensor(n):
+        n = n.detach().to(torch.float32).clone()
+    else:
+        n = torch.full((), float(n), dtype=torch.float32, device=device)
     if is_distributed():
         dist.all_reduce(n)
     return n
@@ -139,7 +145,7 @@ def mean_share(
     tensor(2.)
 
     """
-    n = (global_count(count) if summed is None else summed).to(total.device, total.dtype)
+    n = (global_count(count, total.device) if summed is None else summed).to(total.device, total.dtype)
     return total * world_size() / n.clamp(min=1.0)
 
 

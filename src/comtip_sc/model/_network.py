@@ -372,7 +372,8 @@ class ComtipNetwork(nn.Module):
             return None
         cfg = self.config
         n = min(cfg.value_query_genes, known.numel())
-        pick = torch.randperm(known.numel(), generator=generator, device="cpu")[:n].to(known.device)
+        pick = torch.randperm(known.numel(), generator=generator, device="cpu")[:n]
+        pick = pick.to(known.device, non_blocking=True)  # a blocking copy would wait for the GPU
         pick = broadcast_from_first(pick)  # one set of query genes for the global batch under DDP
         genes = known[pick]
         # Spot × vocabulary tables by scatter-add (padding adds zeros), then the queried columns: O(B·(G+V)).

@@ -142,8 +142,12 @@ class CachedTokens(LazyZarrArray):
         disk, spot by spot through the chunk LRU.
         """
         if self._held is not None:
-            at = self._held.device
-            return self._held[torch.as_tensor(rows, device=at), torch.as_tensor(views, device=at)]
+            # Indices cross without blocking: a blocking copy would make the host wait for the GPU.
+            rows_t, views_t = (
+                torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self._held.device, non_blocking=True)
+                for a in (rows, views)
+            )
+            return self._held[rows_t, views_t]
         rows, views = np.asarray(rows, dtype=np.int64), np.asarray(views, dtype=np.int64)
         arr = self._load("tokens")
         if isinstance(arr, np.ndarray):

@@ -92,7 +92,7 @@ class SentenceCollate:
             part = cache.take(np.array([rows[j].row for j in at]), views[at])
             if out is None:
                 out = part.new_empty((n, *part.shape[1:]))
-            out[torch.as_tensor(at, device=part.device)] = part
+            out[torch.from_numpy(at).to(part.device, non_blocking=True)] = part
         return out  # float16 as cached; the vision branch widens it on its device
 
     def _images(self, arrs: list[np.ndarray]) -> torch.Tensor:
