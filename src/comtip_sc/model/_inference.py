@@ -65,8 +65,8 @@ def normalise_uint8(tiles: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) 
     c = x.shape[1]
     mean = mean.repeat(c // 3).view(1, c, 1, 1)
     std = std.repeat(c // 3).view(1, c, 1, 1)
-    # (x / 255 - mean) / std in one multiply-add.
-    return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
+    # (x / 255 - mean) / std as one fused multiply-add: half the time of a multiply and a subtract.
+    return torch.addcmul(-mean / std, x, 1.0 / (255.0 * std))
 
 
 def normalise_tiles(arrs: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -156,15 +156,24 @@ class TileItems(Dataset):
     def __getitem__(self, i: int):
         return self.tiles[i]
 
+    def __getitems__(self, indices: list[int]):
+        # A loader asks for a whole batch here: tile readers cut it together, faster than one by one.
+        if isinstance(self.tiles, np.ndarray):
+            return self.tiles[np.asarray(indices)]
+        if hasattr(self.tiles, "tile_px") and hasattr(self.tiles, "take"):
+            return self.tiles.take(indices)
+        return [self.tiles[i] for i in indices]
 
-def stack_tiles(items: list[np.ndarray]) -> dict[str, torch.Tensor]:
+
+def stack_tiles(items: list[np.ndarray] | np.ndarray) -> dict[str, torch.Tensor]:
     """A batch as loader workers hand it over: uint8 tiles, or view 0 (the tile as cut) of cached tokens.
 
     The tiles stay ``uint8`` ``(B, H, W, C)``: they are normalised on the network's device.
     """
     if items[0].dtype == np.float16:  # cached trunk tokens [views, P, C]
         return {"tokens": torch.from_numpy(np.stack([a[0] for a in items])).float()}
-    return {"image": torch.from_numpy(np.stack(items))}
+    # A reader's ``take`` hands the batch over already stacked.
+    return {"image": torch.from_numpy(items if isinstance(items, np.ndarray) else np.stack(items))}
 
 
 def worker_stretches(order: np.ndarray, batch_size: int, workers: int) -> list[np.ndarray]:

@@ -13,13 +13,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 from spatialdata import SpatialData
 
@@ -32,13 +28,13 @@ from .._constants import (
     DEFAULT_TILE_UM,
     TABLE_KEY,
 )
-from .._image import pyramid_levels
 from .._sections import resolve_sections
 from .._tables import get_table
 from ._chunk_cache import ChunkCache
+from ._image_levels import PAD_VALUE, ImageLevels, image_levels, resample_uint8
 
 if TYPE_CHECKING:
-    from xarray import DataArray, DataTree
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -46,78 +42,8 @@ logger = logging.getLogger(__name__)
 _REF_MEAN = np.asarray(COLOUR_REF_MEAN)
 _REF_STD = np.asarray(COLOUR_REF_STD)
 
-#: Value of pixels outside the image (slides are white where there is no tissue).
-PAD_VALUE = 255
-
-
-def resample_uint8(window: np.ndarray, tile_px: int) -> np.ndarray:
-    """A ``(h, w, 3)`` uint8 window resampled to ``(tile_px, tile_px, 3)`` by antialiased bilinear.
-
-    The filter is PIL's (tiles agree with PIL's to within one grey level); torch runs it on uint8
-    channels-last directly, 3-6x faster than PIL for windows of a few hundred pixels.
-
-    Examples
-    --------
-    >>> resample_uint8(np.full((300, 300, 3), 200, np.uint8), 128).shape
-    (128, 128, 3)
-
-    """
-    x = torch.from_numpy(window).permute(2, 0, 1)[None]
-    y = F.interpolate(x, size=(tile_px, tile_px), mode="bilinear", antialias=True)
-    return y[0].permute(1, 2, 0).contiguous().numpy()
-
-
-@dataclass
-class _ImageLevels:
-    arrays: list  # dask arrays (c, y, x), finest first
-    factors: np.ndarray  # downsampling factor of each level relative to level 0 (x, y)
-    channels: list[int]  # the channels read as R, G, B
-    scale: float | None  # multiplier onto 0..255 for images that are not uint8 (None: uint8)
-
-    def rgb(self, block: np.ndarray) -> np.ndarray:
-        """A ``(c, y, x)`` block of this image as contiguous ``(y, x, 3)`` uint8 RGB."""
-        out = np.empty((*block.shape[1:], 3), np.uint8)
-        # One strided write per channel: 4x faster than a contiguous copy of the moved axes.
-        for j, c in enumerate(self.channels):
-            plane = block[c]
-            if self.scale is not None:
-                plane = np.clip(np.rint(np.nan_to_num(plane * self.scale)), 0, 255)
-            out[..., j] = plane
-        return out
-
-
-def _image_levels(name: str, image: DataArray | DataTree) -> _ImageLevels:
-    """Levels, scale factors and the RGB read-out of one image; unreadable layouts fail naming ``name``."""
-    arrays = [level.data for level in pyramid_levels(image)]
-    base = np.array(arrays[0].shape[1:][::-1], dtype=float)
-    factors = np.array([base / np.array(a.shape[1:][::-1], dtype=float) for a in arrays])
-    n_c, dtype = arrays[0].shape[0], np.dtype(arrays[0].dtype)
-    # 1 channel: grayscale; 2: grayscale + alpha; 4: RGBA. Alpha is dropped, grey is read as R = G = B.
-    channels = {1: [0, 0, 0], 2: [0, 0, 0], 3: [0, 1, 2], 4: [0, 1, 2]}.get(n_c)
-    if channels is None:
-        raise ValueError(
-            f"Image element {name!r} has {n_c} channels; an H&E image needs 3 (RGB), 4 (RGBA), or 1 (grey)."
-        )
-    if n_c != 3:
-        logger.info("Image %r has %d channel(s); reading channels %s as RGB.", name, n_c, channels)
-    scale = None
-    if dtype == np.uint8:
-        pass
-    elif dtype.kind == "u" or dtype.kind == "i":
-        scale = 255.0 / np.iinfo(dtype).max
-    elif dtype.kind == "f":
-        # Floats come as 0..1 or 0..255: the coarsest level tells which, at the cost of one small read.
-        top = float(np.nanmax(np.asarray(arrays[-1][channels[:n_c]])))
-        if top > 255.0:
-            raise ValueError(
-                f"Image element {name!r} is {dtype} with values up to {top:g}; expected 0..1 or 0..255."
-            )
-        scale = 255.0 if top <= 1.0 else 1.0
-    else:
-        raise ValueError(f"Image element {name!r} has pixel type {dtype}; expected integers or floats.")
-    if scale is not None:
-        logger.info("Image %r is %s; its values are scaled by %g onto 0..255.", name, dtype, scale)
-    return _ImageLevels(arrays, factors, channels, scale)
+#: Tiles cut and resampled together by :meth:`SpotTiles.take`.
+_TAKE_BATCH = 64
 
 
 class SpotTiles:
@@ -190,12 +116,12 @@ class SpotTiles:
         self._image_of = np.full(n, -1, dtype=np.int32)
         self._centers = np.full((n, 2), np.nan)
         self._half_px = np.full(n, np.nan)
-        self._images: list[_ImageLevels] = []
+        self._images: list[ImageLevels] = []
         self.image_names: list[str] = []
         for sec in sections:
             if sec.image not in self.image_names:
                 self.image_names.append(sec.image)
-                self._images.append(_image_levels(sec.image, sdata.images[sec.image]))
+                self._images.append(image_levels(sec.image, sdata.images[sec.image]))
             self._image_of[sec.obs_index] = self.image_names.index(sec.image)
             self._centers[sec.obs_index] = sec.centers_px
             self._half_px[sec.obs_index] = 0.5 * self.tile_um * sec.px_per_um
@@ -253,15 +179,18 @@ class SpotTiles:
         )
 
     def __getitem__(self, i: int) -> np.ndarray:
-        tile = self._read(i)
-        if self.colour_norm is None:
-            return tile
-        k = int(self._image_of[i])
-        if k not in self._colour_stats:
-            mean, std = self._image_colour(k)
-            self._colour_stats[k] = (mean, _REF_STD / std)
-        mean, scale = self._colour_stats[k]
-        return np.clip(np.rint((tile - mean) * scale + _REF_MEAN), 0, 255).astype(np.uint8)
+        return self.take([i])[0]
+
+    def _normalise_colour(self, idx: np.ndarray, tiles: np.ndarray) -> None:
+        """Map ``tiles`` (of spots ``idx``) onto the reference colour in place, image by image."""
+        images = self._image_of[idx]
+        for k in np.unique(images):
+            if k not in self._colour_stats:
+                mean, std = self._image_colour(int(k))
+                self._colour_stats[int(k)] = (mean, _REF_STD / std)
+            mean, scale = self._colour_stats[int(k)]
+            on = images == k
+            tiles[on] = np.clip(np.rint((tiles[on] - mean) * scale + _REF_MEAN), 0, 255)
 
     def precompute_colour_stats(self) -> None:
         """Compute every image's colour statistics now (``colour_norm="section"``; else nothing to do).
@@ -281,27 +210,49 @@ class SpotTiles:
         if len(spots) > COLOUR_NORM_SPOTS:
             # Evenly spaced, not random: the same spots whichever process asks (data-loader workers, DDP).
             spots = spots[np.linspace(0, len(spots) - 1, COLOUR_NORM_SPOTS).astype(int)]
-        px = np.concatenate([self._read(int(j)).reshape(-1, 3) for j in spots]).astype(np.float64)
+        tiles = np.empty((len(spots), self.tile_px, self.tile_px, 3), np.uint8)
+        for start in range(0, len(spots), _TAKE_BATCH):
+            self._cut(spots[start : start + _TAKE_BATCH], tiles[start : start + _TAKE_BATCH])
+        px = tiles.reshape(-1, 3).astype(np.float64)
         # A floor on the std keeps a flat (e.g. blank) image from being blown up to noise.
         return px.mean(0), np.maximum(px.std(0), 1.0)
 
-    def _read(self, i: int) -> np.ndarray:
-        k = int(self._image_of[i])
-        img = self._images[k]
-        level = int(self._level_of[i])
-        fx, fy = img.factors[level]
-        cx, cy = self._centers[i, 0] / fx, self._centers[i, 1] / fy
-        hx, hy = self._half_px[i] / fx, self._half_px[i] / fy
-        if min(hx, hy) >= self.tile_px:
-            # At 2x downsampling or more, the window snapped to whole pixels is at most a quarter of an
-            # output pixel off the exact box, and torch's antialiased bilinear (PIL's filter) resamples
-            # uint8 channels-last several times faster than PIL.
+    def _cut(self, idx: np.ndarray, out: np.ndarray) -> None:
+        """Write the tiles of spots ``idx``, as scanned, into ``out``.
+
+        At 2x downsampling or more, the window snapped to whole pixels is at most a quarter of an output
+        pixel off the exact box, and torch's antialiased bilinear (PIL's filter) resamples uint8
+        channels-last several times faster than PIL; windows of one size go through it together. Below
+        2x, PIL resamples the exact sub-pixel box, tile by tile.
+        """
+        by_size: dict[tuple[int, int], list[tuple[int, tuple[int, ...]]]] = {}
+        for j, i in enumerate(idx.tolist()):
+            k, level = int(self._image_of[i]), int(self._level_of[i])
+            fx, fy = self._images[k].factors[level]
+            cx, cy = self._centers[i, 0] / fx, self._centers[i, 1] / fy
+            hx, hy = self._half_px[i] / fx, self._half_px[i] / fy
+            if min(hx, hy) < self.tile_px:
+                out[j] = self._exact_tile(k, level, cx - hx, cy - hy, cx + hx, cy + hy)
+                continue
             ix0, iy0 = round(cx - hx), round(cy - hy)
-            window = self._window(k, level, ix0, iy0, ix0 + round(2 * hx), iy0 + round(2 * hy))
-            return resample_uint8(window, self.tile_px)
-        x0, y0, x1, y1 = cx - hx, cy - hy, cx + hx, cy + hy
+            w, h = round(2 * hx), round(2 * hy)
+            by_size.setdefault((h, w), []).append((j, (k, level, ix0, iy0, ix0 + w, iy0 + h)))
+        for (h, w), members in by_size.items():
+            # Windows of a few hundred pixels: at most 32 MiB of them at a time.
+            step = max(1, (32 * 2**20) // (3 * h * w))
+            for start in range(0, len(members), step):
+                part = members[start : start + step]
+                windows = np.empty((len(part), h, w, 3), np.uint8)
+                for m, (_, box) in enumerate(part):
+                    self._window(*box, out=windows[m])
+                out[[j for j, _ in part]] = resample_uint8(windows, self.tile_px)
+
+    def _exact_tile(self, k: int, level: int, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        """The tile over the sub-pixel box ``(x0, y0, x1, y1)`` of image ``k`` at ``level``, resampled by PIL."""
         ix0, iy0 = math.floor(x0) - 1, math.floor(y0) - 1
-        window = self._window(k, level, ix0, iy0, math.ceil(x1) + 1, math.ceil(y1) + 1)
+        ix1, iy1 = math.ceil(x1) + 1, math.ceil(y1) + 1
+        window = np.empty((iy1 - iy0, ix1 - ix0, 3), np.uint8)
+        self._window(k, level, ix0, iy0, ix1, iy1, out=window)
         # PIL resamples a sub-pixel box with antialiasing, so the physical field is exact.
         box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
         tile = Image.fromarray(window).resize(
@@ -309,19 +260,17 @@ class SpotTiles:
         )
         return np.asarray(tile)
 
-    def _window(self, k: int, level: int, ix0: int, iy0: int, ix1: int, iy1: int) -> np.ndarray:
-        """Pixels ``[iy0:iy1, ix0:ix1]`` of image ``k`` at ``level`` as ``(h, w, 3)`` uint8, white outside."""
+    def _window(self, k: int, level: int, ix0: int, iy0: int, ix1: int, iy1: int, *, out: np.ndarray) -> None:
+        """Write pixels ``[iy0:iy1, ix0:ix1]`` of image ``k`` at ``level`` into ``out`` (``(h, w, 3)`` uint8), white outside."""
         arr = self._images[k].arrays[level]
         _, height, width = arr.shape
         sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, width), min(iy1, height)
-        inside = (sx0, sy0, sx1, sy1) == (ix0, iy0, ix1, iy1)
-        window = np.empty if inside else partial(np.full, fill_value=PAD_VALUE)
-        window = window((iy1 - iy0, ix1 - ix0, 3), dtype=np.uint8)
+        if (sx0, sy0, sx1, sy1) != (ix0, iy0, ix1, iy1):
+            out.fill(PAD_VALUE)
         if sx1 > sx0 and sy1 > sy0:
             # Chunks are kept as RGB uint8, channels last: converted once per chunk, not once per tile.
-            target = window[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0]
+            target = out[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0]
             self._chunk_cache.fill((k, level), arr, self._images[k].rgb, target, sy0, sx0)
-        return window
 
     def with_chunk_cache(self, max_bytes: int) -> SpotTiles:
         """A copy of this reader that keeps at most ``max_bytes`` of decoded chunks (this one is unchanged).
@@ -366,13 +315,18 @@ class SpotTiles:
         return np.lexsort((top, sweep, band, blocks, block_row, self._level_of, self._image_of))
 
     def take(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
-        """Stack the tiles at ``indices`` (all when ``None``) into ``(k, tile_px, tile_px, 3)``."""
-        idx = range(len(self)) if indices is None else indices
-        return (
-            np.stack([self[int(i)] for i in idx])
-            if len(idx)
-            else np.zeros((0, self.tile_px, self.tile_px, 3), np.uint8)
-        )
+        """The tiles at ``indices`` (all when ``None``) as ``(k, tile_px, tile_px, 3)``, cut in that order.
+
+        Reading many tiles at once is faster than one by one: windows of the same size are resampled
+        together. Embedding asks for whole batches this way.
+        """
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = np.empty((len(idx), self.tile_px, self.tile_px, 3), np.uint8)
+        for start in range(0, len(idx), _TAKE_BATCH):
+            self._cut(idx[start : start + _TAKE_BATCH], out[start : start + _TAKE_BATCH])
+        if self.colour_norm is not None and len(idx):
+            self._normalise_colour(idx, out)
+        return out
 
 
 def extract_tiles(
