@@ -44,6 +44,8 @@ _REF_STD = np.asarray(COLOUR_REF_STD)
 
 #: Tiles cut and resampled together by :meth:`SpotTiles.take`.
 _TAKE_BATCH = 64
+#: Most bytes of windows resampled in one call.
+_WINDOW_BYTES = 8 * 2**20
 
 
 class SpotTiles:
@@ -238,8 +240,8 @@ class SpotTiles:
             w, h = round(2 * hx), round(2 * hy)
             by_size.setdefault((h, w), []).append((j, (k, level, ix0, iy0, ix0 + w, iy0 + h)))
         for (h, w), members in by_size.items():
-            # Windows of a few hundred pixels: at most 32 MiB of them at a time.
-            step = max(1, (32 * 2**20) // (3 * h * w))
+            # At most 8 MiB of windows at a time (29 of 300 px): every loader worker holds its own.
+            step = max(1, _WINDOW_BYTES // (3 * h * w))
             for start in range(0, len(members), step):
                 part = members[start : start + step]
                 windows = np.empty((len(part), h, w, 3), np.uint8)
