@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -32,9 +31,6 @@ from .._sections import resolve_sections
 from .._tables import get_table
 from ._chunk_cache import ChunkCache
 from ._image_levels import PAD_VALUE, ImageLevels, image_levels, resample_uint8
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +259,10 @@ class SpotTiles:
         return np.asarray(tile)
 
     def _window(self, k: int, level: int, ix0: int, iy0: int, ix1: int, iy1: int, *, out: np.ndarray) -> None:
-        """Write pixels ``[iy0:iy1, ix0:ix1]`` of image ``k`` at ``level`` into ``out`` (``(h, w, 3)`` uint8), white outside."""
+        """Write pixels ``[iy0:iy1, ix0:ix1]`` of image ``k`` at ``level`` into ``out`` (``(h, w, 3)`` uint8).
+
+        Pixels outside the image are white.
+        """
         arr = self._images[k].arrays[level]
         _, height, width = arr.shape
         sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, width), min(iy1, height)
