@@ -208,10 +208,7 @@ class SpotTiles:
         if len(spots) > COLOUR_NORM_SPOTS:
             # Evenly spaced, not random: the same spots whichever process asks (data-loader workers, DDP).
             spots = spots[np.linspace(0, len(spots) - 1, COLOUR_NORM_SPOTS).astype(int)]
-        tiles = np.empty((len(spots), self.tile_px, self.tile_px, 3), np.uint8)
-        for start in range(0, len(spots), _TAKE_BATCH):
-            self._cut(spots[start : start + _TAKE_BATCH], tiles[start : start + _TAKE_BATCH])
-        px = tiles.reshape(-1, 3).astype(np.float64)
+        px = self._scanned(spots).reshape(-1, 3).astype(np.float64)
         # A floor on the std keeps a flat (e.g. blank) image from being blown up to noise.
         return px.mean(0), np.maximum(px.std(0), 1.0)
 
@@ -322,11 +319,16 @@ class SpotTiles:
         together. Embedding asks for whole batches this way.
         """
         idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = self._scanned(idx)
+        if self.colour_norm is not None and len(idx):
+            self._normalise_colour(idx, out)
+        return out
+
+    def _scanned(self, idx: np.ndarray) -> np.ndarray:
+        """The tiles of spots ``idx`` as scanned (no colour normalisation), cut :data:`_TAKE_BATCH` at a time."""
         out = np.empty((len(idx), self.tile_px, self.tile_px, 3), np.uint8)
         for start in range(0, len(idx), _TAKE_BATCH):
             self._cut(idx[start : start + _TAKE_BATCH], out[start : start + _TAKE_BATCH])
-        if self.colour_norm is not None and len(idx):
-            self._normalise_colour(idx, out)
         return out
 
 
