@@ -6,8 +6,9 @@ times):
 
 a. bare forward spots/s (the trunk alone, and the full image encoder on ready-made tensors) against
    ``cs.tl.comtip_embed`` spots/s on a toy section, same batch and tile size; plus the tile cutting alone;
-   twice, in fresh processes without and with ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's switch for transparent
-   huge pages on large CPU tensors, which spares the page faults of every batch's activations);
+   twice on the CPU, in fresh processes: as the package runs (freed activations kept in the heap for the
+   next batch, ``cs.model.keep_freed_memory``) and with ``COMTIP_SC_KEEP_HEAP=0`` (glibc's defaults: every
+   batch's activations faulted in again, page by page); the bare forwards run under the same setting;
 b. ``cs.tl.fit`` steps/s reading pixels, a tile cache and a trunk-token cache (epochs after the first);
 c. embedding a synthetic 40,000 × 40,000 px chunked zarr slide with 50,000 spots (child process, so the
    memory is that run's alone): peak memory (PSS), spots/s against the same network's forward on ready
@@ -38,6 +39,7 @@ from pathlib import Path
 import torch
 
 import comtip_sc as cs
+from comtip_sc.constants import KEEP_HEAP_ENV
 from comtip_sc.model import ComtipConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,8 +60,6 @@ RSS_TARGET_GB = 3.0
 RATIO_TARGET = {"cpu": 0.9, "cuda": 0.5}
 #: Stage a's measurement rounds; each figure is its best round.
 ROUNDS = 3
-#: PyTorch's switch for transparent huge pages on large CPU tensors (read once, at its first CPU allocation).
-THP = "THP_MEM_ALLOC_ENABLE"
 
 
 # ----------------------------------------------------------------------------------------------- stage a
@@ -351,10 +351,10 @@ def main(argv: list[str] | None = None) -> None:
         for stage in stages:
             log(f"stage {stage} starts ({(time.perf_counter() - started) / 60:.1f} min in)")
             if stage == "a":
-                # Each in a fresh process: torch reads the switch once. On a GPU only the loader allocates on
-                # the CPU, so the second process is left out.
-                for env in ({}, {THP: "1"}) if not gpu else ({},):
-                    tag = f"{THP}=1" if env else ""
+                # Each in a fresh process, so that the heap of one run does not carry into the other. On a GPU
+                # the activations are not on the host, so the second process is left out.
+                for env in ({}, {KEEP_HEAP_ENV: "0"}) if not gpu else ({},):
+                    tag = f"{KEEP_HEAP_ENV}=0" if env else ""
                     child = ["embed", str(12 if q else 32), str(args.batch or 64), tag, args.device]
                     rows += map(tuple, run_child(child, args.threads, env)["rows"])
             elif stage == "b":

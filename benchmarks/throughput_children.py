@@ -18,7 +18,7 @@ import comtip_sc as cs
 from benchmarks.memory import PeakRSS
 from benchmarks.slide import slide_sdata
 from comtip_sc.constants import EMBED_BATCH_CPU, EMBED_BATCH_GPU
-from comtip_sc.model import ComtipConfig, ComtipModel, build_network, inference_autocast
+from comtip_sc.model import ComtipConfig, ComtipModel, build_network, inference_autocast, keep_freed_memory
 
 TILE_UM = 150.0
 
@@ -39,8 +39,11 @@ def ready_batch(batch: int, tile_px: int, device: torch.device) -> torch.Tensor:
 
 
 def timed_batches(fn: Callable[[], object], n_batches: int, device: torch.device) -> float:
-    """Seconds of ``n_batches`` calls of ``fn`` (kernels waited for on a GPU), after one untimed call."""
-    with torch.no_grad(), inference_autocast(device):
+    """Seconds of ``n_batches`` calls of ``fn`` (kernels waited for on a GPU), after one untimed call.
+
+    Under the precision and the heap setting that ``comtip_embed`` runs its forwards with.
+    """
+    with torch.no_grad(), inference_autocast(device), keep_freed_memory(device):
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -79,3 +79,7 @@ EMBED_BATCH_CPU, EMBED_BATCH_GPU = 64, 512
 COLOUR_BINS = 16
 #: The context tile of the colour statistics (``pp.colour_features``): its side as a multiple of the spot tile's.
 COLOUR_CONTEXT_SCALE = 3.0
+
+#: Environment variable that, set to ``"0"``, leaves glibc's allocator alone during CPU forward passes
+#: (:func:`comtip_sc.model.keep_freed_memory`); read each time a forward pass starts.
+KEEP_HEAP_ENV = "COMTIP_SC_KEEP_HEAP"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._heap import keep_freed_memory
 from .._presets import PRESET_NAMES, preset_training
 from ._comtip_model import ComtipModel, ReferenceBank
 from ._config import FLAG_PRESETS, ComtipConfig
@@ -55,6 +56,7 @@ __all__ = [
     "expected_value",
     "inference_autocast",
     "info_nce",
+    "keep_freed_memory",
     "mfm_loss",
     "minilm_available",
     "paat_losses",

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .._constants import EMBED_BATCH_CPU, EMBED_BATCH_GPU
+from .._heap import keep_freed_memory
 from .._logging import tqdm
 
 #: Embeddings kept on the device before they are copied to the host together (one wait per group).
@@ -91,7 +92,8 @@ def encode_images(network: nn.Module, loader: Iterable[dict[str, torch.Tensor]])
     pending: list[torch.Tensor] = []
     # disable=None: a progress bar on terminals and notebooks, silence in logs and CI.
     batches = tqdm(loader, desc="Embedding images", unit="batch", disable=None)
-    with inference_autocast(device):
+    # On the CPU each batch's activations reuse the memory the previous batch freed (no page faults).
+    with inference_autocast(device), keep_freed_memory(device):
         for batch in batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             if "image" in batch and batch["image"].dtype == torch.uint8:

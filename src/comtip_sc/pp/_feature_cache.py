@@ -26,6 +26,7 @@ import zarr
 from torch import nn
 
 from .._atomic import atomic_path
+from .._heap import keep_freed_memory
 from .._logging import tqdm
 from ._tile_cache import LazyZarrArray
 
@@ -286,7 +287,11 @@ def cache_trunk_tokens(
     was_training = vision.training
     vision.eval()
     try:
-        with atomic_path(path, replace_existing=replace) as tmp, torch.no_grad():
+        with (
+            atomic_path(path, replace_existing=replace) as tmp,
+            torch.no_grad(),
+            keep_freed_memory(device),
+        ):
             group = zarr.open_group(str(tmp), mode="w")
             arr = None
             for start in tqdm(range(0, n, batch_size), desc="Trunk tokens", unit="batch", disable=None):

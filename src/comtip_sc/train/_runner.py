@@ -23,6 +23,7 @@ import torch
 
 from .._constants import NORM_TARGET_SUM
 from .._devices import default_precision, resolve_device
+from .._heap import keep_freed_memory
 from .._logging import progress_callbacks
 from ..model._comtip_model import ComtipModel, ReferenceBank
 from ..model._config import ComtipConfig
@@ -263,6 +264,8 @@ class TrainRunner:
         others (``fit`` calibrates the zero-shot read-out and scores the held-out sections there).
         """
         with ExitStack() as scratch:
+            # On the CPU every step's activations reuse the memory the step before freed (no page faults).
+            scratch.enter_context(keep_freed_memory(resolve_device(self.accelerator)))
             root = self.trainer_kwargs.pop("default_root_dir", None)
             keep = root is not None
             root = root or scratch.enter_context(tempfile.TemporaryDirectory(prefix="comtip_fit_"))
