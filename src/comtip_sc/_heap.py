@@ -65,7 +65,9 @@ def keep_freed_memory(device: torch.device | str | None = None) -> Iterator[None
     default limits (its dynamic mmap threshold stays where it stood, as after any ``mallopt``) and hands the
     free memory back to the operating system (``malloc_trim``). Up to 1 GiB of free memory may stay with
     the process inside the block. Process-wide, as the C heap is: loader processes forked inside the block
-    keep the setting.
+    keep the setting. Where objects still alive sit above the freed memory, the heap cannot shrink: its
+    pages go back, but later large allocations may reuse that stretch, and what they free there stays
+    with the process until the heap is trimmed again (as after any large use of the heap).
 
     Examples
     --------
