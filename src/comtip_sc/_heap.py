@@ -108,7 +108,7 @@ def keep_freed_memory(device: torch.device | str | None = None) -> Iterator[None
     device
         Where the forward passes run: anything but the CPU (and ``None``, the CPU) makes the block a no-op.
         So do a C library other than glibc, ``COMTIP_SC_KEEP_HEAP=0`` and the user's own tuning of glibc's
-        allocator through the environment (:func:`heap_keeping_available`).
+        allocator through the environment (``MALLOC_*_`` variables, ``glibc.malloc`` tunables).
 
     Examples
     --------
