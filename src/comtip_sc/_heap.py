@@ -39,9 +39,8 @@ _LEAVE = ((_M_MMAP_MAX, 65536), (_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESH
 _USER_TUNING = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_")
 
 _lock = threading.Lock()
+#: Blocks open in this process (a process forked inside a block starts again from 0).
 _depth = 0
-#: The process that set the heap up; a process forked inside a block has put glibc's limits back.
-_owner: int | None = None
 
 
 @cache
@@ -122,19 +121,18 @@ def keep_freed_memory(device: torch.device | str | None = None) -> Iterator[None
     if libc is None or torch.device(device or "cpu").type != "cpu":
         yield
         return
-    global _depth, _owner
+    global _depth
     with _lock:
         if _depth == 0:
             libc.mallopt(_M_MMAP_MAX, 0)
             libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
-            _owner = os.getpid()
         _depth += 1
     try:
         yield
     finally:
         with _lock:
             # A process forked inside the block has already put the limits back and counts no block.
-            if _owner == os.getpid() and _depth > 0:
+            if _depth > 0:
                 _depth -= 1
                 if _depth == 0:
                     _leave(libc)
